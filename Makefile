@@ -1,0 +1,34 @@
+# Two set-up commands on a fresh clone: `make demo` and `make test`. Each builds .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# The CPU build of torch first: a bare `torch` would pull a CUDA build of several GB.
+TORCH  ?= torch==2.13.0
+EXTRAS ?= onnx,demo,dev
+
+.PHONY: demo test lint format clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/stdtrt demo
+
+test: $(VENV)/.installed
+	$(BIN)/ruff check stdtrt tests benchmarks
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check stdtrt tests benchmarks
+	$(BIN)/ruff format --check stdtrt tests benchmarks
+
+format: $(VENV)/.installed
+	$(BIN)/ruff format stdtrt tests benchmarks
+	$(BIN)/ruff check --fix stdtrt tests benchmarks
+
+clean:
+	rm -rf $(VENV) stdtrt-demo .pytest_cache .ruff_cache

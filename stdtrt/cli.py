@@ -1,0 +1,245 @@
+"""The `stdtrt` command line. Each command parses its options into a config and calls ONE library function.
+
+Nothing heavy is imported at module level: `stdtrt --help` does not import torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+
+from stdtrt import __version__
+from stdtrt.config import BACKENDS, StylizeConfig, defaults
+from stdtrt.errors import StdtrtError
+
+S = defaults(StylizeConfig)
+
+
+def _stylize_options(fn):
+    """Options shared by stylize-image, stylize-video and demo; defaults come from StylizeConfig."""
+    options = [
+        click.option(
+            "--model",
+            "-m",
+            default=S["model"],
+            help="Diffusers folder, hub id in the local HF cache, or tiny-sd / tiny-sdxl.",
+        ),
+        click.option(
+            "--lora",
+            default=S["lora"],
+            type=click.Path(dir_okay=False),
+            help="Distilled student LoRA (.safetensors).",
+        ),
+        click.option("--prompt", "-p", default=S["prompt"], show_default=True, help="Style prompt."),
+        click.option(
+            "--negative-prompt",
+            default=S["negative_prompt"],
+            help="Negative prompt (only with --guidance > 1).",
+        ),
+        click.option(
+            "--strength",
+            type=float,
+            default=S["strength"],
+            show_default=True,
+            help="Partial-noise level eta in (0, 1].",
+        ),
+        click.option(
+            "--nfe",
+            type=int,
+            default=S["nfe"],
+            show_default=True,
+            help="Student steps (UNet evaluations per frame).",
+        ),
+        click.option(
+            "--guidance",
+            type=float,
+            default=S["guidance"],
+            show_default=True,
+            help="Classifier-free guidance (1 = off).",
+        ),
+        click.option(
+            "--gamma",
+            type=float,
+            default=S["gamma"],
+            show_default=True,
+            help="TCD stochasticity in [0, 1); 0 is deterministic.",
+        ),
+        click.option(
+            "--seed", type=int, default=S["seed"], show_default=True, help="Seed of the (per-video) noise."
+        ),
+        click.option(
+            "--width",
+            type=int,
+            default=S["width"],
+            help="Working width (multiple of 8) [default: aspect-preserving, near the model's native size].",
+        ),
+        click.option("--height", type=int, default=S["height"], help="Working height (multiple of 8)."),
+        click.option(
+            "--backend",
+            type=click.Choice(BACKENDS),
+            default=S["backend"],
+            show_default=True,
+            help="Inference backend.",
+        ),
+        click.option("--device", default=S["device"], show_default=True, help="auto, cpu, cuda or cuda:N."),
+        click.option(
+            "--precision",
+            type=click.Choice(["auto", "fp16", "fp32"]),
+            default=S["precision"],
+            show_default=True,
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _video_options(fn):
+    options = [
+        click.option(
+            "--batch-size",
+            type=int,
+            default=S["batch_size"],
+            show_default=True,
+            help="Frames per UNet call (torch path).",
+        ),
+        click.option(
+            "--fresh-noise",
+            is_flag=True,
+            default=S["fresh_noise"],
+            help="New noise every frame (flickers; for comparisons).",
+        ),
+        click.option(
+            "--crf",
+            type=int,
+            default=S["crf"],
+            show_default=True,
+            help="Output quality (H.264 CRF; lower is better).",
+        ),
+        click.option(
+            "--queue-size",
+            type=int,
+            default=S["queue_size"],
+            show_default=True,
+            help="Frames buffered between stages.",
+        ),
+        click.option("--no-progress", is_flag=True, help="Hide the progress bar."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _config(kwargs: dict) -> StylizeConfig:
+    fields = {k: v for k, v in kwargs.items() if k in S}
+    return StylizeConfig(**fields)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="stdtrt")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+def cli(verbose: bool, quiet: bool) -> None:
+    """stdtrt: few-step diffusion style transfer for images and video.
+
+    \b
+    Workflow:
+      stdtrt distill ...         train a few-step LoRA student (Single Trajectory Distillation)
+      stdtrt export ...          fuse it and build ONNX / TensorRT engines
+      stdtrt stylize-video ...   stream a video through it
+    Try `stdtrt demo` first: it runs offline on the built-in tiny model.
+    """
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    logging.getLogger("stdtrt").setLevel(level)
+
+
+@cli.command()
+def info() -> None:
+    """Versions, devices, and which backends are usable here (and why not)."""
+    from stdtrt.info import describe
+
+    click.echo(describe())
+
+
+@cli.command("stylize-image")
+@click.argument("input", type=click.Path(dir_okay=False))
+@click.option(
+    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output image (.png, .jpg, ...)."
+)
+@_stylize_options
+def stylize_image_cmd(input: str, output: str, **kwargs) -> None:
+    """Stylize one image in NFE student steps from the fixed partial-noise state."""
+    from stdtrt.runtime.stylize import stylize_image
+
+    path = stylize_image(_config(kwargs), input, output)
+    click.echo(f"wrote {path}")
+
+
+@cli.command("stylize-video")
+@click.argument("input", type=click.Path(dir_okay=False))
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Output video (.mp4, .mov, .mkv, .webm).",
+)
+@_stylize_options
+@_video_options
+def stylize_video_cmd(input: str, output: str, no_progress: bool, **kwargs) -> None:
+    """Stylize a video frame by frame, keeping its frame rate, size and audio."""
+    from stdtrt.runtime.stylize import stylize_video
+
+    result = stylize_video(_config(kwargs), input, output, progress=not no_progress)
+    click.echo(
+        f"wrote {result.output}: {result.frames} frames at {result.width}x{result.height}, "
+        f"{result.fps:.2f} fps, audio {result.audio}"
+    )
+
+
+@cli.command()
+@click.option(
+    "--out", default="stdtrt-demo", show_default=True, type=click.Path(file_okay=False), help="Output folder."
+)
+@click.option(
+    "--frames", type=int, default=36, show_default=True, help="Frames of the sample video (12 fps)."
+)
+@_stylize_options
+@_video_options
+def demo(out: str, frames: int, no_progress: bool, **kwargs) -> None:
+    """Make a sample video from bundled photographs and stylize it (default: tiny-sd, offline)."""
+    from stdtrt.demo import run_demo
+
+    kwargs["model"] = kwargs["model"] or "tiny-sd"
+    if not kwargs["prompt"]:
+        kwargs["prompt"] = "an oil painting, thick brush strokes"
+    result = run_demo(_config(kwargs), out, frames=frames, progress=not no_progress)
+    click.echo(f"input:  {result.output.parent / 'input.mp4'}")
+    click.echo(f"output: {result.output}")
+    click.echo(
+        f"{result.frames} frames at {result.width}x{result.height} on {kwargs['model']}: {result.fps:.2f} fps "
+        f"end to end (decode, stylize, encode), audio {result.audio}"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user mistakes become one line on stderr and exit code 2, never a traceback."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no import-time chatter about torchvision
+    try:
+        cli.main(args=argv, prog_name="stdtrt", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except StdtrtError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,96 @@
+"""Text conditioning and the one way stdtrt calls a UNet (with classifier-free guidance when asked).
+
+A `Conditioning` carries what a UNet call needs besides the latent and the timestep: the text hidden
+states, and for SDXL the pooled text embedding and the six micro-conditioning time ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Conditioning:
+    embeds: torch.Tensor  # (B, L, D) text hidden states
+    pooled: torch.Tensor | None = None  # (B, P) SDXL pooled text embedding
+    time_ids: torch.Tensor | None = None  # (B, 6) SDXL (orig h, orig w, crop top, crop left, h, w)
+
+    @property
+    def batch(self) -> int:
+        return self.embeds.shape[0]
+
+    def unet_kwargs(self) -> dict:
+        kwargs = {"encoder_hidden_states": self.embeds}
+        if self.pooled is not None:
+            kwargs["added_cond_kwargs"] = {"text_embeds": self.pooled, "time_ids": self.time_ids}
+        return kwargs
+
+    def map(self, fn) -> Conditioning:
+        """Apply fn to every tensor (to(), expand, index, ...)."""
+        return Conditioning(
+            fn(self.embeds),
+            None if self.pooled is None else fn(self.pooled),
+            None if self.time_ids is None else fn(self.time_ids),
+        )
+
+    def to(self, device=None, dtype=None) -> Conditioning:
+        return self.map(lambda t: t.to(device=device, dtype=dtype))
+
+    def repeat(self, n: int) -> Conditioning:
+        """Repeat a batch-1 conditioning n times along the batch."""
+        return self.map(lambda t: t.expand(n, *t.shape[1:]).contiguous())
+
+    @staticmethod
+    def cat(items: list[Conditioning]) -> Conditioning:
+        first = items[0]
+        return Conditioning(
+            torch.cat([c.embeds for c in items]),
+            None if first.pooled is None else torch.cat([c.pooled for c in items]),
+            None if first.time_ids is None else torch.cat([c.time_ids for c in items]),
+        )
+
+
+def sdxl_time_ids(height: int, width: int) -> torch.Tensor:
+    """SDXL micro-conditioning for an uncropped image at its own size.  # (1, 6)"""
+    return torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32)
+
+
+@torch.no_grad()
+def encode_prompt(pipe, prompt: str | list[str], height: int, width: int) -> Conditioning:
+    """Encode prompt(s) with a diffusers SD or SDXL pipeline's own text encoders (no guidance branch).
+
+    An empty prompt gives the real empty-prompt embeddings (what the teacher's unconditional branch uses).
+    """
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    device = pipe.unet.device
+    if hasattr(pipe, "text_encoder_2"):  # SDXL
+        embeds, _, pooled, _ = pipe.encode_prompt(
+            prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
+        )
+        time_ids = sdxl_time_ids(height, width).expand(len(prompts), 6)
+        return Conditioning(embeds, pooled, time_ids.to(device=device, dtype=embeds.dtype))
+    embeds, _ = pipe.encode_prompt(
+        prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
+    )
+    return Conditioning(embeds)
+
+
+def predict_eps(unet, x, t, cond: Conditioning, uncond: Conditioning | None = None, guidance: float = 1.0):
+    """The UNet's noise estimate, with classifier-free guidance e_u + g (e_c - e_u) when uncond is given.
+
+    x: (B, 4, h, w); t: scalar or (B,) timesteps; cond/uncond: batch B (or 1, broadcast here).
+    """
+    batch = x.shape[0]
+    if cond.batch != batch:
+        cond = cond.repeat(batch)
+    if uncond is None:
+        return unet(x, t, **cond.unet_kwargs(), return_dict=False)[0]
+    if uncond.batch != batch:
+        uncond = uncond.repeat(batch)
+    t = torch.as_tensor(t, device=x.device)
+    t2 = t.repeat(2) if t.ndim else t
+    both = Conditioning.cat([uncond, cond])
+    e_u, e_c = unet(torch.cat([x, x]), t2, **both.unet_kwargs(), return_dict=False)[0].chunk(2)
+    return e_u + guidance * (e_c - e_u)

@@ -1,0 +1,97 @@
+"""Frozen, validated configurations: the only home of defaults (the CLI reads its defaults from here).
+
+This module imports no torch, so `stdtrt --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from stdtrt.errors import StdtrtError
+
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+PRECISIONS = ("fp32", "fp16")
+
+
+def check_strength(strength: float) -> None:
+    if not 0.0 < strength <= 1.0:
+        raise StdtrtError(
+            f"strength must be in (0, 1], got {strength} (0.75 keeps the layout, 1.0 is pure noise)"
+        )
+
+
+def check_size(name: str, value: int | None) -> None:
+    if value is not None and (value <= 0 or value % 8):
+        raise StdtrtError(f"{name} must be a positive multiple of 8 (the VAE downsamples by 8), got {value}")
+
+
+def check_nfe(nfe: int) -> None:
+    if nfe < 1:
+        raise StdtrtError(f"nfe (number of student steps) must be at least 1, got {nfe}")
+
+
+@dataclass(frozen=True)
+class StylizeConfig:
+    """How to stylize images and videos (the `stylize-image`, `stylize-video` and `demo` commands)."""
+
+    model: str | None = None  # diffusers folder, cached hub id, or a preset (tiny-sd, tiny-sdxl)
+    lora: str | None = None  # a distilled student (kohya or diffusers LoRA safetensors)
+    bundle: str | None = None  # an exported engine bundle folder (replaces model/lora/prompt)
+    prompt: str = ""  # the style prompt
+    negative_prompt: str = ""  # only used when guidance > 1
+    strength: float = 0.75  # eta: how far into the noise the content goes; 0.75 is what STD trains
+    nfe: int = 4  # student steps (UNet evaluations per frame, x2 with guidance > 1)
+    guidance: float = 1.0  # classifier-free guidance at inference; a distilled student wants 1
+    gamma: float = 0.0  # TCD stochasticity; 0 is deterministic (what the exported engine does)
+    seed: int = 0  # seeds the per-video noise
+    fresh_noise: bool = False  # new noise for every frame (flickers; only for comparisons)
+    width: int | None = None  # working size; None keeps the aspect near the model's native size
+    height: int | None = None
+    backend: str = "auto"  # auto|tensorrt|onnxruntime|torch (auto = the fastest that works)
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (fp16 on CUDA, fp32 on CPU) | fp16 | fp32
+    batch_size: int = 1  # frames per UNet call on the torch path
+    queue_size: int = 8  # frames buffered between decode, stylize and encode
+    crf: int = 18  # H.264 quality of the output video (lower is better)
+
+    def __post_init__(self) -> None:
+        check_strength(self.strength)
+        check_nfe(self.nfe)
+        check_size("width", self.width)
+        check_size("height", self.height)
+        if self.guidance < 0:
+            raise StdtrtError(f"guidance must be >= 0, got {self.guidance}")
+        if not 0.0 <= self.gamma < 1.0:
+            raise StdtrtError(f"gamma must be in [0, 1), got {self.gamma}")
+        if self.backend not in BACKENDS:
+            raise StdtrtError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.precision not in ("auto", *PRECISIONS):
+            raise StdtrtError(f"precision must be auto, fp16 or fp32, got {self.precision!r}")
+        if self.batch_size < 1 or self.queue_size < 1:
+            raise StdtrtError("batch size and queue size must be at least 1")
+        if not 0 <= self.crf <= 51:
+            raise StdtrtError(f"crf must be in [0, 51], got {self.crf}")
+
+
+def replace(cfg, **changes):
+    """dataclasses.replace that re-runs validation (frozen configs are changed only through this)."""
+    return dataclasses.replace(cfg, **changes)
+
+
+def defaults(cls) -> dict:
+    """Field name -> default, for click options."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            out[f.name] = f.default_factory()  # type: ignore[misc]
+    return out
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+__all__ = ["StylizeConfig", "StdtrtError", "defaults", "field", "replace", "to_dict"]

@@ -1,0 +1,164 @@
+"""LoRA students: add one to a UNet (peft), save it in the kohya form every tool loads, and load one back.
+
+File format (kohya): `lora_unet_<module_path_with_underscores>.lora_down.weight` (r, in[, k, k]),
+`.lora_up.weight` (out, r[, 1, 1]) and `.alpha` (the real alpha; scale = alpha / r). diffusers'
+`load_lora_weights`, ComfyUI and A1111 read it. stdtrt's own metadata sits in the safetensors header.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import torch
+
+from stdtrt.errors import StdtrtError
+
+ADAPTER = "stdtrt"
+# The module types the STD authors adapt (std.md, "Training defaults").
+TARGET_MODULES = (
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "proj_in",
+    "proj_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "conv1",
+    "conv2",
+    "conv_shortcut",
+    "downsamplers.0.conv",
+    "upsamplers.0.conv",
+    "time_emb_proj",
+)
+
+
+def add_lora(unet, rank: int = 64, alpha: float = 64.0, targets=TARGET_MODULES, init: bool | str = True):
+    """Attach a trainable LoRA adapter named `stdtrt` to the UNet (base weights frozen).
+
+    init=True is peft's default (B = 0: the student starts as the teacher); init=False gives a random
+    non-zero adapter (for tests that must see the LoRA act).
+    """
+    from peft import LoraConfig
+
+    unet.requires_grad_(False)
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), init_lora_weights=init)
+    unet.add_adapter(config, adapter_name=ADAPTER)
+    unet.set_adapter(ADAPTER)
+    return unet
+
+
+def lora_layers(unet, adapter: str = ADAPTER) -> dict[str, object]:
+    """module path -> peft LoraLayer holding `adapter`."""
+    from peft.tuners.lora import LoraLayer
+
+    return {name: m for name, m in unet.named_modules() if isinstance(m, LoraLayer) and adapter in m.lora_A}
+
+
+def kohya_state_dict(unet, adapter: str = ADAPTER) -> dict[str, torch.Tensor]:
+    """The adapter's weights under kohya names, with each module's real alpha."""
+    out = {}
+    for name, layer in lora_layers(unet, adapter).items():
+        key = "lora_unet_" + name.replace(".", "_")
+        rank = layer.r[adapter]
+        out[f"{key}.lora_down.weight"] = layer.lora_A[adapter].weight.detach().float().cpu().contiguous()
+        out[f"{key}.lora_up.weight"] = layer.lora_B[adapter].weight.detach().float().cpu().contiguous()
+        out[f"{key}.alpha"] = torch.tensor(float(layer.scaling[adapter] * rank))
+    if not out:
+        raise ValueError(f"the UNet has no LoRA adapter named {adapter!r}")
+    return out
+
+
+def save_kohya(unet, path: str | Path, metadata: dict | None = None, adapter: str = ADAPTER) -> Path:
+    """Write the adapter as a kohya LoRA file, atomically. Metadata values become JSON strings."""
+    from safetensors.torch import save_file
+
+    from stdtrt.io_utils import atomic_path
+
+    state = kohya_state_dict(unet, adapter)
+    ranks = {int(v.shape[0]) for k, v in state.items() if k.endswith("lora_down.weight")}
+    alphas = {float(v) for k, v in state.items() if k.endswith(".alpha")}
+    meta = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(max(ranks)),
+        "ss_network_alpha": str(max(alphas)),
+        "stdtrt_format": "kohya",
+    }
+    for key, value in (metadata or {}).items():
+        meta[f"stdtrt_{key}"] = value if isinstance(value, str) else json.dumps(value)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+    return path
+
+
+def read_metadata(path: str | Path) -> dict:
+    """stdtrt_* metadata of a LoRA file, JSON-decoded where possible (empty for foreign files)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    out = {}
+    for key, value in meta.items():
+        if key.startswith("stdtrt_"):
+            try:
+                out[key[7:]] = json.loads(value)
+            except (json.JSONDecodeError, TypeError):
+                out[key[7:]] = value
+    return out
+
+
+def _unet_pairs(keys) -> int:
+    """How many UNet LoRA layers a file holds (kohya or diffusers/peft naming)."""
+    kohya = sum(1 for k in keys if k.startswith("lora_unet_") and k.endswith(".lora_down.weight"))
+    peft = sum(
+        1 for k in keys if k.startswith("unet.") and k.endswith((".lora_A.weight", ".lora.down.weight"))
+    )
+    return kohya + peft
+
+
+def load_lora(model, path: str | Path, scale: float = 1.0) -> None:
+    """Load a LoRA file onto model.unet (adapter `stdtrt`), refusing one made for another UNet."""
+    from safetensors import safe_open
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise StdtrtError(f"LoRA file {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+    except Exception as exc:
+        raise StdtrtError(f"LoRA file {path} is not a readable safetensors file ({exc})") from None
+    expected = _unet_pairs(keys)
+    if expected == 0:
+        raise StdtrtError(f"LoRA file {path} holds no UNet LoRA weights (no lora_unet_* or unet.* keys)")
+    from diffusers.utils import logging as dlogging
+
+    verbosity = dlogging.get_verbosity()
+    dlogging.set_verbosity(dlogging.CRITICAL)  # diffusers logs the whole failure; we say it in one line
+    try:
+        model.pipe.load_lora_weights(str(path), adapter_name=ADAPTER)
+    except Exception as exc:
+        _unload(model)
+        lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+        reason = next((ln for ln in lines if "mismatch" in ln), lines[0] if lines else type(exc).__name__)
+        raise StdtrtError(f"LoRA {path.name} does not fit the UNet of {model.name}: {reason[:300]}") from None
+    finally:
+        dlogging.set_verbosity(verbosity)
+    loaded = len(lora_layers(model.unet))
+    if loaded != expected:
+        _unload(model)
+        raise StdtrtError(
+            f"LoRA {path.name} does not fit the UNet of {model.name}: only {loaded} of its {expected} layers "
+            f"match a module of this UNet (was it trained on another base model?)"
+        )
+    model.pipe.set_adapters([ADAPTER], adapter_weights=[scale])
+    model.unet.requires_grad_(False)
+    model.lora = str(path)
+
+
+def _unload(model) -> None:
+    with contextlib.suppress(Exception):  # nothing was loaded
+        model.pipe.unload_lora_weights()

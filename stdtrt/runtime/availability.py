@@ -1,0 +1,35 @@
+"""Small probes for the optional backends: each says whether it can run here, and if not, why."""
+
+from __future__ import annotations
+
+import importlib.util
+
+
+def is_cuda_available() -> tuple[bool, str]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return False, f"no CUDA device visible to torch {torch.__version__}"
+    return True, torch.cuda.get_device_name(0)
+
+
+def is_onnxruntime_available() -> tuple[bool, str]:
+    if importlib.util.find_spec("onnxruntime") is None:
+        return False, "onnxruntime is not installed (pip install 'stdtrt[onnx]' or 'stdtrt[onnx-gpu]')"
+    import onnxruntime as ort
+
+    return True, f"onnxruntime {ort.__version__}, providers: {', '.join(ort.get_available_providers())}"
+
+
+def is_tensorrt_available() -> tuple[bool, str]:
+    for module in ("tensorrt", "polygraphy"):
+        if importlib.util.find_spec(module) is None:
+            return False, f"{module} is not installed (pip install 'stdtrt[tensorrt]' on a CUDA machine)"
+    ok, why = is_cuda_available()
+    if not ok:
+        return False, f"TensorRT needs CUDA: {why}"
+    try:
+        import tensorrt as trt
+    except Exception as exc:  # a broken install: missing libnvinfer, wrong CUDA
+        return False, f"tensorrt failed to import: {exc}"
+    return True, f"TensorRT {trt.__version__}"

@@ -1,0 +1,120 @@
+"""The torch reference of the few-step student: VAE encode, x_start, NFE DDIM/TCD jumps, VAE decode.
+
+Every other backend (the exported ONNX graphs, TensorRT engines) is traced from or checked against this.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from stdtrt import schedule
+from stdtrt.conditioning import Conditioning, encode_prompt, predict_eps
+from stdtrt.errors import StdtrtError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise StdtrtError(f"device {name} requested but CUDA is not available (torch {torch.__version__})")
+    return device
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if precision == "fp16" and device.type == "cpu":
+        raise StdtrtError("fp16 is not supported on the CPU; use --precision fp32")
+    return {"fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
+def to_tensor(frames: np.ndarray, device, dtype) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).to(device)
+    return (x.permute(0, 3, 1, 2).to(dtype) / 127.5 - 1.0).contiguous()
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """float (B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3)."""
+    x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+class Student:
+    """The few-step img2img student of a loaded model (with its LoRA, if any) for one prompt and size."""
+
+    def __init__(
+        self,
+        model,
+        plan: schedule.StudentPlan,
+        prompt: str,
+        width: int,
+        height: int,
+        negative_prompt: str = "",
+        guidance: float = 1.0,
+    ):
+        self.model, self.plan, self.guidance = model, plan, guidance
+        self.width, self.height = width, height
+        self.cond: Conditioning = encode_prompt(model.pipe, prompt, height, width)
+        self.uncond: Conditioning | None = (
+            encode_prompt(model.pipe, negative_prompt, height, width) if guidance > 1 else None
+        )
+        self.latent_shape = (4, height // model.vae_scale, width // model.vae_scale)
+
+    @property
+    def device(self):
+        return self.model.device
+
+    @property
+    def dtype(self):
+        return self.model.dtype
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] (B, 3, H, W) -> scaled content latents z0 (B, 4, H/8, W/8) (the posterior mean)."""
+        z = self.model.vae.encode(images.to(self.device, self.dtype)).latent_dist.mean
+        return z * self.model.scaling_factor
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> images in [-1, 1]."""
+        return self.model.vae.decode(z / self.model.scaling_factor, return_dict=False)[0]
+
+    @torch.no_grad()
+    def eps(self, x: torch.Tensor, t) -> torch.Tensor:
+        return predict_eps(self.model.unet, x, t, self.cond, self.uncond, self.guidance)
+
+    @torch.no_grad()
+    def step(self, x: torch.Tensor, i: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Student step i: UNet at timesteps[i], DDIM jump to landing[i] (re-noised to targets[i] if gamma)."""
+        p = self.plan
+        e = self.eps(x, p.timesteps[i])
+        x = schedule.ddim_jump(x, e, p.a_t[i], p.b_t[i], p.a_s[i], p.b_s[i])
+        if p.gamma > 0 and i < p.nfe - 1:
+            noise = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
+            x = schedule.renoise(x, noise, p.abar_landing[i], p.abar_target[i])
+        return x
+
+    @torch.no_grad()
+    def sample(self, z0: torch.Tensor, noise: torch.Tensor, generator: torch.Generator | None = None):
+        """x_start = a z0 + b noise, then the NFE student steps: the clean latent."""
+        x = schedule.x_start(z0, noise.to(z0.device, z0.dtype), self.plan.a_start, self.plan.b_start)
+        for i in range(self.plan.nfe):
+            x = self.step(x, i, generator)
+        return x
+
+    @torch.no_grad()
+    def __call__(self, frames: np.ndarray, noise: torch.Tensor, generator=None) -> np.ndarray:
+        """uint8 frames (B, H, W, 3) at the working size -> stylized uint8 frames."""
+        z0 = self.encode(to_tensor(frames, self.device, self.dtype))
+        if noise.shape[0] != z0.shape[0]:
+            noise = noise.expand(z0.shape[0], *noise.shape[1:])
+        return to_uint8(self.decode(self.sample(z0, noise, generator)))
+
+
+def make_noise(shape, seed: int, count: int = 1) -> torch.Tensor:
+    """Seeded standard normal noise (count, *shape), identical on every device (drawn on the CPU)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn((count, *shape), generator=g, dtype=torch.float32)

@@ -1,0 +1,313 @@
+"""Video in and out with PyAV: frames are streamed (never the whole video in memory), the frame rate, the
+timestamps, the size and the audio track of the input are kept, and the output is written to a temporary
+name and renamed only when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from stdtrt.errors import StdtrtError
+from stdtrt.io_utils import check_writable
+
+log = logging.getLogger(__name__)
+
+# Output container (by extension) -> (video encoder, pixel format, audio encoder when the track must be
+# re-encoded).
+CONTAINERS = {
+    ".mp4": ("libx264", "yuv420p", "aac"),
+    ".m4v": ("libx264", "yuv420p", "aac"),
+    ".mov": ("libx264", "yuv420p", "aac"),
+    ".mkv": ("libx264", "yuv420p", "aac"),
+    ".webm": ("libvpx-vp9", "yuv420p", "libopus"),
+}
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    path: Path
+    width: int
+    height: int
+    rate: Fraction  # average frame rate
+    time_base: Fraction
+    frames: int  # from the container header; 0 when it does not say
+    has_audio: bool
+    audio_codec: str | None
+    sample_aspect_ratio: Fraction | None
+
+
+def _open(path: Path):
+    if not path.exists():
+        raise StdtrtError(f"input video {path} does not exist")
+    if path.is_dir():
+        raise StdtrtError(f"input video {path} is a folder")
+    if path.stat().st_size == 0:
+        raise StdtrtError(f"input video {path} is empty (0 bytes)")
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
+        raise StdtrtError(f"{path} is not a readable video ({_short(exc)})") from None
+    if not container.streams.video:
+        container.close()
+        raise StdtrtError(f"{path} has no video stream")
+    return container
+
+
+def _short(exc: Exception) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
+def probe(path: str | Path) -> VideoInfo:
+    """What stdtrt needs to know about an input video, with a clear error when it is not one."""
+    path = Path(path)
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate or Fraction(25)
+        audio = container.streams.audio[0] if container.streams.audio else None
+        sar = stream.sample_aspect_ratio
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if not width or not height:
+            raise StdtrtError(f"{path}: the video stream has no size (corrupt header?)")
+        return VideoInfo(
+            path=path,
+            width=width,
+            height=height,
+            rate=Fraction(rate),
+            time_base=Fraction(stream.time_base or Fraction(1, 90000)),
+            frames=int(stream.frames or 0),
+            has_audio=audio is not None,
+            audio_codec=audio.codec_context.name if audio is not None else None,
+            sample_aspect_ratio=Fraction(sar) if sar else None,
+        )
+    finally:
+        container.close()
+
+
+def read_frames(info: VideoInfo) -> Iterator[tuple[np.ndarray, int]]:
+    """Yield (RGB uint8 frame (H, W, 3), pts in info.time_base), in presentation order.
+
+    A decode error midway, or a video that ends before the frame count its header announces, raises a
+    StdtrtError naming the frame where it stopped.
+    """
+    container = _open(info.path)
+    count = 0
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        step = max(1, round(1 / (info.rate * info.time_base))) if info.rate else 1
+        try:
+            for frame in container.decode(stream):
+                pts = frame.pts if frame.pts is not None else count * step
+                yield frame.to_ndarray(format="rgb24"), int(pts)
+                count += 1
+        except av.FFmpegError as exc:
+            raise StdtrtError(
+                f"{info.path} is corrupt: decoding failed after {count} frames ({_short(exc)})"
+            ) from None
+    finally:
+        container.close()
+    if count == 0:
+        raise StdtrtError(f"{info.path} has no decodable video frames")
+    if info.frames and count < info.frames:
+        raise StdtrtError(
+            f"{info.path} is truncated: it announces {info.frames} frames but only {count} could be decoded"
+        )
+
+
+class VideoWriter:
+    """Encode RGB frames to `tmp_path` (H.264, or VP9 for .webm), muxing the input's audio as it goes.
+
+    The audio is copied packet by packet when the output container accepts its codec, else re-encoded.
+    Audio packets are interleaved up to each video frame's time, so memory stays bounded.
+    """
+
+    def __init__(self, tmp_path: Path, final_suffix: str, info: VideoInfo, crf: int = 18):
+        suffix = final_suffix.lower()
+        if suffix not in CONTAINERS:
+            raise StdtrtError(
+                f"output extension {final_suffix!r} not supported; use one of {', '.join(CONTAINERS)}"
+            )
+        if info.width % 2 or info.height % 2:
+            raise StdtrtError(
+                f"{info.path} is {info.width}x{info.height}: H.264/VP9 output with 4:2:0 colour needs an even "
+                f"width and height; crop or scale the input to even dimensions first"
+            )
+        vcodec, pix_fmt, self._acodec = CONTAINERS[suffix]
+        self.info = info
+        self.out = av.open(str(tmp_path), "w", format=_format_for(suffix))
+        self.video = self.out.add_stream(vcodec, rate=info.rate)
+        self.video.width, self.video.height, self.video.pix_fmt = info.width, info.height, pix_fmt
+        self.video.time_base = info.time_base
+        self.video.codec_context.time_base = info.time_base
+        if info.sample_aspect_ratio:
+            self.video.codec_context.sample_aspect_ratio = info.sample_aspect_ratio
+        opts = {"crf": str(crf)}
+        if vcodec == "libx264":
+            opts["preset"] = "veryfast"
+        else:
+            opts.update({"b": "0", "row-mt": "1", "deadline": "realtime", "cpu-used": "8"})
+        self.video.options = opts
+        self.frames = 0
+        self.copy_audio = False
+        self._audio_in = self._audio_iter = None
+        self._pending = None
+        self._resampler = None
+        if info.has_audio:
+            self._setup_audio()
+
+    # -- audio ------------------------------------------------------------------------------------------
+    def _setup_audio(self) -> None:
+        self._audio_in = av.open(str(self.info.path))
+        src = self._audio_in.streams.audio[0]
+        self.copy_audio = src.codec_context.name in self.out.supported_codecs
+        if self.copy_audio:
+            self.audio = self.out.add_stream_from_template(src)
+            self._audio_iter = (p for p in self._audio_in.demux(src) if p.dts is not None and p.size)
+        else:
+            rate = src.codec_context.sample_rate or 48000
+            rate = 48000 if self._acodec == "libopus" else rate
+            self.audio = self.out.add_stream(self._acodec, rate=rate)
+            self.audio.layout = src.codec_context.layout.name if src.codec_context.layout else "stereo"
+            self._audio_iter = self._decoded_audio(src)
+        log.info(
+            "audio: %s (%s)",
+            "copied" if self.copy_audio else f"re-encoded to {self._acodec}",
+            src.codec_context.name,
+        )
+
+    def _decoded_audio(self, src):
+        """Re-encode path: yield output packets of the input's audio in the output codec."""
+        ctx = self.audio.codec_context
+        self._resampler = av.AudioResampler(
+            format=ctx.format.name if ctx.format else "fltp",
+            layout=self.audio.layout,
+            rate=ctx.sample_rate,
+            frame_size=ctx.frame_size or 1024,
+        )
+        try:
+            for frame in self._audio_in.decode(src):
+                frame.pts = None
+                for f in self._resampler.resample(frame):
+                    yield from self.audio.encode(f)
+        except av.FFmpegError as exc:
+            log.warning("audio decoding stopped early: %s", _short(exc))
+        for f in self._resampler.resample(None):
+            yield from self.audio.encode(f)
+        yield from self.audio.encode(None)
+
+    def _mux_audio_until(self, seconds: float | None) -> None:
+        """Mux pending audio packets whose time is at most `seconds` (all of them when None)."""
+        if self._audio_iter is None:
+            return
+        while True:
+            if self._pending is None:
+                self._pending = next(self._audio_iter, None)
+                if self._pending is None:
+                    self._audio_iter = None
+                    return
+            p = self._pending
+            t = float(p.pts * p.time_base) if p.pts is not None and p.time_base else None
+            if seconds is not None and t is not None and t > seconds:
+                return
+            if self.copy_audio:
+                p.stream = self.audio
+            self.out.mux(p)
+            self._pending = None
+
+    # -- video ------------------------------------------------------------------------------------------
+    def write(self, rgb: np.ndarray, pts: int) -> None:
+        """Encode one RGB uint8 frame (H, W, 3) at `pts` (in the input's time base)."""
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        frame.pts = pts
+        frame.time_base = self.info.time_base
+        self._mux_audio_until(float(pts * self.info.time_base) + 0.5)
+        self.out.mux(self.video.encode(frame.reformat(format=self.video.pix_fmt)))
+        self.frames += 1
+
+    def close(self) -> None:
+        try:
+            self.out.mux(self.video.encode(None))
+            self._mux_audio_until(None)
+        finally:
+            self.out.close()
+            if self._audio_in is not None:
+                self._audio_in.close()
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):  # the file is being thrown away
+            self.out.close()
+        if self._audio_in is not None:
+            self._audio_in.close()
+
+
+def _format_for(suffix: str) -> str:
+    return {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm"}[suffix]
+
+
+def check_output(input_path: Path, output_path: Path) -> None:
+    """Refuse an output equal to the input, an unsupported extension or an unwritable folder."""
+    if output_path.resolve() == input_path.resolve():
+        raise StdtrtError(f"output {output_path} is the input video; choose another output path")
+    if output_path.suffix.lower() not in CONTAINERS:
+        raise StdtrtError(
+            f"output extension {output_path.suffix!r} not supported; use one of {', '.join(CONTAINERS)}"
+        )
+    check_writable(output_path)
+
+
+def write_video(
+    path: str | Path,
+    frames: Iterator[np.ndarray],
+    rate: Fraction,
+    audio: np.ndarray | None = None,
+    sample_rate: int = 44100,
+    crf: int = 18,
+) -> None:
+    """Write RGB frames (and optional mono float32 audio in [-1, 1]) to a new H.264/AAC video.
+
+    For making inputs (the demo video, test clips); atomic like every output.
+    """
+    from stdtrt.io_utils import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        out = av.open(str(tmp), "w", format=_format_for(path.suffix.lower()))
+        try:
+            video = None
+            for i, rgb in enumerate(frames):
+                if video is None:
+                    video = out.add_stream("libx264", rate=rate)
+                    video.height, video.width = rgb.shape[:2]
+                    video.pix_fmt = "yuv420p"
+                    video.options = {"crf": str(crf), "preset": "veryfast"}
+                    if audio is not None:
+                        astream = out.add_stream("aac", rate=sample_rate)
+                        astream.layout = "mono"
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+                frame.pts = i
+                frame.time_base = 1 / Fraction(rate)
+                out.mux(video.encode(frame.reformat(format="yuv420p")))
+            if video is None:
+                raise ValueError("no frames to write")
+            out.mux(video.encode(None))
+            if audio is not None:
+                samples = np.asarray(audio, dtype=np.float32).reshape(1, -1)
+                size = astream.codec_context.frame_size or 1024
+                for start in range(0, samples.shape[1], size):
+                    chunk = np.ascontiguousarray(samples[:, start : start + size])
+                    frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="mono")
+                    frame.sample_rate = sample_rate
+                    frame.pts = start
+                    out.mux(astream.encode(frame))
+                out.mux(astream.encode(None))
+        finally:
+            out.close()

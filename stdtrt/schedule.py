@@ -1,0 +1,153 @@
+"""The diffusion math shared by distillation, export and every runtime backend (see shared/design/std.md).
+
+Notation as in the paper: a(t) = sqrt(alphabar_t), b(t) = sqrt(1 - alphabar_t), epsilon prediction,
+T = 1000 training timesteps. The teacher walks an N = 50 step DDIM grid t_n = k (n + 1) - 1 with k = T / N
+(19, 39, ..., 999). Timestep 0 stands for "s = 0": a(0) = sqrt(alphabar_0), the first alphabar, not 1,
+as in the LCM/TCD solvers, so indexing alphabar with 0 needs no special case.
+
+No stage re-derives any of this: it is imported.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+TEACHER_STEPS = 50  # N: the teacher's DDIM grid
+
+
+def alphas_cumprod(scheduler_config: dict) -> torch.Tensor:
+    """alphabar_t for t = 0..T-1 (float32, as diffusers computes it) from a teacher's scheduler config."""
+    from diffusers import DDPMScheduler
+
+    from stdtrt.errors import StdtrtError
+
+    prediction = scheduler_config.get("prediction_type", "epsilon")
+    if prediction != "epsilon":
+        raise StdtrtError(
+            f"the teacher predicts {prediction!r}; stdtrt supports epsilon-prediction models (SD 1.x, SDXL)"
+        )
+    return DDPMScheduler.from_config(dict(scheduler_config)).alphas_cumprod.to(torch.float32)
+
+
+def grid_time(n: int, num_train_timesteps: int = 1000, num_steps: int = TEACHER_STEPS) -> int:
+    """t_n = k (n + 1) - 1 on the teacher grid; n = -1 gives 0 ("s = 0", the clean end)."""
+    if not -1 <= n < num_steps:
+        raise ValueError(f"grid index {n} outside [-1, {num_steps})")
+    return 0 if n < 0 else (num_train_timesteps // num_steps) * (n + 1) - 1
+
+
+def grid_timesteps(num_train_timesteps: int = 1000, num_steps: int = TEACHER_STEPS) -> list[int]:
+    """The teacher grid [t_0, ..., t_{N-1}] = [19, 39, ..., 999] for T = 1000, N = 50."""
+    return [grid_time(n, num_train_timesteps, num_steps) for n in range(num_steps)]
+
+
+def start_index(eta: float, num_steps: int = TEACHER_STEPS) -> int:
+    """n_eta = min(N - 1, ceil(N eta)): the grid index of the img2img start state (38 for eta 0.75)."""
+    return min(num_steps - 1, math.ceil(num_steps * eta - 1e-9))
+
+
+def window(eta: float, rho: float, num_steps: int = TEACHER_STEPS) -> int:
+    """R = ceil(N eta rho): how many grid steps below the current one a training target may reach."""
+    return max(1, math.ceil(num_steps * eta * rho - 1e-9))
+
+
+def coefficients(abar: torch.Tensor, t: int) -> tuple[float, float]:
+    """(a(t), b(t)) = (sqrt(alphabar_t), sqrt(1 - alphabar_t)) as Python floats."""
+    ab = abar[int(t)]
+    return float(ab.sqrt()), float((1 - ab).sqrt())
+
+
+def x_start(z0: torch.Tensor, noise: torch.Tensor, a: float, b: float) -> torch.Tensor:
+    """The fixed partial-noise state x_{tau_eta} = a z0 + b noise.  # (B, 4, H/8, W/8)"""
+    return a * z0 + b * noise
+
+
+def ddim_jump(x, eps, a_t, b_t, a_s, b_s):
+    """DDIM jump from (x, t) to s with noise estimate eps (floats or broadcastable tensors)."""
+    x0 = (x - b_t * eps) / a_t  # predicted clean latent
+    return a_s * x0 + b_s * eps
+
+
+def renoise(x: torch.Tensor, noise: torch.Tensor, abar_from: float, abar_to: float) -> torch.Tensor:
+    """Forward-noise x from level abar_from to the noisier abar_to (TCD's gamma > 0 step)."""
+    ratio = abar_to / abar_from
+    return math.sqrt(ratio) * x + math.sqrt(1 - ratio) * noise
+
+
+def student_indices(eta: float, nfe: int, num_steps: int = TEACHER_STEPS) -> list[int]:
+    """The NFE grid indices the student visits: evenly spaced from n_eta towards 0 (38, 29, 19, 10 for
+    eta 0.75, NFE 4). The jump after the last one lands on s = 0."""
+    from stdtrt.errors import StdtrtError
+
+    n_eta = start_index(eta, num_steps)
+    if nfe < 1 or nfe > n_eta + 1:
+        raise StdtrtError(
+            f"nfe {nfe} cannot be served at strength {eta}: the start state is grid step {n_eta} of "
+            f"{num_steps}, so nfe must be in [1, {n_eta + 1}]"
+        )
+    indices = [math.floor(n_eta * (1 - i / nfe) + 0.5) for i in range(nfe)]
+    if len(set(indices)) != nfe:
+        raise StdtrtError(
+            f"nfe {nfe} at strength {eta} visits a grid step twice ({indices}); use a smaller nfe"
+        )
+    return indices
+
+
+@dataclass(frozen=True)
+class StudentPlan:
+    """Everything a backend needs to run the NFE-step student: the fixed timesteps and jump coefficients.
+
+    Step i evaluates the UNet at timesteps[i] and jumps to landing[i] (= targets[i] when gamma = 0; with
+    gamma > 0 it lands at floor((1 - gamma) targets[i]) and is re-noised to targets[i]).
+    """
+
+    eta: float
+    nfe: int
+    gamma: float
+    timesteps: tuple[int, ...]  # t_i the UNet sees, descending
+    targets: tuple[int, ...]  # where each step ends: timesteps[i + 1], and 0 after the last
+    landing: tuple[int, ...]  # where the DDIM jump lands before re-noising
+    a_t: tuple[float, ...]
+    b_t: tuple[float, ...]
+    a_s: tuple[float, ...]  # at landing
+    b_s: tuple[float, ...]
+    abar_landing: tuple[float, ...]  # gamma > 0: re-noise each step from alphabar(landing[i]) ...
+    abar_target: tuple[float, ...]  # ... to alphabar(targets[i])
+    a_start: float  # x_start = a_start z0 + b_start noise, at timesteps[0]
+    b_start: float
+
+    def as_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def student_plan(
+    abar: torch.Tensor, eta: float, nfe: int, gamma: float = 0.0, num_steps: int = TEACHER_STEPS
+) -> StudentPlan:
+    """The NFE-step TCD/DDIM plan from x_start at t_{n_eta} down to s = 0."""
+    T = abar.shape[0]
+    timesteps = [grid_time(n, T, num_steps) for n in student_indices(eta, nfe, num_steps)]
+    targets = [*timesteps[1:], 0]
+    landing = [math.floor((1 - gamma) * s) for s in targets]
+    a_t, b_t = zip(*(coefficients(abar, t) for t in timesteps), strict=True)
+    a_s, b_s = zip(*(coefficients(abar, s) for s in landing), strict=True)
+    return StudentPlan(
+        eta=eta,
+        nfe=nfe,
+        gamma=gamma,
+        timesteps=tuple(timesteps),
+        targets=tuple(targets),
+        landing=tuple(landing),
+        a_t=tuple(a_t),
+        b_t=tuple(b_t),
+        a_s=tuple(a_s),
+        b_s=tuple(b_s),
+        abar_landing=tuple(float(abar[s]) for s in landing),
+        abar_target=tuple(float(abar[s]) for s in targets),
+        a_start=a_t[0],
+        b_start=b_t[0],
+    )

@@ -1,0 +1,99 @@
+"""The command line: --help imports no torch, user mistakes are one line and a non-zero exit."""
+
+import subprocess
+import sys
+
+import pytest
+
+from stdtrt.cli import main
+
+
+def _run(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return exit_info.value.code, out.out, out.err
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from stdtrt.cli import main\ntry: main(['--help'])\nexcept SystemExit: pass\nprint('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "Usage: stdtrt" in out and out.strip().endswith("False")
+
+
+@pytest.mark.parametrize("command", ["stylize-image", "stylize-video", "demo", "info"])
+def test_every_command_has_help(command, capsys):
+    code, out, _ = _run([command, "--help"], capsys)
+    assert code == 0 and "Usage" in out
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["stylize-video", "missing.mp4", "-o", "o.mp4", "--model", "tiny-sd"], "does not exist"),
+        (["stylize-video", "{video}", "-o", "o.mp4", "--model", "tiny-sd", "--strength", "1.2"], "strength"),
+        (["stylize-video", "{video}", "-o", "o.mp4", "--model", "tiny-sd", "--nfe", "0"], "nfe"),
+        (
+            ["stylize-video", "{video}", "-o", "o.mp4", "--model", "tiny-sd", "--width", "100"],
+            "multiple of 8",
+        ),
+        (["stylize-video", "{video}", "-o", "o.mp4", "--model", "who/what"], "tiny-sd"),
+        (["stylize-video", "{video}", "-o", "{video}", "--model", "tiny-sd"], "is the input"),
+        (["stylize-image", "missing.png", "-o", "o.png", "--model", "tiny-sd"], "does not exist"),
+    ],
+)
+def test_user_mistakes_are_one_line_and_exit_2(argv, needle, capsys, video, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    argv = [a.replace("{video}", str(video)) for a in argv]
+    code, _, err = _run(argv, capsys)
+    assert code == 2
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0]
+
+
+def test_info_lists_backends(capsys):
+    code, out, _ = _run(["info"], capsys)
+    assert code == 0 and "onnxruntime" in out and "tensorrt" in out and "torch" in out
+
+
+def test_stylize_video_cli_end_to_end(video, tmp_path, capsys):
+    out = tmp_path / "styled.mp4"
+    code, stdout, _ = _run(
+        [
+            "stylize-video",
+            str(video),
+            "-o",
+            str(out),
+            "--model",
+            "tiny-sd",
+            "--prompt",
+            "ink",
+            "--width",
+            "64",
+            "--height",
+            "48",
+            "--no-progress",
+        ],
+        capsys,
+    )
+    assert code == 0 and out.exists() and "8 frames" in stdout
+
+
+def test_demo_runs_offline(tmp_path, capsys):
+    code, stdout, _ = _run(
+        [
+            "demo",
+            "--out",
+            str(tmp_path / "d"),
+            "--frames",
+            "6",
+            "--no-progress",
+            "--width",
+            "64",
+            "--height",
+            "48",
+        ],
+        capsys,
+    )
+    assert code == 0 and (tmp_path / "d" / "stylized.mp4").exists() and "fps" in stdout
