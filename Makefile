@@ -19,16 +19,16 @@ demo: $(VENV)/.installed
 	$(BIN)/stdtrt demo
 
 test: $(VENV)/.installed
-	$(BIN)/ruff check stdtrt tests benchmarks
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check stdtrt tests benchmarks
-	$(BIN)/ruff format --check stdtrt tests benchmarks
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 format: $(VENV)/.installed
-	$(BIN)/ruff format stdtrt tests benchmarks
-	$(BIN)/ruff check --fix stdtrt tests benchmarks
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 clean:
 	rm -rf $(VENV) stdtrt-demo .pytest_cache .ruff_cache
