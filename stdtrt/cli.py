@@ -12,7 +12,7 @@ import sys
 import click
 
 from stdtrt import __version__
-from stdtrt.config import BACKENDS, StylizeConfig, defaults
+from stdtrt.config import BACKENDS, DistillConfig, StylizeConfig, defaults
 from stdtrt.errors import StdtrtError
 
 S = defaults(StylizeConfig)
@@ -224,6 +224,93 @@ def demo(out: str, frames: int, no_progress: bool, **kwargs) -> None:
         f"{result.frames} frames at {result.width}x{result.height} on {kwargs['model']}: {result.fps:.2f} fps "
         f"end to end (decode, stylize, encode), audio {result.audio}"
     )
+
+
+def _dataclass_options(cls, renames: dict[str, str] | None = None):
+    """One option per config field (default None = "not given"), help and default shown from the config."""
+    import dataclasses
+
+    renames = renames or {}
+
+    def decorate(fn):
+        for f in reversed(dataclasses.fields(cls)):
+            flag = renames.get(f.name, "--" + f.name.replace("_", "-"))
+            help_text = f"{f.metadata.get('help', '')} [default: {f.default}]".strip()
+            if isinstance(f.default, bool):
+                name = flag.removeprefix("--")
+                no = renames.get(f.name + ":no", f"--no-{name}")
+                fn = click.option(f"{flag}/{no}", f.name, default=None, help=help_text)(fn)
+            elif isinstance(f.default, tuple):
+                fn = click.option(flag, f.name, default=None, help=help_text + " (comma-separated)")(fn)
+            else:
+                kind = type(f.default) if f.default is not None else str
+                fn = click.option(flag, f.name, type=kind, default=None, help=help_text)(fn)
+        return fn
+
+    return decorate
+
+
+def _load_toml(path: str) -> dict:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except OSError as exc:
+        raise StdtrtError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise StdtrtError(f"config file {path} is not valid TOML: {exc}") from None
+    return {k.replace("-", "_"): v for k, v in raw.items()}
+
+
+def build_distill_config(config_file: str | None, given: dict) -> DistillConfig:
+    """Defaults < the TOML file < options given on the command line."""
+    import dataclasses
+
+    names = {f.name: f for f in dataclasses.fields(DistillConfig)}
+    merged = _load_toml(config_file) if config_file else {}
+    unknown = sorted(set(merged) - set(names))
+    if unknown:
+        raise StdtrtError(f"unknown setting(s) in {config_file}: {', '.join(unknown)}")
+    merged.update({k: v for k, v in given.items() if v is not None})
+    for key, value in merged.items():
+        if isinstance(names[key].default, tuple) and not isinstance(value, tuple):
+            parts = value.split(",") if isinstance(value, str) else value
+            merged[key] = tuple(int(p) for p in parts)
+    return DistillConfig(**merged)
+
+
+@cli.command()
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="TOML file of settings (command-line options win).",
+)
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace the run in --out.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@_dataclass_options(DistillConfig, {"compile_loss": "--compile", "compile_loss:no": "--no-compile"})
+def distill(config_file: str | None, resume: bool, overwrite: bool, no_progress: bool, **given) -> None:
+    """Train a few-step LoRA student by Single Trajectory Distillation.
+
+    \b
+    Several GPUs: accelerate launch --multi_gpu --num_processes N -m stdtrt distill ...
+    (the same command runs N CPU processes over gloo on a machine without CUDA).
+    The run folder gets lora.safetensors (kohya: diffusers, ComfyUI, A1111),
+    pytorch_lora_weights.safetensors (diffusers), checkpoints/, metrics.jsonl and config.json.
+    """
+    from stdtrt.distill.train import distill as run
+
+    result = run(
+        build_distill_config(config_file, given), resume=resume, overwrite=overwrite, progress=not no_progress
+    )
+    if result.main_process:
+        click.echo(
+            f"wrote {result.lora} after {result.steps} steps in {result.seconds:.0f} s (last loss {result.last_loss:.4g})"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:

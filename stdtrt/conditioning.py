@@ -77,6 +77,22 @@ def encode_prompt(pipe, prompt: str | list[str], height: int, width: int) -> Con
     return Conditioning(embeds)
 
 
+@torch.no_grad()
+def pooled_text(pipe, prompts: list[str]) -> torch.Tensor:
+    """The pipeline's own pooled text embedding per prompt (SDXL: text_encoder_2's projection; SD 1.x: the
+    CLIP text encoder's pooled output).  # (P, D)"""
+    if hasattr(pipe, "text_encoder_2"):
+        return encode_prompt(pipe, prompts, 8, 8).pooled
+    tok = pipe.tokenizer(
+        prompts,
+        padding="max_length",
+        max_length=pipe.tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    )
+    return pipe.text_encoder(tok.input_ids.to(pipe.text_encoder.device)).pooler_output
+
+
 def predict_eps(unet, x, t, cond: Conditioning, uncond: Conditioning | None = None, guidance: float = 1.0):
     """The UNet's noise estimate, with classifier-free guidance e_u + g (e_c - e_u) when uncond is given.
 

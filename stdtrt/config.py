@@ -74,6 +74,112 @@ class StylizeConfig:
             raise StdtrtError(f"crf must be in [0, 51], got {self.crf}")
 
 
+def opt(default, help: str = ""):
+    """A config field with its help text (the CLI shows it; the reason for the default lives here)."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Single Trajectory Distillation of a LoRA student (the `distill` command). Defaults follow the
+    authors' SDXL run (std.md) except where a reason says otherwise."""
+
+    model: str = opt("tiny-sd", "the teacher: diffusers folder, cached hub id, or a preset")
+    data: str = opt("", "folder of images and/or videos (recursive); captions from sidecar .txt files")
+    out: str = opt("runs/std", "run folder: lora.safetensors, checkpoints/, metrics.jsonl, config.json")
+    prompt: str = opt("", "caption for files without a sidecar .txt")
+    prompt_template: str = opt("{caption}", "e.g. '{caption}, oil painting in the style of ...'")
+    strength: float = opt(0.75, "eta: the partial-noise level the student is trained from (one LoRA per eta)")
+    rho: float = opt(0.5, "target window R = ceil(N eta rho): 0.5 for images, 0.3 for video clips")
+    teacher_steps: int = opt(50, "N: the teacher's DDIM grid")
+    w_min: float = opt(5.0, "teacher guidance w ~ U[w_min, w_max], LCM form e_c + w (e_c - e_u)")
+    w_max: float = opt(15.0, "upper end of the teacher guidance range")
+    p_bank: float = opt(0.8, "probability that a batch element continues a trajectory from the bank")
+    bank_size: int = opt(32, "trajectory slots per process (the authors keep 4 at batch 1)")
+    huber_c: float = opt(1e-3, "pseudo-Huber constant")
+    target: str = opt(
+        "student", "'student' (stop-gradient, as the authors' code) or 'ema' (the paper's figure)"
+    )
+    ema_decay: float = opt(0.95, "only for target = 'ema'")
+    lora_rank: int = opt(64, "LoRA rank (the authors: 64)")
+    lora_alpha: float = opt(64.0, "LoRA alpha; scale = alpha / rank")
+    lr: float = opt(
+        1e-4, "the authors use 5e-6 at effective batch 128; small runs want a larger lr (LCM-LoRA: 1e-4)"
+    )
+    adam_beta1: float = opt(0.9, "AdamW beta1")
+    adam_beta2: float = opt(0.999, "AdamW beta2")
+    weight_decay: float = opt(0.0, "AdamW weight decay (the authors: none)")
+    warmup_steps: int = opt(100, "the authors warm up 500 steps of a much longer run")
+    max_steps: int = opt(1000, "optimiser steps in total (a resumed run may raise it)")
+    batch_size: int = opt(4, "batch per process and micro-step")
+    grad_accum: int = opt(1, "gradient accumulation micro-steps per optimiser step")
+    grad_clip: float = opt(10.0, "gradient norm clip (the authors: 10)")
+    resolution: int = opt(512, "training crop side (the authors train SDXL at 512 px too)")
+    mixed_precision: str = opt("auto", "auto (fp16 on CUDA, none on CPU) | no | fp16 | bf16")
+    gradient_checkpointing: bool = opt(False, "trade compute for memory on large UNets")
+    teacher: str = opt("shared", "'shared': one UNet, adapters off for the teacher; 'copy': a second UNet")
+    compile_loss: bool = opt(True, "fuse the jump + pseudo-Huber with torch.compile (eager fallback)")
+    frames_per_video: int = opt(8, "frames sampled evenly from each video in the data folder")
+    checkpoint_every: int = opt(250, "steps between checkpoints (one is always written at the end)")
+    keep_checkpoints: int = opt(2, "checkpoints kept; older ones are deleted")
+    log_every: int = opt(10, "steps between metrics.jsonl lines")
+    seed: int = opt(0, "seeds data order, crops, noise, bank draws (each process adds its rank)")
+    nfe_hint: int = opt(4, "the NFE the student is meant for (written into the LoRA's metadata)")
+    adv_weight: float = opt(0.0, "lambda_adv of the asymmetric adversarial loss (0: off, nothing loaded)")
+    adv_lr: float = opt(1e-4, "discriminator learning rate")
+    adv_gp_weight: float = opt(1e-5, "gradient penalty on real/fake interpolations")
+    adv_blocks: tuple[int, ...] = opt((2, 5, 8, 11), "DINOv2 blocks whose patch tokens the heads read")
+    adv_mode: str = opt("asymmetric", "'asymmetric' (real at r < s) or 'symmetric' (r = s, the ablation)")
+    adv_model: str = opt("facebook/dinov2-small", "DINOv2 backbone: folder, cached hub id, or 'tiny-dinov2'")
+    adv_decode_size: int = opt(0, "decode fake/real at this side for the discriminator (0: full size)")
+    adv_max_images: int = opt(0, "use at most this many batch elements for the adversarial branch (0: all)")
+
+    def __post_init__(self) -> None:
+        check_strength(self.strength)
+        if not 0 < self.rho <= 1:
+            raise StdtrtError(f"rho must be in (0, 1], got {self.rho}")
+        if not 0 <= self.p_bank <= 1:
+            raise StdtrtError(f"p_bank must be in [0, 1], got {self.p_bank}")
+        if not 0 <= self.w_min <= self.w_max:
+            raise StdtrtError(f"need 0 <= w_min <= w_max, got {self.w_min}, {self.w_max}")
+        if self.batch_size < 1 or self.grad_accum < 1 or self.max_steps < 1:
+            raise StdtrtError("batch size, gradient accumulation and max steps must be at least 1")
+        if self.bank_size < self.batch_size:
+            raise StdtrtError(
+                f"a bank of {self.bank_size} slots cannot serve a batch of {self.batch_size}: "
+                f"raise --bank-size to at least the batch size"
+            )
+        if self.target not in ("student", "ema"):
+            raise StdtrtError(f"target must be 'student' or 'ema', got {self.target!r}")
+        if self.teacher not in ("shared", "copy"):
+            raise StdtrtError(f"teacher must be 'shared' or 'copy', got {self.teacher!r}")
+        if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
+            raise StdtrtError(f"mixed precision must be auto, no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.resolution < 8 or self.resolution % 8:
+            raise StdtrtError(f"resolution must be a positive multiple of 8, got {self.resolution}")
+        if self.lora_rank < 1 or self.lr <= 0:
+            raise StdtrtError("LoRA rank must be >= 1 and lr > 0")
+        if "{caption}" not in self.prompt_template:
+            raise StdtrtError("prompt template must contain {caption}")
+        if self.adv_weight < 0:
+            raise StdtrtError(f"adv weight must be >= 0, got {self.adv_weight}")
+        if self.adv_mode not in ("asymmetric", "symmetric"):
+            raise StdtrtError(f"adv mode must be 'asymmetric' or 'symmetric', got {self.adv_mode!r}")
+        check_nfe(self.nfe_hint)
+        if self.teacher_steps < 2 or 1000 % self.teacher_steps:
+            raise StdtrtError(f"teacher steps must divide 1000, got {self.teacher_steps}")
+
+    # Fields that may change when a run is resumed (everything else must match the checkpoint).
+    RESUMABLE_CHANGES = (
+        "out",
+        "max_steps",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "log_every",
+        "compile_loss",
+    )
+
+
 def replace(cfg, **changes):
     """dataclasses.replace that re-runs validation (frozen configs are changed only through this)."""
     return dataclasses.replace(cfg, **changes)
@@ -94,4 +200,4 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
-__all__ = ["StylizeConfig", "StdtrtError", "defaults", "field", "replace", "to_dict"]
+__all__ = ["DistillConfig", "StylizeConfig", "StdtrtError", "defaults", "field", "replace", "to_dict"]

@@ -151,3 +151,23 @@ def student_plan(
         a_start=a_t[0],
         b_start=b_t[0],
     )
+
+
+# -- batched forms for training (one grid index per batch element) --------------------------------------
+def grid_time_tensor(n: torch.Tensor, num_train_timesteps: int = 1000, num_steps: int = TEACHER_STEPS):
+    """t_n for a (B,) tensor of grid indices; -1 gives 0 ("s = 0")."""
+    k = num_train_timesteps // num_steps
+    return torch.where(n < 0, torch.zeros_like(n), k * (n + 1) - 1)
+
+
+def coefficients_tensor(abar: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a(t), b(t)) for a (B,) tensor of timesteps, shaped (B, 1, 1, 1) to broadcast over latents."""
+    ab = abar.to(t.device)[t].view(-1, 1, 1, 1)
+    return ab.sqrt(), (1 - ab).sqrt()
+
+
+def sample_target_index(n: torch.Tensor, window_r: int, generator: torch.Generator) -> torch.Tensor:
+    """s_idx uniform in {max(0, n - R), ..., n - 1} per element; the target time is s = t_{s_idx - 1}."""
+    lo = (n - window_r).clamp(min=0)
+    u = torch.rand(n.shape, generator=generator).to(n.device)
+    return lo + (u * (n - lo)).floor().long().clamp(max=(n - lo - 1).clamp(min=0))

@@ -81,4 +81,59 @@ def frames_of(path: Path) -> list[np.ndarray]:
         return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
 
 
-__all__ = ["make_video", "frames_of"]
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    from PIL import Image
+
+    from stdtrt.demo import sample_frames
+
+    folder = tmp_path_factory.mktemp("data")
+    for i, rgb in enumerate(sample_frames(4, 48, 40)):
+        Image.fromarray(rgb).save(folder / f"img{i}.png")
+    (folder / "img0.txt").write_text("an astronaut")
+    return folder
+
+
+def small(data_dir, out, **changes):
+    """A distillation config small enough for a CPU test: tiny-sd, 32 px, rank 4, batch 2."""
+    from stdtrt.config import DistillConfig
+
+    base = dict(
+        model="tiny-sd",
+        data=str(data_dir),
+        out=str(out),
+        prompt="a photo",
+        max_steps=4,
+        batch_size=2,
+        bank_size=4,
+        resolution=32,
+        lora_rank=4,
+        lora_alpha=4.0,
+        compile_loss=False,
+        log_every=1,
+        checkpoint_every=100,
+        warmup_steps=0,
+        lr=1e-3,
+    )
+    base.update(changes)
+    return DistillConfig(**base)
+
+
+def losses(out: Path) -> list[float]:
+    import json
+
+    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def start_run(cfg):
+    """A training Run (one process, CPU) for tests that drive single steps."""
+    from accelerate import Accelerator
+
+    from stdtrt.distill.train import Run, prepare_out_dir
+
+    prepare_out_dir(cfg, False, False)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    return Run(cfg, Accelerator(cpu=True))
+
+
+__all__ = ["make_video", "frames_of", "small", "losses", "start_run"]

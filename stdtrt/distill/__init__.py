@@ -1,0 +1,1 @@
+"""Single Trajectory Distillation: data, trajectory bank, teacher step, losses, training loop."""

@@ -1,0 +1,155 @@
+"""Training data: a folder of images and/or videos (recursive), captions from sidecar .txt files, random
+resize-crops drawn from a seeded generator so that a resumed run sees exactly the same batches."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stdtrt.errors import StdtrtError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"}
+
+
+@dataclass(frozen=True)
+class Item:
+    image: Path  # an image file (video frames are extracted to PNG once, into the run's cache)
+    prompt: str
+
+
+def _caption(path: Path, default: str) -> str:
+    sidecar = path.with_suffix(".txt")
+    if sidecar.is_file():
+        text = sidecar.read_text(encoding="utf-8", errors="replace").strip()
+        if text:
+            return text
+    return default
+
+
+def _extract_frames(video: Path, count: int, cache: Path) -> list[Path]:
+    """Decode `count` frames spread evenly over a video into PNGs (once; reused on resume)."""
+    from PIL import Image
+
+    from stdtrt.runtime.video import probe, read_frames
+
+    key = hashlib.sha256(f"{video.resolve()}:{video.stat().st_size}:{count}".encode()).hexdigest()[:16]
+    folder = cache / f"{video.stem}-{key}"
+    done = folder / ".complete"
+    if done.exists():
+        return sorted(folder.glob("*.png"))
+    info = probe(video)
+    total = info.frames or sum(1 for _ in read_frames(info))
+    wanted = set(np.linspace(0, total - 1, num=min(count, total)).round().astype(int).tolist())
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, (rgb, _) in enumerate(read_frames(info)):
+        if i in wanted:
+            path = folder / f"{i:06d}.png"
+            Image.fromarray(rgb).save(path)
+            out.append(path)
+    done.touch()
+    return out
+
+
+def list_files(folder: str | Path) -> list[Path]:
+    """The images and videos under `folder`, in a stable order; a clear error when there are none."""
+    if not str(folder):
+        raise StdtrtError("no training data given: pass --data FOLDER (images and/or videos)")
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise StdtrtError(f"data folder {root} does not exist")
+    suffixes = IMAGE_SUFFIXES | VIDEO_SUFFIXES
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+    if not files:
+        raise StdtrtError(f"data folder {root} holds no images or videos ({', '.join(sorted(suffixes))})")
+    return files
+
+
+def scan(folder: str | Path, prompt: str, template: str, frames_per_video: int, cache: Path) -> list[Item]:
+    """All training items under `folder` (video frames extracted once into `cache`), in a stable order."""
+    items = []
+    for path in list_files(folder):
+        caption = template.format(caption=_caption(path, prompt))
+        if path.suffix.lower() in VIDEO_SUFFIXES:
+            items.extend(Item(frame, caption) for frame in _extract_frames(path, frames_per_video, cache))
+        else:
+            items.append(Item(path, caption))
+    return items
+
+
+def check_readable(files: list[Path]) -> None:
+    """Open every image (and probe every video) once so that a bad file fails before training starts."""
+    from PIL import Image, UnidentifiedImageError
+
+    from stdtrt.runtime.video import probe
+
+    bad = []
+    for path in files:
+        try:
+            if path.suffix.lower() in VIDEO_SUFFIXES:
+                probe(path)
+            else:
+                with Image.open(path) as im:
+                    im.verify()
+        except (UnidentifiedImageError, OSError, SyntaxError, StdtrtError) as exc:
+            bad.append(f"{path} ({type(exc).__name__})")
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise StdtrtError(f"unreadable files in the data folder: {', '.join(bad[:3])}{more}")
+
+
+def random_crop(path: Path, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Resize the short side to `size` (times a random zoom in [1, 1.25]) and take a random size x size
+    crop; returns (3, size, size) in [-1, 1]."""
+    import cv2
+    from PIL import Image
+
+    with Image.open(path) as im:
+        rgb = np.asarray(im.convert("RGB"))
+    u = torch.rand(3, generator=generator).tolist()
+    scale = size * (1 + 0.25 * u[0]) / min(rgb.shape[:2])
+    h, w = max(size, round(rgb.shape[0] * scale)), max(size, round(rgb.shape[1] * scale))
+    rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+    top, left = int(u[1] * (h - size + 1)), int(u[2] * (w - size + 1))
+    crop = np.ascontiguousarray(rgb[top : top + size, left : left + size])
+    return torch.from_numpy(crop).permute(2, 0, 1).float() / 127.5 - 1
+
+
+class Sampler:
+    """An endless, seeded, resumable stream of item indices for one process (its shard of the data)."""
+
+    def __init__(self, n_items: int, seed: int, rank: int = 0, world: int = 1):
+        self.n, self.seed, self.rank, self.world = n_items, seed, rank, world
+        self.epoch, self.position = 0, 0
+        self._order = self._epoch_order()
+
+    def _epoch_order(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g).tolist()
+        shard = order[self.rank :: self.world]
+        return shard or order[: 1 + self.rank % max(1, self.n)][-1:]  # fewer items than processes
+
+    def take(self, count: int) -> list[int]:
+        out = []
+        while len(out) < count:
+            if self.position >= len(self._order):
+                self.epoch, self.position = self.epoch + 1, 0
+                self._order = self._epoch_order()
+            out.append(self._order[self.position])
+            self.position += 1
+        return out
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._order = self._epoch_order()

@@ -1,0 +1,505 @@
+"""The STD training loop (std.md, "One training step"), with accelerate for mixed precision, gradient
+accumulation and several processes, exact resume, a NaN guard, and LoRA files every tool loads.
+
+Per step and batch element: take a trajectory state from the bank (probability p_bank) or start one at
+x_start; the student jumps from (x, t_n) to a random s in the window R; the teacher takes one guided DDIM
+step to t_{n-1}; the stop-gradient student (or its EMA) jumps from there to s: that is the target; the
+pseudo-Huber distance is the loss; the teacher's new state goes back into the bank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from stdtrt import schedule
+from stdtrt.conditioning import Conditioning, encode_prompt
+from stdtrt.config import DistillConfig
+from stdtrt.distill import data as data_mod
+from stdtrt.distill.bank import TrajectoryBank
+from stdtrt.distill.losses import FusedSTDLoss
+from stdtrt.distill.teacher import Teacher
+from stdtrt.errors import StdtrtError
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+LORA_FILE = "lora.safetensors"  # kohya form: diffusers, ComfyUI, A1111
+DIFFUSERS_LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers form (save_lora_weights)
+
+
+@dataclass
+class DistillResult:
+    out: Path
+    lora: Path
+    steps: int
+    seconds: float
+    last_loss: float
+    main_process: bool = True  # only the main process of a multi-process run reports
+
+
+# -- the run folder ----------------------------------------------------------------------------------------
+def prepare_out_dir(cfg: DistillConfig, resume: bool, overwrite: bool) -> Path | None:
+    """Check the run folder; return the checkpoint to resume from (None for a fresh run)."""
+    out = Path(cfg.out)
+    saved = out / CONFIG_FILE
+    if resume and overwrite:
+        raise StdtrtError("--resume and --overwrite contradict each other; pick one")
+    if resume:
+        if not saved.exists():
+            raise StdtrtError(f"nothing to resume in {out}: no {CONFIG_FILE} (start without --resume)")
+        check_same_run(cfg, json.loads(saved.read_text()))
+        return latest_checkpoint(out)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise StdtrtError(
+                f"{out} already holds a run; pass --resume to continue it, --overwrite to replace it, "
+                f"or choose another --out"
+            )
+        if not saved.exists() and not (out / "checkpoints").exists():
+            raise StdtrtError(f"{out} is not a stdtrt run folder; refusing to overwrite it")
+    return None
+
+
+def check_same_run(cfg: DistillConfig, saved: dict) -> None:
+    now = asdict(cfg)
+    differ = [
+        f"{k}: {saved.get(k)!r} -> {now[k]!r}"
+        for k in now
+        if k not in DistillConfig.RESUMABLE_CHANGES and _norm(saved.get(k)) != _norm(now[k])
+    ]
+    if differ:
+        raise StdtrtError(
+            f"cannot resume {cfg.out}: its checkpoint was made with another config ({'; '.join(differ)})"
+        )
+
+
+def _norm(value):
+    return list(value) if isinstance(value, tuple | list) else value
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    ckpts = sorted((out / "checkpoints").glob("step-*"))
+    return ckpts[-1] if ckpts else None
+
+
+# -- the run -----------------------------------------------------------------------------------------------
+class Run:
+    """Everything one training process holds: models, data, bank, optimiser, generators."""
+
+    def __init__(self, cfg: DistillConfig, accelerator):
+        from stdtrt.lora import ADAPTER, add_lora
+        from stdtrt.models import load_model
+
+        self.cfg, self.acc = cfg, accelerator
+        self.rank, self.world = accelerator.process_index, accelerator.num_processes
+        self.device = accelerator.device
+        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
+            accelerator.mixed_precision, torch.float32
+        )
+        torch.manual_seed(cfg.seed + self.rank)
+
+        self.model = load_model(cfg.model, device=self.device, dtype=self.weight_dtype)
+        self.model.vae.to(torch.float32)  # the VAE stays fp32 (SDXL's VAE overflows in fp16)
+        self.abar = self.model.alphas_cumprod().to(self.device)
+        self.T = self.abar.shape[0]
+        self.n_eta = schedule.start_index(cfg.strength, cfg.teacher_steps)
+        self.window_r = schedule.window(cfg.strength, cfg.rho, cfg.teacher_steps)
+
+        self._load_data()
+        unet = self.model.unet
+        teacher_unet = copy.deepcopy(unet) if cfg.teacher == "copy" else unet
+        add_lora(unet, cfg.lora_rank, cfg.lora_alpha)
+        self.lora_params = {n: p for n, p in unet.named_parameters() if ADAPTER in n}
+        for p in self.lora_params.values():
+            p.data = p.data.float()  # trainable LoRA weights in fp32 under mixed precision
+            p.requires_grad_(True)
+        if cfg.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        unet.train()
+        self.teacher = Teacher(
+            teacher_unet, self.abar, shared=cfg.teacher == "shared", num_steps=cfg.teacher_steps
+        )
+        self.ema = (
+            {n: p.detach().clone() for n, p in self.lora_params.items()} if cfg.target == "ema" else None
+        )
+
+        from diffusers.optimization import get_scheduler
+
+        self.optimizer = torch.optim.AdamW(
+            list(self.lora_params.values()),
+            lr=cfg.lr,
+            betas=(cfg.adam_beta1, cfg.adam_beta2),
+            weight_decay=cfg.weight_decay,
+        )
+        # accelerate steps a prepared scheduler once per process per optimiser step: scale to match
+        self.scheduler = get_scheduler(
+            "cosine",
+            self.optimizer,
+            num_warmup_steps=cfg.warmup_steps * self.world,
+            num_training_steps=cfg.max_steps * self.world,
+        )
+        self.unet, self.optimizer, self.scheduler = accelerator.prepare(unet, self.optimizer, self.scheduler)
+        self.raw_unet = unet
+        self.loss_fn = FusedSTDLoss(cfg.compile_loss)
+
+        latent = cfg.resolution // self.model.vae_scale
+        self.bank = TrajectoryBank(
+            cfg.bank_size,
+            (4, latent, latent),
+            cfg.p_bank,
+            (cfg.w_min, cfg.w_max),
+            cfg.seed * 7919 + self.rank,
+            device=self.device,
+        )
+        self.sampler = data_mod.Sampler(len(self.items), cfg.seed, self.rank, self.world)
+        self.generator = torch.Generator().manual_seed(cfg.seed * 104729 + self.rank)  # crops, noise, s
+        self.adv = None
+        if cfg.adv_weight > 0:  # nothing DINO-related is loaded otherwise
+            from stdtrt.conditioning import pooled_text
+            from stdtrt.distill.adversarial import AdversarialLoss
+
+            pooled = pooled_text(self.model.pipe, self.prompt_list)
+            self.adv = AdversarialLoss(cfg, self.model, self.device, accelerator, pooled)
+        self.step = 0
+        self.step_calls = 0  # train_step calls (micro-batches)
+        self.n_seen: list[int] = []
+
+    def _load_data(self) -> None:
+        cfg = self.cfg
+        cache = Path(cfg.out) / "cache" / "frames"
+        with self.acc.main_process_first():  # one process extracts video frames, the others reuse them
+            self.items = data_mod.scan(cfg.data, cfg.prompt, cfg.prompt_template, cfg.frames_per_video, cache)
+        prompts = self.prompt_list = sorted({item.prompt for item in self.items})
+        self.prompt_index = {p: i for i, p in enumerate(prompts)}
+        res = cfg.resolution
+        chunks = [
+            encode_prompt(self.model.pipe, prompts[i : i + 64], res, res) for i in range(0, len(prompts), 64)
+        ]
+        self.prompts = Conditioning.cat(chunks).to(dtype=self.weight_dtype)  # computed once, indexed per step
+        self.uncond = encode_prompt(self.model.pipe, "", res, res).to(dtype=self.weight_dtype)
+
+    # -- one step ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _fresh(self, count: int) -> dict[str, torch.Tensor]:
+        """New trajectories: content latents of the next items, fresh noise, x_start at n_eta."""
+        idx = self.sampler.take(count)
+        images = torch.stack(
+            [data_mod.random_crop(self.items[i].image, self.cfg.resolution, self.generator) for i in idx]
+        )
+        z0 = self.model.vae.encode(images.to(self.device)).latent_dist.mean * self.model.scaling_factor
+        noise = torch.randn(z0.shape, generator=self.generator).to(self.device)
+        a, b = schedule.coefficients(
+            self.abar.cpu(), schedule.grid_time(self.n_eta, self.T, self.cfg.teacher_steps)
+        )
+        return {
+            "x": schedule.x_start(z0, noise, a, b),
+            "n": torch.full((count,), self.n_eta, dtype=torch.long, device=self.device),
+            "z0": z0,
+            "w": self.bank.new_guidance(count).to(self.device),
+            "prompt": torch.tensor(
+                [self.prompt_index[self.items[i].prompt] for i in idx], device=self.device
+            ),
+        }
+
+    def _batch(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        slots = self.bank.draw(self.cfg.batch_size)
+        old, new = (slots >= 0).nonzero().flatten(), (slots < 0).nonzero().flatten()
+        parts = {}
+        if len(old):
+            parts["old"] = self.bank.get(slots[old])
+        if len(new):
+            parts["new"] = self._fresh(len(new))
+        order = torch.cat([old, new]).argsort()  # back to the batch order of `slots`
+        batch = {
+            k: torch.cat([parts[p][k] for p in ("old", "new") if p in parts])[order.to(self.device)]
+            for k in ("x", "n", "z0", "w", "prompt")
+        }
+        return slots, batch
+
+    @contextlib.contextmanager
+    def _ema_weights(self):
+        if self.ema is None:
+            yield
+            return
+        backup = {n: p.detach().clone() for n, p in self.lora_params.items()}
+        for n, p in self.lora_params.items():
+            p.data.copy_(self.ema[n])
+        try:
+            yield
+        finally:
+            for n, p in self.lora_params.items():
+                p.data.copy_(backup[n])
+
+    def train_step(self) -> dict:
+        cfg, dt = self.cfg, self.weight_dtype
+        self.step_calls += 1
+        slots, b = self._batch()
+        x, n = b["x"], b["n"]
+        cond = self.prompts.map(lambda t: t[b["prompt"]])
+        uncond = self.uncond.repeat(len(n))
+        t = schedule.grid_time_tensor(n, self.T, cfg.teacher_steps)
+        t_prev = schedule.grid_time_tensor(n - 1, self.T, cfg.teacher_steps)
+        s_idx = schedule.sample_target_index(n, self.window_r, self.generator)
+        s = schedule.grid_time_tensor(s_idx - 1, self.T, cfg.teacher_steps)
+        a_t, b_t = schedule.coefficients_tensor(self.abar, t)
+        a_p, b_p = schedule.coefficients_tensor(self.abar, t_prev)
+        a_s, b_s = schedule.coefficients_tensor(self.abar, s)
+
+        eps = self.unet(x.to(dt), t, **cond.unet_kwargs(), return_dict=False)[0]  # student, with grad
+        with torch.no_grad():
+            x_next = self.teacher.step(x, n, cond, uncond, b["w"], dt)
+            with self._ema_weights():
+                e_target = self.raw_unet(x_next.to(dt), t_prev, **cond.unet_kwargs(), return_dict=False)[0]
+            target = schedule.ddim_jump(x_next, e_target.float(), a_p, b_p, a_s, b_s)
+        loss = self.loss_fn(x, eps, target, a_t, b_t, a_s, b_s, cfg.huber_c)
+        metrics = {"loss_std": loss.detach()}
+        if self.adv is not None:
+            pred = schedule.ddim_jump(x.float(), eps.float(), a_t, b_t, a_s, b_s)
+            adv_loss, adv_metrics = self.adv.generator_loss(pred, s, b["z0"], b["prompt"], self.abar)
+            loss = loss + cfg.adv_weight * adv_loss
+            metrics.update(adv_metrics)
+        self.bank.update(slots, x_next, n - 1, b["z0"], b["w"], b["prompt"])
+        self.n_seen.extend(n.tolist())
+        metrics["loss"] = loss.detach()
+        return loss, metrics, (b, s)
+
+    def optimise(self) -> dict:
+        """One optimiser step (grad_accum micro-batches)."""
+        totals: dict[str, float] = {}
+        for _ in range(self.cfg.grad_accum):
+            with self.acc.accumulate(self.unet):
+                loss, metrics, (b, s) = self.train_step()
+                if not torch.isfinite(loss):
+                    raise NonFinite(float(loss.detach()))
+                self.acc.backward(loss)
+                grad_norm = None
+                if self.acc.sync_gradients:
+                    grad_norm = self.acc.clip_grad_norm_(list(self.lora_params.values()), self.cfg.grad_clip)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            if self.adv is not None:
+                metrics.update(self.adv.discriminator_step(b["z0"], s, b["prompt"], self.abar))
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + float(v) / self.cfg.grad_accum
+        if grad_norm is not None and not math.isfinite(float(grad_norm)):
+            raise NonFinite(float(grad_norm), what="gradient norm")
+        if self.ema is not None:
+            with torch.no_grad():
+                for name, p in self.lora_params.items():
+                    self.ema[name].lerp_(p.detach(), 1 - self.cfg.ema_decay)
+        self.step += 1
+        totals["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
+        totals["lr"] = self.scheduler.get_last_lr()[0]
+        return totals
+
+    # -- checkpoints ---------------------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        """checkpoints/step-NNNNNN/: LoRA (+EMA) weights, optimiser, scheduler, and per process the bank,
+        the data position and the generators. Written to a temporary folder, renamed when complete."""
+        from safetensors.torch import save_file
+
+        root = Path(self.cfg.out) / "checkpoints"
+        final = root / f"step-{self.step:06d}"
+        tmp = root / f".step-{self.step:06d}.partial"
+        if self.acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            save_file(
+                {n: p.detach().float().cpu().contiguous() for n, p in self.lora_params.items()},
+                str(tmp / "lora.safetensors"),
+            )
+            if self.ema is not None:
+                save_file(
+                    {n: v.cpu().contiguous() for n, v in self.ema.items()}, str(tmp / "ema.safetensors")
+                )
+            shared = {
+                "step": self.step,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+            }
+            if self.adv is not None:
+                shared["adversarial"] = self.adv.state_dict()
+            torch.save(shared, tmp / "shared.pt")
+        torch.save(
+            {
+                "bank": self.bank.state_dict(),
+                "sampler": self.sampler.state_dict(),
+                "generator": self.generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "n_seen": torch.tensor(self.n_seen[-10_000:], dtype=torch.long),
+            },
+            tmp / f"rank{self.rank}.pt",
+        )
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            for old in sorted(root.glob("step-*"))[: -self.cfg.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.acc.wait_for_everyone()
+        return final
+
+    def load_checkpoint(self, path: Path) -> None:
+        from safetensors.torch import load_file
+
+        rank_file = path / f"rank{self.rank}.pt"
+        if not rank_file.exists():
+            raise StdtrtError(
+                f"checkpoint {path} was made with another number of processes (no {rank_file.name})"
+            )
+        weights = load_file(str(path / "lora.safetensors"))
+        if set(weights) != set(self.lora_params):
+            raise StdtrtError(f"checkpoint {path} holds LoRA weights of another shape or UNet")
+        for n, p in self.lora_params.items():
+            p.data.copy_(weights[n].to(p.device))
+        if self.ema is not None:
+            self.ema = {n: v.to(self.device) for n, v in load_file(str(path / "ema.safetensors")).items()}
+        shared = torch.load(path / "shared.pt", map_location="cpu", weights_only=True)
+        self.optimizer.load_state_dict(shared["optimizer"])
+        self.scheduler.load_state_dict(shared["scheduler"])
+        if self.adv is not None:
+            self.adv.load_state_dict(shared["adversarial"])
+        mine = torch.load(rank_file, map_location="cpu", weights_only=True)
+        self.bank.load_state_dict(mine["bank"])
+        self.sampler.load_state_dict(mine["sampler"])
+        self.generator.set_state(mine["generator"])
+        torch.set_rng_state(mine["torch_rng"])
+        self.n_seen = mine["n_seen"].tolist()
+        self.step = int(shared["step"])
+
+    # -- output --------------------------------------------------------------------------------------------
+    def save_lora(self) -> Path:
+        """The student as lora.safetensors (kohya) and pytorch_lora_weights.safetensors (diffusers)."""
+        from peft.utils import get_peft_model_state_dict
+
+        from stdtrt.io_utils import atomic_path
+        from stdtrt.lora import ADAPTER, save_kohya
+
+        out = Path(self.cfg.out)
+        meta = {
+            "eta": self.cfg.strength,
+            "nfe_hint": self.cfg.nfe_hint,
+            "base_model": self.cfg.model,
+            "kind": self.model.kind,
+            "steps": self.step,
+            "config": asdict(self.cfg),
+        }
+        path = save_kohya(self.raw_unet, out / LORA_FILE, meta)
+        state = get_peft_model_state_dict(self.raw_unet, adapter_name=ADAPTER)
+        state = {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
+        pipe_cls = type(self.model.pipe)
+        with atomic_path(out / DIFFUSERS_LORA_FILE) as tmp:
+            pipe_cls.save_lora_weights(
+                str(tmp.parent),
+                unet_lora_layers=state,
+                weight_name=tmp.name,
+                unet_lora_adapter_metadata=self.raw_unet.peft_config[ADAPTER].to_dict(),
+            )
+        return path
+
+
+class NonFinite(Exception):
+    def __init__(self, value: float, what: str = "loss"):
+        super().__init__(f"{what} is {value}")
+        self.value, self.what = value, what
+
+
+# -- the command -------------------------------------------------------------------------------------------
+def distill(
+    cfg: DistillConfig, resume: bool = False, overwrite: bool = False, progress: bool = True
+) -> DistillResult:
+    """Train the STD student described by cfg; write lora.safetensors (and checkpoints) to cfg.out."""
+    from accelerate import Accelerator
+    from tqdm import tqdm
+
+    from stdtrt.distill.metrics import MetricsLog
+
+    out = Path(cfg.out)
+    checkpoint = prepare_out_dir(cfg, resume, overwrite)
+    mp = cfg.mixed_precision
+    if mp == "auto":
+        mp = "fp16" if torch.cuda.is_available() else "no"
+    data_mod.check_readable(data_mod.list_files(cfg.data))  # before anything is written
+    # cpu=True without CUDA: under a multi-process launcher that means several CPU processes over gloo
+    acc = Accelerator(
+        mixed_precision=mp, gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available()
+    )
+    existed = out.exists()
+    if acc.is_main_process and overwrite and existed:
+        shutil.rmtree(out)
+        existed = False
+    acc.wait_for_everyone()
+    try:
+        run = Run(cfg, acc)
+    except BaseException:
+        if acc.is_main_process and not existed:
+            shutil.rmtree(out, ignore_errors=True)  # a run that never started leaves nothing behind
+        raise
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CONFIG_FILE).write_text(json.dumps(asdict(cfg), indent=2))
+    acc.wait_for_everyone()
+    if checkpoint is not None:
+        run.load_checkpoint(checkpoint)
+        log.info("resumed from %s at step %d", checkpoint, run.step)
+    if run.step >= cfg.max_steps:
+        raise StdtrtError(
+            f"{out} is already at step {run.step} >= --max-steps {cfg.max_steps}; raise --max-steps"
+        )
+    metrics = MetricsLog(out, acc, resume_step=run.step if checkpoint is not None else None)
+    bar = tqdm(
+        total=cfg.max_steps,
+        initial=run.step,
+        unit="step",
+        desc="distill",
+        disable=not progress or not acc.is_main_process,
+    )
+    start = time.perf_counter()
+    last = {}
+    try:
+        while run.step < cfg.max_steps:
+            t0 = time.perf_counter()
+            try:
+                last = run.optimise()
+            except NonFinite as bad:
+                good = latest_checkpoint(out)
+                raise StdtrtError(
+                    f"the {bad.what} became {bad.value} at step {run.step + 1}; stopped without saving. "
+                    f"The last good checkpoint is {good or 'none'}: lower --lr and run again with --resume"
+                ) from None
+            last["step_seconds"] = time.perf_counter() - t0
+            bar.update(1)
+            bar.set_postfix(loss=f"{last['loss']:.4f}", bank=len(run.bank))
+            if run.step % cfg.log_every == 0 or run.step == cfg.max_steps:
+                metrics.write(run, last)
+            if run.step % cfg.checkpoint_every == 0 and run.step < cfg.max_steps:
+                run.save_checkpoint()
+    finally:
+        bar.close()
+    run.save_checkpoint()
+    lora = out / LORA_FILE
+    if acc.is_main_process:
+        lora = run.save_lora()
+    acc.wait_for_everyone()
+    metrics.close()
+    return DistillResult(
+        out,
+        lora,
+        run.step,
+        time.perf_counter() - start,
+        float(last.get("loss", float("nan"))),
+        acc.is_main_process,
+    )
