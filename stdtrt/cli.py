@@ -190,7 +190,7 @@ def stylize_image_cmd(input: str, output: str, **kwargs) -> None:
 )
 @_stylize_options
 @_video_options
-def stylize_video_cmd(input: str, output: str, no_progress: bool, **kwargs) -> None:
+def stylize_video_cmd(input: str, output: str, no_progress: bool, report: bool, **kwargs) -> None:
     """Stylize a video frame by frame, keeping its frame rate, size and audio."""
     from stdtrt.runtime.stylize import stylize_video
 
@@ -199,6 +199,21 @@ def stylize_video_cmd(input: str, output: str, no_progress: bool, **kwargs) -> N
         f"wrote {result.output}: {result.frames} frames at {result.width}x{result.height}, "
         f"{result.fps:.2f} fps, audio {result.audio}"
     )
+    if report:
+        from stdtrt.flicker import report as measure
+
+        click.echo(str(measure(input, output)))
+
+
+@cli.command()
+@click.argument("input", type=click.Path(dir_okay=False))
+@click.argument("output", type=click.Path(dir_okay=False))
+def report(input: str, output: str) -> None:
+    """Temporal consistency of a stylized OUTPUT video against its INPUT: the warp error between consecutive
+    frames (flow from the input, occlusions masked), with the input's own warp error as the floor."""
+    from stdtrt.flicker import report as measure
+
+    click.echo(str(measure(input, output)))
 
 
 @cli.command()
@@ -210,7 +225,7 @@ def stylize_video_cmd(input: str, output: str, no_progress: bool, **kwargs) -> N
 )
 @_stylize_options
 @_video_options
-def demo(out: str, frames: int, no_progress: bool, **kwargs) -> None:
+def demo(out: str, frames: int, no_progress: bool, report: bool, **kwargs) -> None:
     """Make a sample video from bundled photographs and stylize it (default: tiny-sd, offline)."""
     from stdtrt.demo import run_demo
 
@@ -224,6 +239,10 @@ def demo(out: str, frames: int, no_progress: bool, **kwargs) -> None:
         f"{result.frames} frames at {result.width}x{result.height} on {kwargs['model']}: {result.fps:.2f} fps "
         f"end to end (decode, stylize, encode), audio {result.audio}"
     )
+    if report:
+        from stdtrt.flicker import report as measure
+
+        click.echo(str(measure(result.output.parent / "input.mp4", result.output)))
 
 
 def _dataclass_options(cls, renames: dict[str, str] | None = None):

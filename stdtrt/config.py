@@ -92,6 +92,10 @@ class DistillConfig:
     strength: float = opt(0.75, "eta: the partial-noise level the student is trained from (one LoRA per eta)")
     rho: float = opt(0.5, "target window R = ceil(N eta rho): 0.5 for images, 0.3 for video clips")
     teacher_steps: int = opt(50, "N: the teacher's DDIM grid")
+    mode: str = opt(
+        "std",
+        "'std': trajectories from x_start; 'lcm': forward-noised states over the whole grid, x0 target (baseline)",
+    )
     w_min: float = opt(5.0, "teacher guidance w ~ U[w_min, w_max], LCM form e_c + w (e_c - e_u)")
     w_max: float = opt(15.0, "upper end of the teacher guidance range")
     p_bank: float = opt(0.8, "probability that a batch element continues a trajectory from the bank")
@@ -163,6 +167,10 @@ class DistillConfig:
             raise StdtrtError("prompt template must contain {caption}")
         if self.adv_weight < 0:
             raise StdtrtError(f"adv weight must be >= 0, got {self.adv_weight}")
+        if self.mode not in ("std", "lcm"):
+            raise StdtrtError(f"mode must be 'std' or 'lcm', got {self.mode!r}")
+        if self.mode == "lcm" and self.p_bank > 0:
+            raise StdtrtError("mode 'lcm' trains forward-noised states only: set --p-bank 0")
         if self.adv_mode not in ("asymmetric", "symmetric"):
             raise StdtrtError(f"adv mode must be 'asymmetric' or 'symmetric', got {self.adv_mode!r}")
         check_nfe(self.nfe_hint)

@@ -129,8 +129,21 @@ def student_plan(
     abar: torch.Tensor, eta: float, nfe: int, gamma: float = 0.0, num_steps: int = TEACHER_STEPS
 ) -> StudentPlan:
     """The NFE-step TCD/DDIM plan from x_start at t_{n_eta} down to s = 0."""
+    return plan_from_indices(abar, eta, student_indices(eta, nfe, num_steps), gamma, num_steps)
+
+
+def teacher_walk_plan(abar: torch.Tensor, eta: float, num_steps: int = TEACHER_STEPS) -> StudentPlan:
+    """The teacher's full DDIM walk from x_start: every grid step n_eta, n_eta - 1, ..., 0, then s = 0."""
+    return plan_from_indices(abar, eta, list(range(start_index(eta, num_steps), -1, -1)), 0.0, num_steps)
+
+
+def plan_from_indices(
+    abar: torch.Tensor, eta: float, indices: list[int], gamma: float = 0.0, num_steps: int = TEACHER_STEPS
+) -> StudentPlan:
+    """A plan visiting the given descending grid indices, each jumping to the next, the last to s = 0."""
     T = abar.shape[0]
-    timesteps = [grid_time(n, T, num_steps) for n in student_indices(eta, nfe, num_steps)]
+    nfe = len(indices)
+    timesteps = [grid_time(n, T, num_steps) for n in indices]
     targets = [*timesteps[1:], 0]
     landing = [math.floor((1 - gamma) * s) for s in targets]
     a_t, b_t = zip(*(coefficients(abar, t) for t in timesteps), strict=True)

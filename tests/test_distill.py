@@ -384,3 +384,13 @@ def test_cli_reads_a_toml_file_and_options_win(data_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as done:
         main(["distill", "--config", str(bad)])
     assert done.value.code == 2 and "unknown setting(s)" in capsys.readouterr().err
+
+
+def test_lcm_mode_trains_forward_noised_states_towards_x0(data_dir, tmp_path):
+    with pytest.raises(StdtrtError, match="p-bank 0"):
+        small(data_dir, tmp_path / "x", mode="lcm")
+    run = _run(small(data_dir, tmp_path / "lcm", mode="lcm", p_bank=0.0, batch_size=4))
+    fresh = run._fresh(64)
+    assert fresh["n"].min() >= 1 and fresh["n"].max() <= 49 and len(set(fresh["n"].tolist())) > 20
+    run.optimise()
+    assert len(run.bank) == 0  # no bank in LCM mode

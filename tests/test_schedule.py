@@ -135,3 +135,10 @@ def test_student_sampler_equals_diffusers_tcd(kind, guidance, gamma, request):
     assert ours.shape == theirs.shape
     assert (ours - theirs).abs().max().item() < 1e-4
     assert make_noise((4, 8, 8), seed).equal(noise)
+
+
+def test_teacher_walk_visits_every_grid_step_from_the_start():
+    abar = schedule.alphas_cumprod(SCHEDULER_CONFIG)
+    walk = schedule.teacher_walk_plan(abar, 0.75)
+    assert walk.nfe == 39 and walk.timesteps[0] == 779 and walk.timesteps[-1] == 19
+    assert list(walk.timesteps) == list(range(779, 0, -20)) and walk.targets[-1] == 0

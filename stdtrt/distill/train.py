@@ -96,7 +96,7 @@ def latest_checkpoint(out: Path) -> Path | None:
 class Run:
     """Everything one training process holds: models, data, bank, optimiser, generators."""
 
-    def __init__(self, cfg: DistillConfig, accelerator):
+    def __init__(self, cfg: DistillConfig, accelerator, model=None):
         from stdtrt.lora import ADAPTER, add_lora
         from stdtrt.models import load_model
 
@@ -108,7 +108,8 @@ class Run:
         )
         torch.manual_seed(cfg.seed + self.rank)
 
-        self.model = load_model(cfg.model, device=self.device, dtype=self.weight_dtype)
+        # a LoadedModel may be passed in (the fidelity benchmark's own teacher); else cfg.model is loaded
+        self.model = model or load_model(cfg.model, device=self.device, dtype=self.weight_dtype)
         self.model.vae.to(torch.float32)  # the VAE stays fp32 (SDXL's VAE overflows in fp16)
         self.abar = self.model.alphas_cumprod().to(self.device)
         self.T = self.abar.shape[0]
@@ -191,19 +192,25 @@ class Run:
     # -- one step ------------------------------------------------------------------------------------------
     @torch.no_grad()
     def _fresh(self, count: int) -> dict[str, torch.Tensor]:
-        """New trajectories: content latents of the next items, fresh noise, x_start at n_eta."""
+        """New trajectories: content latents of the next items, fresh noise, x_start at n_eta (STD) or,
+        in LCM mode, forward-noised to a random grid index."""
         idx = self.sampler.take(count)
         images = torch.stack(
             [data_mod.random_crop(self.items[i].image, self.cfg.resolution, self.generator) for i in idx]
         )
         z0 = self.model.vae.encode(images.to(self.device)).latent_dist.mean * self.model.scaling_factor
         noise = torch.randn(z0.shape, generator=self.generator).to(self.device)
-        a, b = schedule.coefficients(
-            self.abar.cpu(), schedule.grid_time(self.n_eta, self.T, self.cfg.teacher_steps)
+        if self.cfg.mode == "lcm":
+            n = torch.randint(1, self.cfg.teacher_steps, (count,), generator=self.generator)
+        else:
+            n = torch.full((count,), self.n_eta, dtype=torch.long)
+        n = n.to(self.device)
+        a, b = schedule.coefficients_tensor(
+            self.abar, schedule.grid_time_tensor(n, self.T, self.cfg.teacher_steps)
         )
         return {
             "x": schedule.x_start(z0, noise, a, b),
-            "n": torch.full((count,), self.n_eta, dtype=torch.long, device=self.device),
+            "n": n,
             "z0": z0,
             "w": self.bank.new_guidance(count).to(self.device),
             "prompt": torch.tensor(
@@ -249,7 +256,10 @@ class Run:
         uncond = self.uncond.repeat(len(n))
         t = schedule.grid_time_tensor(n, self.T, cfg.teacher_steps)
         t_prev = schedule.grid_time_tensor(n - 1, self.T, cfg.teacher_steps)
-        s_idx = schedule.sample_target_index(n, self.window_r, self.generator)
+        if cfg.mode == "lcm":  # consistency distillation: always jump to the clean end
+            s_idx = torch.zeros_like(n)
+        else:
+            s_idx = schedule.sample_target_index(n, self.window_r, self.generator)
         s = schedule.grid_time_tensor(s_idx - 1, self.T, cfg.teacher_steps)
         a_t, b_t = schedule.coefficients_tensor(self.abar, t)
         a_p, b_p = schedule.coefficients_tensor(self.abar, t_prev)
@@ -268,7 +278,8 @@ class Run:
             adv_loss, adv_metrics = self.adv.generator_loss(pred, s, b["z0"], b["prompt"], self.abar)
             loss = loss + cfg.adv_weight * adv_loss
             metrics.update(adv_metrics)
-        self.bank.update(slots, x_next, n - 1, b["z0"], b["w"], b["prompt"])
+        if cfg.p_bank > 0:
+            self.bank.update(slots, x_next, n - 1, b["z0"], b["w"], b["prompt"])
         self.n_seen.extend(n.tolist())
         metrics["loss"] = loss.detach()
         return loss, metrics, (b, s)
@@ -419,7 +430,7 @@ class NonFinite(Exception):
 
 # -- the command -------------------------------------------------------------------------------------------
 def distill(
-    cfg: DistillConfig, resume: bool = False, overwrite: bool = False, progress: bool = True
+    cfg: DistillConfig, resume: bool = False, overwrite: bool = False, progress: bool = True, model=None
 ) -> DistillResult:
     """Train the STD student described by cfg; write lora.safetensors (and checkpoints) to cfg.out."""
     from accelerate import Accelerator
@@ -443,7 +454,7 @@ def distill(
         existed = False
     acc.wait_for_everyone()
     try:
-        run = Run(cfg, acc)
+        run = Run(cfg, acc, model)
     except BaseException:
         if acc.is_main_process and not existed:
             shutil.rmtree(out, ignore_errors=True)  # a run that never started leaves nothing behind
