@@ -215,12 +215,14 @@ def psnr(a, b) -> float:
 # -- the students ---------------------------------------------------------------------------------------------
 CONTENDERS = {
     "LCM-style": dict(mode="lcm", p_bank=0.0),
-    "STD, no bank": dict(p_bank=0.0),
+    "STD without bank": dict(p_bank=0.0),
     "STD": dict(p_bank=0.8),
+    "STD R10": dict(p_bank=0.8, rho=0.25),  # the window matched to NFE 4's jumps (R = 10 instead of 19)
 }
 
 
-def distill_student(teacher, data: Path, name: str, seed: int, steps: int, lr: float, rank: int, out: Path):
+def distill_student(teacher, data: Path, name: str, seed: int, steps: int, lr: float, rank: int, out: Path,
+                    zoom: float = 1.0, rho: float = 0.5):
     from stdtrt.config import DistillConfig
     from stdtrt.distill.train import distill
     from stdtrt.lora import load_lora
@@ -244,7 +246,8 @@ def distill_student(teacher, data: Path, name: str, seed: int, steps: int, lr: f
         compile_loss=False,
         log_every=max(1, steps // 10),
         checkpoint_every=10 * steps,
-        **CONTENDERS[name],
+        crop_zoom=zoom,
+        **{"rho": rho, **CONTENDERS[name]},
     )
     distill(cfg, overwrite=True, progress=False, model=copy.deepcopy(teacher))
     student = copy.deepcopy(teacher)
@@ -263,6 +266,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--eval", type=int, default=128, help="held-out digits")
     parser.add_argument("--tag", default="", help="suffix for the result files")
+    parser.add_argument(
+        "--contenders", default="LCM-style,STD without bank,STD", help=f"comma-separated, of: {', '.join(CONTENDERS)}"
+    )
+    parser.add_argument("--rho", type=float, default=0.5, help="STD target window R = ceil(50 eta rho)")
+    parser.add_argument("--zoom", type=float, default=1.0, help="distillation crop zoom (1: the digits as they are)")
     args = parser.parse_args()
 
     from stdtrt import schedule
@@ -306,7 +314,7 @@ def main() -> None:
             )
 
     evaluate("teacher DDIM", teacher, GUIDANCE, None)
-    for name in CONTENDERS:
+    for name in args.contenders.split(","):
         for seed in range(args.seeds):
             t0 = time.perf_counter()
             student = distill_student(
@@ -317,26 +325,29 @@ def main() -> None:
                 args.steps,
                 args.lr,
                 args.rank,
-                CACHE / "runs" / f"{name.replace(' ', '_').replace(',', '')}-{seed}",
+                CACHE / "runs" / f"{name.replace(' ', '_')}-{seed}{args.tag}",
+                zoom=args.zoom,
+                rho=args.rho,
             )
             evaluate(name, student, 1.0, seed)
             print(
                 f"{name} seed {seed}: distilled and evaluated in {time.perf_counter() - t0:.0f} s", flush=True
             )
 
-    summary = summarise(rows)
-    print_table(summary, args)
+    names = ["teacher DDIM", *args.contenders.split(",")]
+    summary = summarise(rows, names)
+    print_table(summary, args, names)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"fidelity{args.tag}"
     stem.with_suffix(".json").write_text(
         json.dumps({"args": vars(args), "rows": rows, "summary": summary}, indent=2)
     )
-    plot(summary, rows, stem.with_suffix(".png"))
+    plot(summary, names, stem.with_suffix(".png"))
 
 
-def summarise(rows):
+def summarise(rows, names):
     out = []
-    for name in ["teacher DDIM", *CONTENDERS]:
+    for name in names:
         for nfe in NFES:
             vals = [r for r in rows if r["contender"] == name and r["nfe"] == nfe]
             m = np.array([r["mse"] for r in vals])
@@ -358,37 +369,37 @@ def summarise(rows):
     return out
 
 
-def print_table(summary, args) -> None:
+def print_table(summary, args, names) -> None:
     print(
         f"\nMSE to the teacher's full {ETA} trajectory (lower is better), mean ± std over "
         f"{args.seeds} seeds; {args.steps} student updates, lr {args.lr}, rank {args.rank}"
     )
-    print(f"{'contender':<14}" + "".join(f"{'NFE ' + str(n):>22}" for n in NFES))
-    for name in ["teacher DDIM", *CONTENDERS]:
+    print(f"{'contender':<18}" + "".join(f"{'NFE ' + str(n):>22}" for n in NFES))
+    for name in names:
         cells = []
         for nfe in NFES:
             r = next(s for s in summary if s["contender"] == name and s["nfe"] == nfe)
             cells.append(f"{r['mse_mean']:.5f} ± {r['mse_std']:.5f}".rjust(22))
-        print(f"{name:<14}" + "".join(cells))
-    print(f"{'PSNR (dB)':<14}" + "".join(f"{'':>22}" for _ in NFES))
-    for name in ["teacher DDIM", *CONTENDERS]:
+        print(f"{name:<18}" + "".join(cells))
+    print(f"{'PSNR (dB)':<18}" + "".join(f"{'':>22}" for _ in NFES))
+    for name in names:
         cells = [
             f"{next(s for s in summary if s['contender'] == name and s['nfe'] == n)['psnr_mean']:.2f}".rjust(
                 22
             )
             for n in NFES
         ]
-        print(f"{name:<14}" + "".join(cells))
+        print(f"{name:<18}" + "".join(cells))
 
 
-def plot(summary, rows, path: Path) -> None:
+def plot(summary, names, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name in ["teacher DDIM", *CONTENDERS]:
+    for name in names:
         pts = [s for s in summary if s["contender"] == name]
         axes[0].errorbar(
             [s["nfe"] for s in pts],

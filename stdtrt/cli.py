@@ -127,6 +127,7 @@ def _video_options(fn):
             help="Frames buffered between stages.",
         ),
         click.option("--no-progress", is_flag=True, help="Hide the progress bar."),
+        click.option("--report", is_flag=True, help="Also measure the output's temporal consistency (warp error)."),
     ]
     for option in reversed(options):
         fn = option(fn)

@@ -119,6 +119,7 @@ class DistillConfig:
     grad_accum: int = opt(1, "gradient accumulation micro-steps per optimiser step")
     grad_clip: float = opt(10.0, "gradient norm clip (the authors: 10)")
     resolution: int = opt(512, "training crop side (the authors train SDXL at 512 px too)")
+    crop_zoom: float = opt(1.25, "random zoom in [1, crop_zoom] before the random crop (1: none)")
     mixed_precision: str = opt("auto", "auto (fp16 on CUDA, none on CPU) | no | fp16 | bf16")
     gradient_checkpointing: bool = opt(False, "trade compute for memory on large UNets")
     teacher: str = opt("shared", "'shared': one UNet, adapters off for the teacher; 'copy': a second UNet")
@@ -159,6 +160,8 @@ class DistillConfig:
             raise StdtrtError(f"teacher must be 'shared' or 'copy', got {self.teacher!r}")
         if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
             raise StdtrtError(f"mixed precision must be auto, no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.crop_zoom < 1:
+            raise StdtrtError(f"crop zoom must be >= 1, got {self.crop_zoom}")
         if self.resolution < 8 or self.resolution % 8:
             raise StdtrtError(f"resolution must be a positive multiple of 8, got {self.resolution}")
         if self.lora_rank < 1 or self.lr <= 0:

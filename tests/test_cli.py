@@ -89,6 +89,7 @@ def test_demo_runs_offline(tmp_path, capsys):
             "--frames",
             "6",
             "--no-progress",
+            "--report",
             "--width",
             "64",
             "--height",
@@ -96,4 +97,4 @@ def test_demo_runs_offline(tmp_path, capsys):
         ],
         capsys,
     )
-    assert code == 0 and (tmp_path / "d" / "stylized.mp4").exists() and "fps" in stdout
+    assert code == 0 and (tmp_path / "d" / "stylized.mp4").exists() and "fps" in stdout and "warp error" in stdout

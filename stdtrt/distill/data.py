@@ -106,8 +106,8 @@ def check_readable(files: list[Path]) -> None:
         raise StdtrtError(f"unreadable files in the data folder: {', '.join(bad[:3])}{more}")
 
 
-def random_crop(path: Path, size: int, generator: torch.Generator) -> torch.Tensor:
-    """Resize the short side to `size` (times a random zoom in [1, 1.25]) and take a random size x size
+def random_crop(path: Path, size: int, generator: torch.Generator, zoom: float = 1.25) -> torch.Tensor:
+    """Resize the short side to `size` (times a random zoom in [1, zoom]) and take a random size x size
     crop; returns (3, size, size) in [-1, 1]."""
     import cv2
     from PIL import Image
@@ -115,7 +115,7 @@ def random_crop(path: Path, size: int, generator: torch.Generator) -> torch.Tens
     with Image.open(path) as im:
         rgb = np.asarray(im.convert("RGB"))
     u = torch.rand(3, generator=generator).tolist()
-    scale = size * (1 + 0.25 * u[0]) / min(rgb.shape[:2])
+    scale = size * (1 + (zoom - 1) * u[0]) / min(rgb.shape[:2])
     h, w = max(size, round(rgb.shape[0] * scale)), max(size, round(rgb.shape[1] * scale))
     rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
     top, left = int(u[1] * (h - size + 1)), int(u[2] * (w - size + 1))
