@@ -82,3 +82,41 @@ def frames_of(path: Path) -> list[np.ndarray]:
 
 
 __all__ = ["make_video", "frames_of"]
+
+
+# -- exported bundles (tests of `stdtrt export` and of the runtime that reads them) --------------------------
+def make_lora(preset: str, folder: Path) -> Path:
+    """A random non-zero LoRA for a preset's UNet (a zero adapter would hide a broken merge)."""
+    import torch
+
+    from stdtrt.lora import add_lora, save_kohya
+    from stdtrt.models import load_model
+
+    model = load_model(preset)
+    torch.manual_seed(7)
+    add_lora(model.unet, rank=4, alpha=2.0, init=False)
+    return save_kohya(model.unet, folder / f"{preset}-lora.safetensors", {"eta": 0.75})
+
+
+def export_tiny(folder: Path, preset: str, guidance: float, **changes):
+    from stdtrt.config import ExportConfig
+    from stdtrt.export.bundle import export_bundle
+
+    lora = make_lora(preset, folder)
+    cfg = ExportConfig(
+        model=preset, lora=str(lora), prompt="an oil painting", width=64, height=64, guidance=guidance,
+        out=str(folder / "bundle"), **changes,
+    )  # fmt: skip
+    return cfg, export_bundle(cfg, progress=False)
+
+
+@pytest.fixture(scope="session")
+def sd_bundle(tmp_path_factory):
+    """tiny-sd + LoRA, guidance 1 (one UNet branch), 64x64, NFE 4: (ExportConfig, ExportResult)."""
+    return export_tiny(tmp_path_factory.mktemp("sd-bundle"), "tiny-sd", 1.0)
+
+
+@pytest.fixture(scope="session")
+def sdxl_bundle(tmp_path_factory):
+    """tiny-sdxl + LoRA, guidance 2.5 (both CFG branches baked in), 64x64, NFE 4."""
+    return export_tiny(tmp_path_factory.mktemp("sdxl-bundle"), "tiny-sdxl", 2.5)
