@@ -174,7 +174,8 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
     if existing is not None and (not build_trt or _engines_fit(existing, key)):
         log.info("%s already holds this bundle (key %s): reused", out, key[:12])
         sizes = {n: e["bytes"] for n, e in existing.manifest["files"].items()}
-        return ExportResult(out, True, time.perf_counter() - start, sizes, None, "reused with the bundle")
+        trt_line = "TensorRT engines reused" if build_trt else trt_line
+        return ExportResult(out, True, time.perf_counter() - start, sizes, None, trt_line)
     with atomic_dir(out) as tmp:
         if existing is None:
             manifest, table = _export_onnx(
