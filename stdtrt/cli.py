@@ -27,7 +27,8 @@ def _stylize_options(fn):
             "--model",
             "-m",
             default=S["model"],
-            help="Diffusers folder, hub id in the local HF cache, or tiny-sd / tiny-sdxl.",
+            help="Run this model on the torch path without a bundle: diffusers folder, hub id in the local HF "
+            "cache, or tiny-sd / tiny-sdxl.",
         ),
         click.option(
             "--lora",
@@ -158,6 +159,7 @@ def cli(verbose: bool, quiet: bool) -> None:
       stdtrt distill ...         train a few-step LoRA student (Single Trajectory Distillation)
       stdtrt export ...          fuse it and build ONNX / TensorRT engines
       stdtrt stylize-video ...   stream a video through it
+      stdtrt bench ...           time the backends against diffusers' img2img
     Try `stdtrt demo` first: it runs offline on the built-in tiny model.
     """
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO

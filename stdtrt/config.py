@@ -33,6 +33,18 @@ def check_nfe(nfe: int) -> None:
         raise StdtrtError(f"nfe (number of student steps) must be at least 1, got {nfe}")
 
 
+def check_student(cfg) -> None:
+    """What StylizeConfig and ExportConfig share: the student's strength, steps, size, guidance, precision."""
+    check_strength(cfg.strength)
+    check_nfe(cfg.nfe)
+    check_size("width", cfg.width)
+    check_size("height", cfg.height)
+    if cfg.guidance < 0:
+        raise StdtrtError(f"guidance must be >= 0, got {cfg.guidance}")
+    if cfg.precision not in ("auto", *PRECISIONS):
+        raise StdtrtError(f"precision must be auto, fp16 or fp32, got {cfg.precision!r}")
+
+
 @dataclass(frozen=True)
 class StylizeConfig:
     """How to stylize images and videos (the `stylize-image`, `stylize-video` and `demo` commands)."""
@@ -58,18 +70,11 @@ class StylizeConfig:
     crf: int = 18  # H.264 quality of the output video (lower is better)
 
     def __post_init__(self) -> None:
-        check_strength(self.strength)
-        check_nfe(self.nfe)
-        check_size("width", self.width)
-        check_size("height", self.height)
-        if self.guidance < 0:
-            raise StdtrtError(f"guidance must be >= 0, got {self.guidance}")
+        check_student(self)
         if not 0.0 <= self.gamma < 1.0:
             raise StdtrtError(f"gamma must be in [0, 1), got {self.gamma}")
         if self.backend not in BACKENDS:
             raise StdtrtError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if self.precision not in ("auto", *PRECISIONS):
-            raise StdtrtError(f"precision must be auto, fp16 or fp32, got {self.precision!r}")
         if self.batch_size < 1 or self.queue_size < 1:
             raise StdtrtError("batch size and queue size must be at least 1")
         if not 0 <= self.crf <= 51:
@@ -103,14 +108,7 @@ class ExportConfig:
             raise StdtrtError(
                 "no model given: pass --model PATH_OR_ID (or --model tiny-sd to try it offline)"
             )
-        check_strength(self.strength)
-        check_nfe(self.nfe)
-        check_size("width", self.width)
-        check_size("height", self.height)
-        if self.guidance < 0:
-            raise StdtrtError(f"guidance must be >= 0, got {self.guidance}")
-        if self.precision not in ("auto", *PRECISIONS):
-            raise StdtrtError(f"precision must be auto, fp16 or fp32, got {self.precision!r}")
+        check_student(self)
         if self.opset < 17:
             raise StdtrtError(f"opset must be 17 or newer (LayerNormalization), got {self.opset}")
         if self.workspace_gb <= 0:
@@ -124,7 +122,7 @@ class BenchConfig:
     """What `stdtrt bench` measures: every usable backend on one bundle, and diffusers' img2img pipeline."""
 
     bundle: str | None = None  # None = the default bundle folder
-    frames: int = 8  # frames of the generated test clip (at the bundle's size)
+    frames: int = 12  # frames of the generated test clip at the bundle's size (> NFE for a steady state)
     backends: tuple[str, ...] = ()  # empty = every backend that loads here
     baseline: bool = True  # also time diffusers' own img2img pipeline (TCD scheduler) on the same frames
     device: str = "auto"  # auto | cpu | cuda | cuda:N

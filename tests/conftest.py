@@ -14,11 +14,13 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _one_cpu_thread():
-    """The tiny models' ops are too small to gain from threads, and when another process shares the
-    CPU, OpenMP's barrier waits make every tiny op up to 100x slower (measured: 0.03 s vs 9 s for one
-    tiny-sdxl sample). One intra-op thread keeps the suite fast and its timing stable."""
+@pytest.fixture(scope="module")
+def one_cpu_thread():
+    """For the export and runtime tests (`pytestmark = pytest.mark.usefixtures("one_cpu_thread")`): the
+    tiny models' ops are too small to gain from threads, and when another process shares the CPU,
+    OpenMP's barrier waits make every tiny op up to 100x slower (measured: 0.03 s vs 9 s for one tiny-sdxl
+    sample). Not for the whole suite: some older tests compare H.264 output of runs whose floats agree to
+    1e-6, and a one-thread conv rounds a few pixels across a level, which the encoder then amplifies."""
     import torch
 
     threads = torch.get_num_threads()
@@ -133,3 +135,12 @@ def sd_bundle(tmp_path_factory):
 def sdxl_bundle(tmp_path_factory):
     """tiny-sdxl + LoRA, guidance 2.5 (both CFG branches baked in), 64x64, NFE 4."""
     return export_tiny(tmp_path_factory.mktemp("sdxl-bundle"), "tiny-sdxl", 2.5)
+
+
+def copy_bundle(fixture, tmp_path: Path) -> Path:
+    """A copy of a session bundle that a test may damage."""
+    import shutil
+
+    dst = tmp_path / "bundle"
+    shutil.copytree(fixture[1].path, dst)
+    return dst

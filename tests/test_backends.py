@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import frames_of, make_video
+from conftest import copy_bundle, frames_of, make_video
 
 from stdtrt.config import StylizeConfig
 from stdtrt.errors import StdtrtError
@@ -17,6 +17,8 @@ from stdtrt.export.manifest import read_bundle
 from stdtrt.runtime.availability import is_tensorrt_available
 from stdtrt.runtime.backends import OnnxRuntimeBackend, load_backend, ort_providers
 from stdtrt.runtime.stylize import stylize_image, stylize_video
+
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 NO_TRT = not is_tensorrt_available()[0]
 
@@ -28,6 +30,7 @@ def test_auto_picks_once_and_says_why_it_skipped(sd_bundle, caplog):
     with caplog.at_level(logging.INFO, logger="stdtrt"):
         backend = load_backend(bundle, "auto", "auto")
     assert backend.name == "onnxruntime" and backend.providers == ["CPUExecutionProvider"]
+    assert backend.concurrent_stages  # on a CPU the three graphs overlap, each with half the cores
     text = caplog.text
     assert "skipped tensorrt" in text and "no TensorRT engines" in text and "using onnxruntime" in text
 
@@ -49,14 +52,8 @@ def test_providers_asked_for(tmp_path):
     assert providers[-1] == "CPUExecutionProvider"
 
 
-def _copy(sd_bundle, tmp_path):
-    dst = tmp_path / "bundle"
-    shutil.copytree(sd_bundle[1].path, dst)
-    return dst
-
-
 def test_torch_backend_refuses_a_bundle_of_another_model(sd_bundle, tmp_path):
-    path = _copy(sd_bundle, tmp_path)
+    path = copy_bundle(sd_bundle, tmp_path)
     m = json.loads((path / "manifest.json").read_text())
     m["model"]["hash"] = "0" * 64  # as if exported from another checkpoint under the same name
     (path / "manifest.json").write_text(json.dumps(m))
@@ -112,7 +109,7 @@ def test_options_that_contradict_the_bundle_are_refused(changes, match, sd_bundl
 
 
 def test_a_tampered_bundle_is_refused_before_any_output(sd_bundle, video, tmp_path):
-    path = _copy(sd_bundle, tmp_path)
+    path = copy_bundle(sd_bundle, tmp_path)
     with open(path / "vae_decoder.onnx", "r+b") as f:
         f.seek(1000)
         f.write(b"\0\1\2\3")

@@ -3,8 +3,12 @@ ones say why, and diffusers' own img2img pipeline runs on the same frames in the
 
 import json
 
+import pytest
+
 from stdtrt.config import BenchConfig
 from stdtrt.runtime.bench import STAGES, run_bench
+
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def test_bench_times_backends_and_the_diffusers_baseline(sd_bundle, tmp_path):

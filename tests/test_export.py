@@ -23,6 +23,8 @@ from stdtrt.export.manifest import read_bundle
 from stdtrt.models import load_model
 from stdtrt.runtime.networks import build_networks
 
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
+
 BUNDLES = ["sd_bundle", "sdxl_bundle"]
 
 

@@ -2,12 +2,14 @@
 bundle whose files changed after export is refused."""
 
 import json
-import shutil
 
 import pytest
+from conftest import copy_bundle
 
 from stdtrt.errors import StdtrtError
 from stdtrt.export import manifest as mf
+
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 BASE = dict(
     model_hash="a" * 64, lora_hash="b" * 64, prompt="oil", negative_prompt="", eta=0.75, nfe=4, guidance=1.0,
@@ -51,14 +53,8 @@ def test_manifest_round_trip_and_plan(sd_bundle, tmp_path):
     assert bundle.latent_shape == (4, 8, 8) and (bundle.width, bundle.height) == (64, 64)
 
 
-def _copy(sd_bundle, tmp_path):
-    dst = tmp_path / "bundle"
-    shutil.copytree(sd_bundle[1].path, dst)
-    return dst
-
-
 def test_a_changed_file_is_refused(sd_bundle, tmp_path):
-    path = _copy(sd_bundle, tmp_path)
+    path = copy_bundle(sd_bundle, tmp_path)
     data = bytearray((path / "unet.onnx").read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte in the weights, same size
     (path / "unet.onnx").write_bytes(bytes(data))
@@ -78,7 +74,7 @@ def test_a_changed_file_is_refused(sd_bundle, tmp_path):
     ],
 )
 def test_damaged_bundles_are_refused_with_one_line(damage, match, sd_bundle, tmp_path):
-    path = _copy(sd_bundle, tmp_path)
+    path = copy_bundle(sd_bundle, tmp_path)
     damage(path)
     with pytest.raises(StdtrtError, match=match) as err:
         mf.read_bundle(path)

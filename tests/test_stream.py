@@ -16,6 +16,8 @@ from stdtrt.runtime.pipeline import compose, run_pipeline
 from stdtrt.runtime.stream import StreamRunner, StreamState
 from stdtrt.runtime.student import Student, make_noise, to_tensor
 
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
+
 # Stream (NFE slots in one batched call) vs sequential (one call per step): fp32 rounding only.
 TOLERANCE = 1e-4
 

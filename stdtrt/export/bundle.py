@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from stdtrt.config import ExportConfig
+from stdtrt.config import ExportConfig, to_dict
 from stdtrt.errors import StdtrtError
 from stdtrt.export import manifest as mf
 
@@ -247,6 +247,7 @@ def _manifest(cfg, model, plan, fields, key, width, height, precision, graphs, f
         "format_version": mf.FORMAT_VERSION,
         "key": key,
         "key_fields": fields,
+        "config": to_dict(cfg),  # the resolved export settings, as given
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": {
             "name": cfg.model,

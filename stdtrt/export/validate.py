@@ -68,7 +68,7 @@ def validate_bundle(bundle, networks, model, seed: int = 0) -> list[Row]:
     from stdtrt.runtime.stream import StreamRunner
     from stdtrt.runtime.student import Student, make_noise, to_tensor
 
-    backend = OnnxRuntimeBackend(bundle, device="cpu")
+    backend = OnnxRuntimeBackend(bundle, device="cpu", threads=torch.get_num_threads())  # calls one by one
     m, graphs = bundle.manifest, bundle.manifest["graphs"]
     tol = {g: TOLERANCES[graphs[g]["precision"]][0] for g in graphs}
     frame = next(sample_frames(1, bundle.width, bundle.height))  # a real photograph, (H, W, 3) uint8

@@ -3,9 +3,9 @@ img2img pipeline (TCD scheduler, the same weights, LoRA, timesteps, guidance and
 
 Per-stage times are measured inside the real video pipeline (runtime/stylize.run_video) on a generated
 clip at the bundle's size: ms per call of video decode, VAE encode, UNet (one stream step), VAE decode,
-video encode. End to end: the whole clip (fill and flush included) and the steady rate from the first
-written frame to the last. The diffusers baseline gets the decoded frames from memory (no video I/O):
-the comparison is conservative for stdtrt.
+video encode. End to end: the whole clip (fill and flush included) and the steady rate while frames
+enter (steady_fps). The diffusers baseline gets the decoded frames from memory (no video I/O): the
+comparison is conservative for stdtrt; forward hooks on its UNet and VAE say where its time goes.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class BackendRun:
     load_s: float
     stages_ms: dict[str, float]  # ms per call
     fps: float  # the whole clip, pipe fill and flush included
-    steady_fps: float  # first written frame to last
+    steady_fps: float  # while frames enter (see steady_fps())
 
     @property
     def network_ms(self) -> float:
@@ -84,11 +84,16 @@ class BenchResult:
             )
         if self.baseline:
             b = self.baseline
+            st = b["stages_ms_per_frame"]
+            net = sum(st.values())
             lines.append(
-                f"{'diffusers':<12} {'':>7} {b['describe']:<48} {b['ms_per_frame']:>8.1f} {'':>6} {b['fps']:>6.3f}"
+                f"{'diffusers':<12} {'':>7} {'-':>7} {st['vae_encode']:>8.1f} {st['unet']:>8.1f} {st['vae_decode']:>8.1f} "
+                f"{'-':>7} {net:>8.1f} {b['ms_per_frame']:>8.1f} {100 * (b['ms_per_frame'] / net - 1):>5.1f}% "
+                f"{b['fps']:>6.3f}   ({b['describe']}; unet = {s['nfe']} calls of batch 1)"
             )
         lines.append(
-            "ms per call; e2e/frm = 1000 / fps (steady: first written frame to last); over = e2e/frm vs net sum"
+            "ms per call; fps, e2e/frm: steady state (first written frame to the last one an input frame pushed "
+            "out); clip fps: whole clip with fill and flush; over: e2e/frm vs net sum"
         )
         lines += [f"skipped {name}: {why}" for name, why in self.skipped.items()]
         return "\n".join(lines)
@@ -138,7 +143,16 @@ def time_backend(bundle, name: str, device: str, info, folder: Path, model=None)
     result = run_video(
         StreamRunner(backend), info, folder / f"out-{name}.mp4", StylizeConfig(), progress=False
     )
-    return BackendRun(name, backend.describe(), load_s, result.stages, result.fps, result.steady_fps)
+    return BackendRun(
+        name, backend.describe(), load_s, result.stages, result.fps, steady_fps(result, backend.plan.nfe)
+    )
+
+
+def steady_fps(result, nfe: int) -> float:
+    """Frames per second while frames still enter: from the first written frame to the one the last input
+    frame pushed out. The last nfe - 1 frames leave through flush calls (no VAE encode): not counted."""
+    t = result.frame_times[: len(result.frame_times) - (nfe - 1)]
+    return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else result.fps
 
 
 def diffusers_baseline(model, bundle, frames: list[np.ndarray]) -> dict:
@@ -168,15 +182,42 @@ def diffusers_baseline(model, bundle, frames: list[np.ndarray]) -> dict:
 
     def run(rgb):
         g = torch.Generator().manual_seed(0)
-        return pipe(image=Image.fromarray(rgb), height=h, width=w, generator=g, **kwargs).images
+        return pipe(image=Image.fromarray(rgb), generator=g, **kwargs).images
 
     run(frames[0])  # warm-up
-    start = time.perf_counter()
-    for rgb in frames:
-        run(rgb)
-    ms = 1000 * (time.perf_counter() - start) / len(frames)
+    timer = ForwardTimer({"vae_encode": pipe.vae.encoder, "unet": pipe.unet, "vae_decode": pipe.vae.decoder})
+    with timer:
+        start = time.perf_counter()
+        for rgb in frames:
+            run(rgb)
+        ms = 1000 * (time.perf_counter() - start) / len(frames)
+    stages = {k: 1000 * v / len(frames) for k, v in timer.spent.items()}  # per frame (the UNet: nfe calls)
     describe = f"img2img + TCDScheduler, {plan.nfe} steps ({type(pipe).__name__})"
-    return {"ms_per_frame": ms, "fps": 1000 / ms, "describe": describe}
+    return {"ms_per_frame": ms, "fps": 1000 / ms, "describe": describe, "stages_ms_per_frame": stages}
+
+
+class ForwardTimer:
+    """Seconds spent in each module's forward (by forward hooks) inside a `with` block."""
+
+    def __init__(self, modules: dict):
+        self.modules, self.spent, self._start = modules, dict.fromkeys(modules, 0.0), {}
+
+    def __enter__(self):
+        self.handles = []
+        for name, module in self.modules.items():
+            self.handles.append(module.register_forward_pre_hook(lambda *_, n=name: self._begin(n)))
+            self.handles.append(module.register_forward_hook(lambda *_, n=name: self._end(n)))
+        return self
+
+    def _begin(self, name: str) -> None:
+        self._start[name] = time.perf_counter()
+
+    def _end(self, name: str) -> None:
+        self.spent[name] += time.perf_counter() - self._start[name]
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
 
 
 def run_bench(cfg: BenchConfig) -> BenchResult:
@@ -225,7 +266,7 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
 
 
 def plot(result: BenchResult, path: Path) -> None:
-    """Stacked bars of ms per frame by stage for each backend, and diffusers' total."""
+    """Per backend: ms per frame end to end (steady state), and the ms of each stage's calls stacked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -233,25 +274,27 @@ def plot(result: BenchResult, path: Path) -> None:
 
     from stdtrt.io_utils import atomic_path
 
-    names = [r.name for r in result.runs] + (["diffusers img2img"] if result.baseline else [])
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.6 * len(names)))
-    for i, r in enumerate(result.runs):
-        left = 0.0
-        for stage in STAGES:
-            ms = r.stages_ms.get(stage, 0.0)
-            ax.barh(i, ms, left=left, color=f"C{STAGES.index(stage)}", label=stage if i == 0 else None)
-            left += ms
-        ax.text(left, i, f"  {r.steady_fps:.2f} fps", va="center")
+    rows = [(r.name, r.stages_ms, r.frame_ms, r.steady_fps) for r in result.runs]
     if result.baseline:
-        ms = result.baseline["ms_per_frame"]
-        ax.barh(len(result.runs), ms, color="grey", label="diffusers (whole frame)")
-        ax.text(ms, len(result.runs), f"  {result.baseline['fps']:.2f} fps", va="center")
-    ax.set_yticks(range(len(names)), names)
-    ax.set_xlabel("ms per frame (stages run concurrently: the sum overstates the wall time)")
+        b = result.baseline
+        rows.append(("diffusers img2img", b.get("stages_ms_per_frame", {}), b["ms_per_frame"], b["fps"]))
+    fig, ax = plt.subplots(figsize=(9, 1.6 + 0.9 * len(rows)))
+    for i, (_, stages, frame_ms, fps) in enumerate(rows):
+        left = 0.0
+        for j, stage in enumerate(STAGES):
+            ms = stages.get(stage, 0.0)
+            ax.barh(i + 0.2, ms, height=0.38, left=left, color=f"C{j}", label=stage if i == 0 else None)
+            left += ms
+        ax.barh(
+            i - 0.2, frame_ms, height=0.38, color="0.3", label="end to end, per frame" if i == 0 else None
+        )
+        ax.text(frame_ms, i - 0.2, f"  {fps:.3f} fps", va="center", fontsize=8)
+    ax.set_yticks(range(len(rows)), [r[0] for r in rows])
+    ax.set_xlabel("ms per frame (upper bar: each stage's calls; stages that overlap sum past the wall time)")
     s = result.setup
     ax.set_title(f"{s['model']} {s['width']}x{s['height']}, nfe {s['nfe']}: {s['machine']}", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=3)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)

@@ -1,12 +1,12 @@
 """The three networks of a bundle as torch modules: the torch backend runs them, `stdtrt export` traces
 them to ONNX. There is no second implementation: the exported graphs are these modules traced.
 
-- `VaeEncoder`: image in [-1, 1] (1, 3, H, W) -> scaled content latent z0 (1, 4, H/8, W/8).
+- `VaeGraph(vae_encode)`: image in [-1, 1] (1, 3, H, W) -> scaled content latent z0 (1, 4, H/8, W/8).
 - `StreamUNet`: the fixed-timestep student in stream form. Slot i of its input holds a latent at the
   i-th student timestep; one call advances every slot by one DDIM jump (schedule.ddim_jump on
   conditioning.predict_eps), so the last slot leaves as a clean latent. Timesteps, jump coefficients and
   prompt embeddings are buffers: constants once traced.
-- `VaeDecoder`: scaled latent -> image in [-1, 1].
+- `VaeGraph(vae_decode)`: scaled latent -> image in [-1, 1].
 """
 
 from __future__ import annotations
@@ -32,22 +32,15 @@ def vae_decode(vae, z: torch.Tensor, scaling_factor: float) -> torch.Tensor:
     return vae.decode(z / scaling_factor, return_dict=False)[0]
 
 
-class VaeEncoder(torch.nn.Module):
-    def __init__(self, vae, scaling_factor: float):
+class VaeGraph(torch.nn.Module):
+    """vae_encode or vae_decode as a module: what the torch backend runs and the export traces."""
+
+    def __init__(self, fn, vae, scaling_factor: float):
         super().__init__()
-        self.vae, self.scaling_factor = vae, scaling_factor
+        self.fn, self.vae, self.scaling_factor = fn, vae, scaling_factor
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return vae_encode(self.vae, image, self.scaling_factor)
-
-
-class VaeDecoder(torch.nn.Module):
-    def __init__(self, vae, scaling_factor: float):
-        super().__init__()
-        self.vae, self.scaling_factor = vae, scaling_factor
-
-    def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        return vae_decode(self.vae, latent, self.scaling_factor)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(self.vae, x, self.scaling_factor)
 
 
 def _column(values) -> torch.Tensor:
@@ -99,9 +92,9 @@ class StreamUNet(torch.nn.Module):
 
 @dataclass
 class Networks:
-    encoder: VaeEncoder
+    encoder: VaeGraph  # image (1, 3, H, W) -> z0
     unet: StreamUNet
-    decoder: VaeDecoder
+    decoder: VaeGraph  # latent -> image
 
 
 @torch.no_grad()
@@ -120,7 +113,7 @@ def build_networks(
     unet = StreamUNet(model.unet, plan, cond, uncond, guidance).to(model.device)
     unet.to(dtype=model.dtype)  # the coefficients follow the model's precision, as in Student
     return Networks(
-        VaeEncoder(model.vae, model.scaling_factor).eval(),
+        VaeGraph(vae_encode, model.vae, model.scaling_factor).eval(),
         unet.eval(),
-        VaeDecoder(model.vae, model.scaling_factor).eval(),
+        VaeGraph(vae_decode, model.vae, model.scaling_factor).eval(),
     )

@@ -48,12 +48,6 @@ class VideoResult:
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
-    @property
-    def steady_fps(self) -> float:
-        """Frames per second once the pipe is full: from the first written frame to the last."""
-        t = self.frame_times
-        return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else self.fps
-
 
 def resize(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
     if rgb.shape[1] == width and rgb.shape[0] == height:
