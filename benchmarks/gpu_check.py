@@ -9,12 +9,14 @@ weights = the `random-sd15` preset, 512x512, NFE 4, guidance 1):
                              strength 1.0, eta 0, prompt embeddings passed in
 and writes benchmarks/results/gpu-<card>.json (and prints a table).
 
-Running it on a lent GPU machine: the machine has torch with CUDA but no diffusers. Carry the pure-Python
-wheels with the working tree (`.whl/` is git-ignored, so name it in `carry`), e.g. on a networked machine
-    pip download --no-deps -d .whl diffusers transformers peft accelerate safetensors huggingface_hub \\
-        tokenizers regex tqdm av opencv-python-headless scikit-image
-(~60 MB; onnxruntime-gpu is ~200 MB and optional), then on the GPU machine
-    pip install --no-deps .whl/*.whl && pip install --no-deps -e . && python benchmarks/gpu_check.py
+Running it on a lent GPU machine: the machine has torch with CUDA but no diffusers, and nothing outside it
+can be reached. Carry wheels with the working tree (`.whl/` is git-ignored, so name it in `carry`; the
+carry limit is 64 MiB). On a networked machine with the GPU machine's Python version:
+    pip download --no-deps -d .whl diffusers transformers tokenizers huggingface_hub safetensors regex
+(about 25 MB; add what `python -c "import diffusers, transformers"` on the GPU machine still reports
+missing). The onnxruntime row also needs onnx, onnxscript, onnxruntime-gpu (~200 MB: too large to carry)
+and scikit-image; without them it is skipped with the reason. Then on the GPU machine:
+    pip install --no-deps .whl/*.whl && python benchmarks/gpu_check.py   # it puts the repository on sys.path
 `--model tiny-sd --size 64 --device cpu` runs the same code paths here (no CUDA graphs) as a smoke test.
 No test depends on this script.
 """
@@ -133,8 +135,10 @@ def diffusers_frame_fn(model, plan, prompt: str, size: int):
 
 
 def ort_cuda_frame_fn(model_name: str, size: int, prompt: str, folder: Path):
-    import onnxruntime as ort
-
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None, "onnxruntime is not installed"
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return None, "onnxruntime has no CUDA provider here"
     from stdtrt.config import ExportConfig

@@ -41,7 +41,7 @@ def decide(requested: bool | None) -> tuple[bool, str]:
         return True, why
     if requested:
         raise StdtrtError(f"--tensorrt: cannot build engines here: {why}")
-    return False, f"TensorRT engines skipped: {why} (the ONNX graphs run on onnxruntime)"
+    return False, f"TensorRT engines skipped: {why}; the ONNX graphs run on onnxruntime"
 
 
 def identity() -> dict:
