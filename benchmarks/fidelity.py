@@ -221,8 +221,18 @@ CONTENDERS = {
 }
 
 
-def distill_student(teacher, data: Path, name: str, seed: int, steps: int, lr: float, rank: int, out: Path,
-                    zoom: float = 1.0, rho: float = 0.5):
+def distill_student(
+    teacher,
+    data: Path,
+    name: str,
+    seed: int,
+    steps: int,
+    lr: float,
+    rank: int,
+    out: Path,
+    zoom: float = 1.0,
+    rho: float = 0.5,
+):
     from stdtrt.config import DistillConfig
     from stdtrt.distill.train import distill
     from stdtrt.lora import load_lora
@@ -267,10 +277,14 @@ def main() -> None:
     parser.add_argument("--eval", type=int, default=128, help="held-out digits")
     parser.add_argument("--tag", default="", help="suffix for the result files")
     parser.add_argument(
-        "--contenders", default="LCM-style,STD without bank,STD", help=f"comma-separated, of: {', '.join(CONTENDERS)}"
+        "--contenders",
+        default="LCM-style,STD without bank,STD",
+        help=f"comma-separated, of: {', '.join(CONTENDERS)}",
     )
     parser.add_argument("--rho", type=float, default=0.5, help="STD target window R = ceil(50 eta rho)")
-    parser.add_argument("--zoom", type=float, default=1.0, help="distillation crop zoom (1: the digits as they are)")
+    parser.add_argument(
+        "--zoom", type=float, default=1.0, help="distillation crop zoom (1: the digits as they are)"
+    )
     args = parser.parse_args()
 
     from stdtrt import schedule

@@ -12,10 +12,12 @@ import sys
 import click
 
 from stdtrt import __version__
-from stdtrt.config import BACKENDS, DistillConfig, StylizeConfig, defaults
+from stdtrt.config import BACKENDS, BenchConfig, DistillConfig, ExportConfig, StylizeConfig, defaults
 from stdtrt.errors import StdtrtError
 
 S = defaults(StylizeConfig)
+E = defaults(ExportConfig)
+B = defaults(BenchConfig)
 
 
 def _stylize_options(fn):
@@ -25,13 +27,20 @@ def _stylize_options(fn):
             "--model",
             "-m",
             default=S["model"],
-            help="Diffusers folder, hub id in the local HF cache, or tiny-sd / tiny-sdxl.",
+            help="Run this model on the torch path without a bundle: diffusers folder, hub id in the local HF "
+            "cache, or tiny-sd / tiny-sdxl.",
         ),
         click.option(
             "--lora",
             default=S["lora"],
             type=click.Path(dir_okay=False),
             help="Distilled student LoRA (.safetensors).",
+        ),
+        click.option(
+            "--bundle",
+            default=S["bundle"],
+            type=click.Path(file_okay=False),
+            help="Exported engine bundle (stdtrt export) [default: ./stdtrt-engine unless --model is given].",
         ),
         click.option("--prompt", "-p", default=S["prompt"], show_default=True, help="Style prompt."),
         click.option(
@@ -82,7 +91,7 @@ def _stylize_options(fn):
             type=click.Choice(BACKENDS),
             default=S["backend"],
             show_default=True,
-            help="Inference backend.",
+            help="Inference backend for a bundle (auto: tensorrt, then onnxruntime, then torch).",
         ),
         click.option("--device", default=S["device"], show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option(
@@ -127,7 +136,9 @@ def _video_options(fn):
             help="Frames buffered between stages.",
         ),
         click.option("--no-progress", is_flag=True, help="Hide the progress bar."),
-        click.option("--report", is_flag=True, help="Also measure the output's temporal consistency (warp error)."),
+        click.option(
+            "--report", is_flag=True, help="Also measure the output's temporal consistency (warp error)."
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -151,6 +162,7 @@ def cli(verbose: bool, quiet: bool) -> None:
       stdtrt distill ...         train a few-step LoRA student (Single Trajectory Distillation)
       stdtrt export ...          fuse it and build ONNX / TensorRT engines
       stdtrt stylize-video ...   stream a video through it
+      stdtrt bench ...           time the backends against diffusers' img2img
     Try `stdtrt demo` first: it runs offline on the built-in tiny model.
     """
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
@@ -331,6 +343,102 @@ def distill(config_file: str | None, resume: bool, overwrite: bool, no_progress:
         click.echo(
             f"wrote {result.lora} after {result.steps} steps in {result.seconds:.0f} s (last loss {result.last_loss:.4g})"
         )
+
+
+@cli.command()
+@click.option(
+    "--model", "-m", required=True, help="Diffusers folder, hub id in the local HF cache, or a preset."
+)
+@click.option(
+    "--lora",
+    default=E["lora"],
+    type=click.Path(dir_okay=False),
+    help="Student LoRA to fuse (none: the teacher).",
+)
+@click.option(
+    "--prompt", "-p", default=E["prompt"], show_default=True, help="Style prompt (baked into the graph)."
+)
+@click.option(
+    "--negative-prompt", default=E["negative_prompt"], help="Unconditional prompt (only with --guidance > 1)."
+)
+@click.option(
+    "--strength", type=float, default=E["strength"], show_default=True, help="Partial-noise level eta."
+)
+@click.option("--nfe", type=int, default=E["nfe"], show_default=True, help="Student steps = stream slots.")
+@click.option(
+    "--guidance", type=float, default=E["guidance"], show_default=True, help="CFG (> 1 bakes both branches)."
+)
+@click.option("--width", type=int, default=E["width"], help="Width [default: the model's native size].")
+@click.option("--height", type=int, default=E["height"], help="Height [default: the model's native size].")
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp16", "fp32"]),
+    default=E["precision"],
+    show_default=True,
+    help="auto: fp16 where TensorRT builds engines here, else fp32.",
+)
+@click.option(
+    "--out",
+    "-o",
+    default=E["out"],
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Bundle folder.",
+)
+@click.option(
+    "--tensorrt/--no-tensorrt",
+    default=E["tensorrt"],
+    help="Build TensorRT engines [default: when CUDA and TensorRT are here]; --tensorrt fails without them.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace a folder that holds a different bundle.")
+@click.option("--opset", type=int, default=E["opset"], show_default=True, help="ONNX opset (17 or newer).")
+@click.option(
+    "--workspace-gb", type=float, default=E["workspace_gb"], show_default=True, help="TensorRT workspace."
+)
+@click.option("--no-validate", is_flag=True, help="Skip the onnxruntime vs torch check (not recommended).")
+@click.option("--no-progress", is_flag=True, help="Hide the TensorRT build progress.")
+def export(no_validate: bool, no_progress: bool, **kwargs) -> None:
+    """Fuse the LoRA and export a fixed-timestep engine bundle (ONNX, TensorRT) with a manifest."""
+    from stdtrt.export.bundle import export_bundle
+
+    result = export_bundle(ExportConfig(validate=not no_validate, **kwargs), progress=not no_progress)
+    if result.table:
+        click.echo(result.table)
+    total = sum(result.sizes.values()) / 1e6
+    state = "reused" if result.reused else "written"
+    click.echo(f"{result.tensorrt}")
+    click.echo(
+        f"bundle {result.path} {state} in {result.seconds:.0f} s ({total:.1f} MB, {len(result.sizes)} files)"
+    )
+
+
+@cli.command()
+@click.option(
+    "--bundle",
+    default=B["bundle"],
+    type=click.Path(file_okay=False),
+    help="Bundle [default: ./stdtrt-engine].",
+)
+@click.option("--frames", type=int, default=B["frames"], show_default=True, help="Frames of the test clip.")
+@click.option(
+    "--backend",
+    "backends",
+    multiple=True,
+    type=click.Choice([b for b in BACKENDS if b != "auto"]),
+    help="Backend to time (repeatable) [default: every one that loads].",
+)
+@click.option("--no-baseline", is_flag=True, help="Skip diffusers' img2img pipeline.")
+@click.option("--device", default=B["device"], show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--plot", default=B["plot"], type=click.Path(dir_okay=False), help="Write a PNG chart here.")
+@click.option(
+    "--json", "json_path", default=B["json"], type=click.Path(dir_okay=False), help="Write results as JSON."
+)
+def bench(no_baseline: bool, json_path: str | None, backends: tuple, **kwargs) -> None:
+    """Time each backend per stage and end to end, against diffusers' own img2img pipeline."""
+    from stdtrt.runtime.bench import run_bench
+
+    cfg = BenchConfig(baseline=not no_baseline, json=json_path, backends=tuple(backends), **kwargs)
+    click.echo(run_bench(cfg).table())
 
 
 def main(argv: list[str] | None = None) -> None:

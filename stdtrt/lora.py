@@ -110,6 +110,21 @@ def read_metadata(path: str | Path) -> dict:
     return out
 
 
+def check_strength_matches(path: str | Path, strength: float) -> None:
+    """Warn when a student LoRA was distilled for another strength (eta) than the one asked for: STD trains
+    one LoRA per eta, and another start state is outside what it learned."""
+    import logging
+
+    eta = read_metadata(path).get("eta")
+    if isinstance(eta, int | float) and abs(eta - strength) > 1e-6:
+        logging.getLogger(__name__).warning(
+            "%s was distilled for strength %g; running it at %g leaves the trajectory it learned",
+            Path(path).name,
+            eta,
+            strength,
+        )
+
+
 def _unet_pairs(keys) -> int:
     """How many UNet LoRA layers a file holds (kohya or diffusers/peft naming)."""
     kohya = sum(1 for k in keys if k.startswith("lora_unet_") and k.endswith(".lora_down.weight"))

@@ -53,6 +53,11 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, (chr(c) for c in cs), strict=True))
 
 
+def cache_root() -> Path:
+    """stdtrt's own cache folder ($STDTRT_CACHE, else ~/.cache/stdtrt)."""
+    return Path(os.environ.get("STDTRT_CACHE", Path.home() / ".cache" / "stdtrt"))
+
+
 def tokenizer_files() -> Path:
     """Write (once) the tiny vocabulary and an empty merge list; return their folder."""
     chars = list(_bytes_to_unicode().values())
@@ -60,7 +65,7 @@ def tokenizer_files() -> Path:
     vocab.update({c + "</w>": i + len(chars) for i, c in enumerate(chars)})
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    folder = Path(os.environ.get("STDTRT_CACHE", Path.home() / ".cache" / "stdtrt")) / "tiny-tokenizer"
+    folder = cache_root() / "tiny-tokenizer"
     vocab_text = json.dumps(vocab, ensure_ascii=False)
     vocab_file = folder / "vocab.json"
     if not vocab_file.exists() or vocab_file.read_text(encoding="utf-8") != vocab_text:

@@ -14,6 +14,21 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
+@pytest.fixture(scope="module")
+def one_cpu_thread():
+    """For the export and runtime tests (`pytestmark = pytest.mark.usefixtures("one_cpu_thread")`): the
+    tiny models' ops are too small to gain from threads, and when another process shares the CPU,
+    OpenMP's barrier waits make every tiny op up to 100x slower (measured: 0.03 s vs 9 s for one tiny-sdxl
+    sample). Not for the whole suite: some older tests compare H.264 output of runs whose floats agree to
+    1e-6, and a one-thread conv rounds a few pixels across a level, which the encoder then amplifies."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_caches(tmp_path_factory):
     root = tmp_path_factory.mktemp("caches")
@@ -134,6 +149,53 @@ def start_run(cfg):
     prepare_out_dir(cfg, False, False)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     return Run(cfg, Accelerator(cpu=True))
+
+
+# -- exported bundles (tests of `stdtrt export` and of the runtime that reads them) --------------------------
+def make_lora(preset: str, folder: Path) -> Path:
+    """A random non-zero LoRA for a preset's UNet (a zero adapter would hide a broken merge)."""
+    import torch
+
+    from stdtrt.lora import add_lora, save_kohya
+    from stdtrt.models import load_model
+
+    model = load_model(preset)
+    torch.manual_seed(7)
+    add_lora(model.unet, rank=4, alpha=2.0, init=False)
+    return save_kohya(model.unet, folder / f"{preset}-lora.safetensors", {"eta": 0.75})
+
+
+def export_tiny(folder: Path, preset: str, guidance: float, **changes):
+    from stdtrt.config import ExportConfig
+    from stdtrt.export.bundle import export_bundle
+
+    lora = make_lora(preset, folder)
+    cfg = ExportConfig(
+        model=preset, lora=str(lora), prompt="an oil painting", width=64, height=64, guidance=guidance,
+        out=str(folder / "bundle"), **changes,
+    )  # fmt: skip
+    return cfg, export_bundle(cfg, progress=False)
+
+
+@pytest.fixture(scope="session")
+def sd_bundle(tmp_path_factory):
+    """tiny-sd + LoRA, guidance 1 (one UNet branch), 64x64, NFE 4: (ExportConfig, ExportResult)."""
+    return export_tiny(tmp_path_factory.mktemp("sd-bundle"), "tiny-sd", 1.0)
+
+
+@pytest.fixture(scope="session")
+def sdxl_bundle(tmp_path_factory):
+    """tiny-sdxl + LoRA, guidance 2.5 (both CFG branches baked in), 64x64, NFE 4."""
+    return export_tiny(tmp_path_factory.mktemp("sdxl-bundle"), "tiny-sdxl", 2.5)
+
+
+def copy_bundle(fixture, tmp_path: Path) -> Path:
+    """A copy of a session bundle that a test may damage."""
+    import shutil
+
+    dst = tmp_path / "bundle"
+    shutil.copytree(fixture[1].path, dst)
+    return dst
 
 
 __all__ = ["make_video", "frames_of", "small", "losses", "start_run"]

@@ -22,7 +22,7 @@ def test_help_does_not_import_torch():
     assert "Usage: stdtrt" in out and out.strip().endswith("False")
 
 
-@pytest.mark.parametrize("command", ["stylize-image", "stylize-video", "demo", "info"])
+@pytest.mark.parametrize("command", ["stylize-image", "stylize-video", "demo", "info", "export", "bench"])
 def test_every_command_has_help(command, capsys):
     code, out, _ = _run([command, "--help"], capsys)
     assert code == 0 and "Usage" in out
@@ -97,4 +97,34 @@ def test_demo_runs_offline(tmp_path, capsys):
         ],
         capsys,
     )
-    assert code == 0 and (tmp_path / "d" / "stylized.mp4").exists() and "fps" in stdout and "warp error" in stdout
+    assert (
+        code == 0
+        and (tmp_path / "d" / "stylized.mp4").exists()
+        and "fps" in stdout
+        and "warp error" in stdout
+    )
+
+
+def test_export_cli_reuses_a_matching_bundle(sd_bundle, tmp_path, capsys):
+    import shutil
+
+    cfg, result = sd_bundle
+    shutil.copytree(result.path, tmp_path / "b")
+    argv = ["export", "--model", "tiny-sd", "--lora", cfg.lora, "--prompt", cfg.prompt, "--width", "64"]
+    code, out, _ = _run([*argv, "--height", "64", "--out", str(tmp_path / "b")], capsys)
+    assert code == 0 and "reused" in out and "TensorRT engines skipped" in out
+    code, _, err = _run([*argv, "--height", "64", "--nfe", "3", "--out", str(tmp_path / "b")], capsys)
+    assert code == 2 and err.startswith("error: ") and "--overwrite" in err and len(err.splitlines()) == 1
+
+
+def test_stylize_video_cli_with_a_bundle(sd_bundle, video, tmp_path, capsys):
+    out = tmp_path / "styled.mp4"
+    argv = ["stylize-video", str(video), "-o", str(out), "--bundle", str(sd_bundle[1].path), "--no-progress"]
+    code, stdout, _ = _run(argv, capsys)
+    assert code == 0 and out.exists() and "8 frames at 64x64" in stdout
+
+
+def test_missing_default_bundle_is_one_line(video, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _run(["stylize-video", str(video), "-o", "o.mp4"], capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and "stdtrt export" in err and "--model" in err

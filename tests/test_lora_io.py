@@ -68,3 +68,14 @@ def test_not_a_lora(tmp_path):
         load_model("tiny-sd", lora=str(bad))
     with pytest.raises(StdtrtError, match="does not exist"):
         load_model("tiny-sd", lora=str(tmp_path / "missing.safetensors"))
+
+
+def test_a_lora_for_another_strength_is_flagged(lora_file, caplog):
+    from stdtrt.lora import check_strength_matches
+
+    _, path, *_ = lora_file
+    with caplog.at_level("WARNING"):
+        check_strength_matches(path, 0.75)
+        assert not caplog.records
+        check_strength_matches(path, 0.5)
+    assert "distilled for strength 0.75" in caplog.text

@@ -196,7 +196,12 @@ class Run:
         in LCM mode, forward-noised to a random grid index."""
         idx = self.sampler.take(count)
         images = torch.stack(
-            [data_mod.random_crop(self.items[i].image, self.cfg.resolution, self.generator, self.cfg.crop_zoom) for i in idx]
+            [
+                data_mod.random_crop(
+                    self.items[i].image, self.cfg.resolution, self.generator, self.cfg.crop_zoom
+                )
+                for i in idx
+            ]
         )
         z0 = self.model.vae.encode(images.to(self.device)).latent_dist.mean * self.model.scaling_factor
         noise = torch.randn(z0.shape, generator=self.generator).to(self.device)

@@ -11,6 +11,7 @@ import torch
 from stdtrt import schedule
 from stdtrt.conditioning import Conditioning, encode_prompt, predict_eps
 from stdtrt.errors import StdtrtError
+from stdtrt.runtime.networks import vae_decode, vae_encode
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -74,13 +75,12 @@ class Student:
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] (B, 3, H, W) -> scaled content latents z0 (B, 4, H/8, W/8) (the posterior mean)."""
-        z = self.model.vae.encode(images.to(self.device, self.dtype)).latent_dist.mean
-        return z * self.model.scaling_factor
+        return vae_encode(self.model.vae, images.to(self.device, self.dtype), self.model.scaling_factor)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> images in [-1, 1]."""
-        return self.model.vae.decode(z / self.model.scaling_factor, return_dict=False)[0]
+        return vae_decode(self.model.vae, z, self.model.scaling_factor)
 
     @torch.no_grad()
     def eps(self, x: torch.Tensor, t) -> torch.Tensor:

@@ -1,25 +1,31 @@
 """stylize_image and stylize_video: the library functions behind the CLI commands of the same names.
 
-A video streams through three stages joined by bounded queues: decode (+ resize to the working size) in
-one thread, stylize in the calling thread, resize back + encode (+ audio mux) in another. The slowest
-stage sets the pace; at most a few queue slots of frames are ever in memory.
+Two ways to stylize, chosen once per run (`load_runner`):
+- a bundle (`--bundle`, or the default bundle folder): the backend `--backend` names (auto: the fastest
+  that loads) runs the fixed-timestep graphs in stream form, one UNet call per frame (runtime/stream.py);
+- `--model` without a bundle: the torch reference (runtime/student.py), NFE sequential steps per frame
+  (also for gamma > 0, which the stream form cannot do).
+
+A video streams through stages joined by bounded queues (runtime/pipeline.py): decode (+ resize to the
+working size) in one thread, the networks in one thread (or one each where they can overlap, on CUDA),
+resize back + encode (+ audio mux) in the calling thread. The slowest stage sets the pace; at most a few
+queue slots of frames are ever in memory.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from stdtrt.config import StylizeConfig
+from stdtrt.config import DEFAULT_BUNDLE, StylizeConfig, defaults
 from stdtrt.errors import StdtrtError
 from stdtrt.io_utils import atomic_path, check_writable
+from stdtrt.runtime.pipeline import StageTimes, run_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +40,9 @@ class VideoResult:
     width: int  # working size
     height: int
     audio: str  # "copied", "re-encoded" or "none"
+    backend: str = ""  # what ran the networks
+    stages: dict[str, float] = field(default_factory=dict)  # ms per call of each stage
+    frame_times: list[float] = field(default_factory=list)  # when each frame was written (s from start)
 
     @property
     def fps(self) -> float:
@@ -57,9 +66,144 @@ def load_student(cfg: StylizeConfig, image_w: int, image_h: int):
         raise StdtrtError("no model given: pass --model PATH_OR_ID (or --model tiny-sd to try it offline)")
     device = resolve_device(cfg.device)
     model = load_model(cfg.model, device=device, dtype=resolve_dtype(cfg.precision, device), lora=cfg.lora)
+    if cfg.lora:
+        from stdtrt.lora import check_strength_matches
+
+        check_strength_matches(cfg.lora, cfg.strength)
     width, height = model.working_size(image_w, image_h, cfg.width, cfg.height)
     plan = schedule.student_plan(model.alphas_cumprod(), cfg.strength, cfg.nfe, cfg.gamma)
     return Student(model, plan, cfg.prompt, width, height, cfg.negative_prompt, cfg.guidance)
+
+
+class StudentRunner:
+    """The torch reference (no bundle) as one stage: batches of frames, NFE sequential steps each."""
+
+    def __init__(self, student, cfg: StylizeConfig):
+        import torch
+
+        self.student, self.cfg = student, cfg
+        self.width, self.height = student.width, student.height
+        self.noise_gen = torch.Generator().manual_seed(cfg.seed)  # --fresh-noise draws from it
+        self.step_gen = torch.Generator().manual_seed(cfg.seed + 1)  # gamma > 0 re-noising
+        self.times = StageTimes()
+
+    def describe(self) -> str:
+        s = self.student
+        return f"torch reference on {s.device} ({s.plan.nfe} sequential steps per frame, no bundle)"
+
+    def _noise(self, n: int):
+        import torch
+
+        from stdtrt.runtime.student import make_noise
+
+        if self.cfg.fresh_noise:
+            return torch.randn((n, *self.student.latent_shape), generator=self.noise_gen)
+        return make_noise(self.student.latent_shape, self.cfg.seed)
+
+    def _run(self, batch: list):
+        frames = np.stack([rgb for rgb, _ in batch])
+        out = self.times.timed("student", self.student, frames, self._noise(len(batch)), self.step_gen)
+        yield from zip(out, (tag for _, tag in batch), strict=True)
+
+    def stylize(self, items):
+        batch = []
+        for item in items:
+            batch.append(item)
+            if len(batch) == self.cfg.batch_size:
+                yield from self._run(batch)
+                batch = []
+        if batch:
+            yield from self._run(batch)
+
+    def stages(self) -> list:
+        return [self.stylize]
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        ((out, _),) = list(self._run([(rgb, 0)]))
+        return out
+
+
+def resolve_bundle(cfg: StylizeConfig):
+    """The bundle to run: --bundle, else none when --model names the torch path, else the default folder."""
+    from stdtrt.export.manifest import read_bundle
+
+    if cfg.bundle:
+        return read_bundle(cfg.bundle)
+    if cfg.model:
+        if cfg.backend in ("tensorrt", "onnxruntime"):
+            raise StdtrtError(
+                f"backend {cfg.backend} runs an exported bundle: make one with `stdtrt export --model {cfg.model} "
+                f"...` and pass --bundle, or drop --backend to run --model on the torch path"
+            )
+        return None
+    if not (Path(DEFAULT_BUNDLE) / "manifest.json").is_file():
+        raise StdtrtError(
+            f"no bundle given and no default bundle ./{DEFAULT_BUNDLE}: make one with `stdtrt export --model "
+            f"PATH_OR_ID --prompt ... --out {DEFAULT_BUNDLE}`, or pass --model to run the torch path without "
+            f"a bundle (--model tiny-sd works offline)"
+        )
+    return read_bundle(DEFAULT_BUNDLE)
+
+
+def check_request(cfg: StylizeConfig, bundle) -> None:
+    """Refuse options that contradict the bundle: what it bakes in cannot change at run time. An option
+    left at its default takes the bundle's value."""
+    from stdtrt.export.bundle import source_of
+    from stdtrt.models import file_hash
+
+    m, d = bundle.manifest, defaults(StylizeConfig)
+    if cfg.gamma > 0:
+        raise StdtrtError(
+            "a bundle runs the deterministic stream form (gamma 0); use --model for --gamma > 0"
+        )
+    if cfg.batch_size != 1:
+        raise StdtrtError(
+            "--batch-size is for the torch path (--model); a bundle runs one frame per UNet call"
+        )
+    if cfg.model and source_of(cfg.model) != m["model"]["source"]:
+        _refuse(bundle, "model", m["model"]["name"], cfg.model)
+    lora = m.get("lora")
+    if cfg.lora and (not lora or file_hash(cfg.lora) != lora["hash"]):
+        _refuse(bundle, "LoRA", lora and lora["path"], cfg.lora)
+    baked = {
+        "prompt": m["prompt"],
+        "negative_prompt": m["negative_prompt"],
+        "strength": m["schedule"]["eta"],
+        "nfe": bundle.nfe,
+        "guidance": m["guidance"],
+        "width": bundle.width,
+        "height": bundle.height,
+        "precision": m["precision"],
+    }
+    for option, value in baked.items():
+        asked = getattr(cfg, option)
+        if asked != d[option] and asked != value:
+            _refuse(bundle, option.replace("_", " "), value, asked)
+
+
+def _refuse(bundle, option: str, baked, asked) -> None:
+    raise StdtrtError(
+        f"bundle {bundle.path} was exported for {option} {baked!r}, not {asked!r}: export a bundle for it "
+        f"(`stdtrt export`), or leave the option out to use the bundle's"
+    )
+
+
+def load_runner(cfg: StylizeConfig, image_w: int, image_h: int):
+    """What stylizes frames for this run: a bundle's backend in stream form, or the torch student."""
+    bundle = resolve_bundle(cfg)
+    if bundle is None:
+        return StudentRunner(load_student(cfg, image_w, image_h), cfg)
+    from stdtrt.runtime.backends import load_backend
+    from stdtrt.runtime.stream import StreamRunner
+
+    check_request(cfg, bundle)
+    backend = load_backend(bundle, cfg.backend, cfg.device)
+    if (image_w, image_h) != (bundle.width, bundle.height):
+        log.warning(
+            "the input is %dx%d and bundle %s works at %dx%d: frames are resized to it and back",
+            image_w, image_h, bundle.path, bundle.width, bundle.height,
+        )  # fmt: skip
+    return StreamRunner(backend, cfg.seed, cfg.fresh_noise)
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -83,8 +227,6 @@ def write_image(path: Path, rgb: np.ndarray) -> None:
 
 def stylize_image(cfg: StylizeConfig, input_path: str | Path, output_path: str | Path) -> Path:
     """Stylize one image; the output keeps the input's size."""
-    from stdtrt.runtime.student import make_noise
-
     input_path, output_path = Path(input_path), Path(output_path)
     if output_path.suffix.lower() not in IMAGE_SUFFIXES:
         raise StdtrtError(f"output {output_path} must end in one of {', '.join(IMAGE_SUFFIXES)}")
@@ -92,69 +234,32 @@ def stylize_image(cfg: StylizeConfig, input_path: str | Path, output_path: str |
         raise StdtrtError(f"output {output_path} is the input image; choose another output path")
     check_writable(output_path)
     rgb = read_image(input_path)
-    student = load_student(cfg, rgb.shape[1], rgb.shape[0])
-    import torch
-
-    noise = make_noise(student.latent_shape, cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed + 1)
-    out = student(resize(rgb, student.width, student.height)[None], noise, generator)[0]
+    runner = load_runner(cfg, rgb.shape[1], rgb.shape[0])
+    out = runner(resize(rgb, runner.width, runner.height))
     write_image(output_path, resize(out, rgb.shape[1], rgb.shape[0]))
     return output_path
 
 
 # -- video ------------------------------------------------------------------------------------------------
-_END = object()
+def _timed_frames(info, w: int, h: int, times: StageTimes):
+    """Decoded frames resized to the working size; decoding time is recorded as `video_decode`."""
+    from stdtrt.runtime import video
 
-
-class _Pipe:
-    """Bounded queues between threads, with a shared stop flag so that no stage blocks forever when
-    another one fails."""
-
-    def __init__(self, size: int):
-        self.stop = threading.Event()
-        self.size = size
-        self.errors: list[BaseException] = []
-
-    def queue(self) -> queue.Queue:
-        return queue.Queue(maxsize=self.size)
-
-    def put(self, q: queue.Queue, item) -> bool:
-        while not self.stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def get(self, q: queue.Queue):
-        while not self.stop.is_set():
-            try:
-                return q.get(timeout=0.1)
-            except queue.Empty:
-                continue
-        return _END
-
-    def thread(self, fn, *args) -> threading.Thread:
-        def run():
-            try:
-                fn(*args)
-            except BaseException as exc:  # re-raised in the calling thread
-                self.errors.append(exc)
-                self.stop.set()
-
-        t = threading.Thread(target=run, daemon=True)
-        t.start()
-        return t
+    frames = video.read_frames(info)
+    while True:
+        start = time.perf_counter()
+        item = next(frames, None)
+        if item is None:
+            return
+        rgb, pts = item
+        rgb = resize(rgb, w, h)
+        times.add("video_decode", time.perf_counter() - start)
+        yield rgb, pts
 
 
 def stylize_video(cfg: StylizeConfig, input_path: str | Path, output_path: str | Path, progress: bool = True):
     """Stylize a video: same frame count, frame rate, timestamps, size and audio as the input."""
-    import torch
-    from tqdm import tqdm
-
     from stdtrt.runtime import video
-    from stdtrt.runtime.student import make_noise
 
     input_path, output_path = Path(input_path), Path(output_path)
     info = video.probe(input_path)
@@ -164,69 +269,43 @@ def stylize_video(cfg: StylizeConfig, input_path: str | Path, output_path: str |
             f"{input_path} is {info.width}x{info.height}: H.264/VP9 output needs an even width and height; "
             f"crop or scale the input to even dimensions first"
         )
-    student = load_student(cfg, info.width, info.height)
-    w, h = student.width, student.height
-    log.info("stylizing %dx%d video at %dx%d, %d steps", info.width, info.height, w, h, cfg.nfe)
-    noise = make_noise(student.latent_shape, cfg.seed)
-    noise_gen = torch.Generator().manual_seed(cfg.seed)
-    step_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    runner = load_runner(cfg, info.width, info.height)
+    return run_video(runner, info, output_path, cfg, progress)
 
-    pipe = _Pipe(cfg.queue_size)
-    q_in, q_out = pipe.queue(), pipe.queue()
+
+def run_video(runner, info, output_path: Path, cfg: StylizeConfig, progress: bool = True) -> VideoResult:
+    """Stream the video `info` through a loaded runner into output_path (atomically)."""
+    from tqdm import tqdm
+
+    from stdtrt.runtime import video
+
+    w, h = runner.width, runner.height
+    log.info("stylizing %dx%d video at %dx%d with %s", info.width, info.height, w, h, runner.describe())
+    times = runner.times
     bar = tqdm(total=info.frames or None, unit="frame", desc="stylize", disable=not progress, smoothing=0.1)
-
-    def decode():
-        for rgb, pts in video.read_frames(info):
-            if not pipe.put(q_in, (resize(rgb, w, h), pts)):
-                return
-        pipe.put(q_in, _END)
-
+    frame_times: list[float] = []
     with atomic_path(output_path) as tmp:
         writer = video.VideoWriter(tmp, output_path.suffix, info, crf=cfg.crf)
 
-        def encode():
-            while (item := pipe.get(q_out)) is not _END:
-                rgb, pts = item
-                writer.write(resize(rgb, info.width, info.height), pts)
-                bar.update(1)
+        def write(item):
+            rgb, pts = item
+            t = time.perf_counter()
+            writer.write(resize(rgb, info.width, info.height), pts)
+            times.add("video_encode", time.perf_counter() - t)
+            frame_times.append(time.perf_counter() - start)
+            bar.update(1)
 
         start = time.perf_counter()
-        threads = [pipe.thread(decode), pipe.thread(encode)]
         try:
-            done = False
-            while not done and not pipe.stop.is_set():
-                batch = []
-                while len(batch) < cfg.batch_size:
-                    item = pipe.get(q_in)
-                    if item is _END:
-                        done = True
-                        break
-                    batch.append(item)
-                if not batch:
-                    break
-                frames = np.stack([rgb for rgb, _ in batch])
-                if cfg.fresh_noise:
-                    n = torch.randn((len(batch), *student.latent_shape), generator=noise_gen)
-                else:
-                    n = noise
-                out = student(frames, n, step_gen)
-                for rgb, (_, pts) in zip(out, batch, strict=True):
-                    pipe.put(q_out, (rgb, pts))
-            pipe.put(q_out, _END)
-            threads[1].join()
+            run_pipeline(_timed_frames(info, w, h, times), runner.stages(), write, cfg.queue_size)
         except BaseException:
-            pipe.stop.set()
             writer.abort()
             raise
         finally:
-            pipe.stop.set()
-            for t in threads:
-                t.join(timeout=10)
             bar.close()
-        if pipe.errors:
-            writer.abort()
-            raise pipe.errors[0]
         writer.close()
         seconds = time.perf_counter() - start
     audio = "none" if not info.has_audio else ("copied" if writer.copy_audio else "re-encoded")
-    return VideoResult(output_path, writer.frames, seconds, w, h, audio)
+    return VideoResult(
+        output_path, writer.frames, seconds, w, h, audio, runner.describe(), times.ms_per_call(), frame_times
+    )

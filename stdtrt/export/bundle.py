@@ -1,0 +1,282 @@
+"""`stdtrt export`: model (+ LoRA, fused) -> ONNX graphs -> validation -> TensorRT engines -> manifest.
+
+The bundle is written into a temporary folder beside `--out` and renamed only when complete, so an
+interrupted or failed export never leaves a half bundle that looks finished. An existing bundle whose
+cache key matches is reused (only the missing TensorRT engines are built); a folder holding anything else
+is refused unless --overwrite.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from stdtrt.config import ExportConfig, to_dict
+from stdtrt.errors import StdtrtError
+from stdtrt.export import manifest as mf
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    reused: bool  # the ONNX graphs of an existing bundle with the same key were kept
+    seconds: float
+    sizes: dict[str, int]  # file -> bytes
+    table: str | None  # the validation table (None when validation was skipped or reused)
+    tensorrt: str  # what happened to the engines, in one line
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per export stage
+
+
+def model_hash(model) -> str:
+    """Content hash of the base model (UNet, VAE, text encoders), taken before any LoRA is loaded."""
+    from stdtrt.models import module_hash
+
+    pipe = model.pipe
+    modules = [pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)]
+    return module_hash(*[m for m in modules if m is not None])
+
+
+def source_of(name: str) -> str:
+    """How to find the model again: an absolute path for a folder or file, else the preset or hub id."""
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
+
+
+def check_size(model, width: int, height: int) -> None:
+    """The UNet halves the latent once per down block: the size must survive that."""
+    factor = model.vae_scale * 2 ** (len(model.unet.config.block_out_channels) - 1)
+    if width % factor or height % factor:
+        raise StdtrtError(
+            f"{width}x{height} cannot be served by {model.name}: its UNet needs width and height in "
+            f"multiples of {factor}"
+        )
+
+
+def load_fused_model(bundle, device: str = "auto"):
+    """The bundle's model with its LoRA fused, refused when either hashes differently from the manifest."""
+    import torch
+
+    from stdtrt.export.fuse import fuse_lora
+    from stdtrt.lora import load_lora
+    from stdtrt.models import file_hash, load_model
+    from stdtrt.runtime.student import resolve_device
+
+    m = bundle.manifest
+    model = load_model(m["model"]["source"])
+    if model_hash(model) != m["model"]["hash"]:
+        raise StdtrtError(
+            f"{m['model']['source']} is not the model bundle {bundle.path} was exported from (hash differs)"
+        )
+    lora = m.get("lora")
+    if lora:
+        if not Path(lora["path"]).is_file():
+            raise StdtrtError(
+                f"the bundle's LoRA {lora['path']} is not here (the torch backend rebuilds from it)"
+            )
+        if file_hash(lora["path"]) != lora["hash"]:
+            raise StdtrtError(
+                f"LoRA {lora['path']} changed since bundle {bundle.path} was exported (hash differs)"
+            )
+        load_lora(model, lora["path"])
+        fuse_lora(model)
+    dev = resolve_device(device)
+    dtype = torch.float16 if m["precision"] == "fp16" and dev.type == "cuda" else torch.float32
+    model.pipe.to(device=dev, dtype=dtype)
+    return model
+
+
+def _existing(out: Path, key: str, overwrite: bool):
+    """The bundle already at `out` when it can be reused; None when `out` is free (or may be replaced)."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise StdtrtError(f"--out {out} is a file; choose a folder")
+    if not any(out.iterdir()) or overwrite:
+        return None
+    try:
+        bundle = mf.read_bundle(out, verify=True)
+    except StdtrtError as exc:
+        raise StdtrtError(
+            f"{out} is not empty and not a valid bundle ({exc}); pass --overwrite to replace it"
+        ) from None
+    if bundle.key != key:
+        m = bundle.manifest
+        raise StdtrtError(
+            f"{out} holds a different bundle ({m['model']['name']}, nfe {bundle.nfe}, {bundle.width}x"
+            f"{bundle.height}, {m['precision']}); pass --overwrite to replace it or choose another --out"
+        )
+    return bundle
+
+
+def _engines_fit(bundle, key: str) -> bool:
+    """The bundle's .plan engines were built from these graphs by this TensorRT for this GPU."""
+    from stdtrt.export.tensorrt import identity
+
+    built = bundle.tensorrt
+    if not built:
+        return False
+    here = identity()
+    return built.get("key") == mf.tensorrt_key(key, here["version"], here["arch"], built["fp16"])
+
+
+def _files(folder: Path, known: dict) -> dict:
+    """sha256 and size of every file in the bundle folder; files already hashed in this export (same
+    size) are not read again (a UNet's weights are gigabytes)."""
+    names = sorted(p.name for p in folder.iterdir() if p.name != mf.MANIFEST)
+    fresh = [n for n in names if n not in known or known[n]["bytes"] != (folder / n).stat().st_size]
+    return {**{n: known[n] for n in names if n not in fresh}, **mf.file_entries(folder, fresh)}
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
+    """Export (or reuse) the bundle cfg describes; see the module doc."""
+    from stdtrt import schedule
+    from stdtrt.export import tensorrt
+    from stdtrt.io_utils import atomic_dir
+    from stdtrt.lora import check_strength_matches, load_lora
+    from stdtrt.models import file_hash, load_model
+
+    start, stages = time.perf_counter(), {}
+    out = Path(cfg.out)
+    model = load_model(cfg.model)  # fp32 on the CPU: what is traced and the reference for validation
+    width = cfg.width or cfg.height or model.native_size
+    height = cfg.height or cfg.width or model.native_size
+    check_size(model, width, height)
+    plan = schedule.student_plan(model.alphas_cumprod(), cfg.strength, cfg.nfe, 0.0)
+    build_trt, trt_line = tensorrt.decide(cfg.tensorrt)
+    precision = cfg.precision if cfg.precision != "auto" else ("fp16" if build_trt else "fp32")
+    base_hash = model_hash(model)
+    lora_hash = None
+    if cfg.lora:
+        load_lora(model, cfg.lora)  # refuses a LoRA of another UNet
+        check_strength_matches(cfg.lora, cfg.strength)
+        lora_hash = file_hash(cfg.lora)
+    fields = mf.onnx_key_fields(
+        model_hash=base_hash, lora_hash=lora_hash, prompt=cfg.prompt, negative_prompt=cfg.negative_prompt,
+        eta=cfg.strength, nfe=cfg.nfe, guidance=cfg.guidance, width=width, height=height, batch=1,
+        precision=precision, opset=cfg.opset,
+    )  # fmt: skip
+    key = mf.cache_key(fields)
+    existing = _existing(out, key, cfg.overwrite)
+    stages["load"] = time.perf_counter() - start
+    if existing is not None and (not build_trt or _engines_fit(existing, key)):
+        log.info("%s already holds this bundle (key %s): reused", out, key[:12])
+        sizes = {n: e["bytes"] for n, e in existing.manifest["files"].items()}
+        trt_line = "TensorRT engines reused" if build_trt else trt_line
+        return ExportResult(out, True, time.perf_counter() - start, sizes, None, trt_line)
+    with atomic_dir(out) as tmp:
+        if existing is None:
+            manifest, table = _export_onnx(
+                cfg, model, plan, fields, key, width, height, precision, tmp, stages
+            )
+        else:
+            manifest, table = dict(existing.manifest), None
+            for name in existing.manifest["files"]:
+                if not name.endswith(".plan"):
+                    _link_or_copy(existing.path / name, tmp / name)
+        if build_trt:
+            t = time.perf_counter()
+            built = tensorrt.build_engines(tmp, manifest["graphs"], cfg.workspace_gb, progress)
+            built["key"] = mf.tensorrt_key(key, built["version"], built["arch"], built["fp16"])
+            manifest["tensorrt"] = built
+            stages["tensorrt"] = time.perf_counter() - t
+            trt_line = (
+                f"TensorRT engines built (TensorRT {built['version']}, {built['arch']}, {built['gpu']})"
+            )
+        manifest["files"] = _files(tmp, manifest["files"])
+        manifest["export_seconds"] = {k: round(v, 1) for k, v in stages.items()}
+        mf.write_manifest(tmp, manifest)
+    sizes = {n: e["bytes"] for n, e in manifest["files"].items()}
+    return ExportResult(
+        out, existing is not None, time.perf_counter() - start, sizes, table, trt_line, stages
+    )
+
+
+def _export_onnx(
+    cfg, model, plan, fields, key, width, height, precision, tmp: Path, stages
+) -> tuple[dict, str | None]:
+    """Fuse, trace the three graphs, write a first manifest, validate them; return (manifest, table)."""
+    from stdtrt.export.fuse import fuse_lora
+    from stdtrt.export.onnx import export_networks
+    from stdtrt.export.validate import check, format_table, validate_bundle
+    from stdtrt.runtime.networks import build_networks
+
+    t = time.perf_counter()
+    fused = fuse_lora(model)
+    networks = build_networks(model, plan, cfg.prompt, cfg.negative_prompt, cfg.guidance, width, height)
+    vae16 = precision == "fp16" and model.kind != "sdxl"  # SDXL's VAE overflows in fp16: it stays fp32
+    fp16 = {"vae_encoder": vae16, "unet": precision == "fp16", "vae_decoder": vae16}
+    graphs = export_networks(networks, tmp, width, height, model.vae_scale, cfg.opset, fp16)
+    stages["onnx"] = time.perf_counter() - t
+    manifest = _manifest(cfg, model, plan, fields, key, width, height, precision, graphs, fused)
+    manifest["files"] = _files(tmp, {})
+    mf.write_manifest(tmp, manifest)
+    if not cfg.validate:
+        log.warning("validation skipped (--no-validate): the graphs were not compared with torch")
+        return manifest, None
+    t = time.perf_counter()
+    rows = validate_bundle(mf.read_bundle(tmp, verify=False), networks, model, cfg.seed)  # hashed just now
+    table = format_table(rows)
+    log.debug("%s", table)
+    stages["validate"] = time.perf_counter() - t
+    check(rows)
+    (tmp / "validation.txt").write_text(table + "\n")
+    manifest["validation"] = {
+        "rows": [r.as_dict() for r in rows],
+        "seed": cfg.seed,
+        "provider": "CPUExecutionProvider",
+    }
+    return manifest, table
+
+
+def _manifest(cfg, model, plan, fields, key, width, height, precision, graphs, fused) -> dict:
+    return {
+        "format": mf.FORMAT,
+        "format_version": mf.FORMAT_VERSION,
+        "key": key,
+        "key_fields": fields,
+        "config": to_dict(cfg),  # the resolved export settings, as given
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": {
+            "name": cfg.model,
+            "source": source_of(cfg.model),
+            "kind": model.kind,
+            "hash": fields["model_hash"],
+            "scaling_factor": model.scaling_factor,
+            "vae_scale": model.vae_scale,
+            "native_size": model.native_size,
+        },
+        "lora": None
+        if not cfg.lora
+        else {
+            "path": str(Path(cfg.lora).expanduser().resolve()),
+            "hash": fields["lora_hash"],
+            "fused": fused.as_dict() if fused else None,
+        },
+        "prompt": cfg.prompt,
+        "negative_prompt": cfg.negative_prompt,
+        "guidance": cfg.guidance,
+        "schedule": {**plan.as_dict(), "num_train_timesteps": int(model.alphas_cumprod().shape[0])},
+        "width": width,
+        "height": height,
+        "batch": 1,
+        "precision": precision,
+        "graphs": graphs,
+        "versions": mf.library_versions(),
+        "validation": None,
+        "tensorrt": None,
+        "files": {},
+    }

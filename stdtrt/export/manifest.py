@@ -1,0 +1,193 @@
+"""The bundle's `manifest.json`: everything the runtime needs and nothing it must guess, the sha256 of every
+file, and the cache key that decides whether an existing bundle can be reused.
+
+Layout of a bundle folder:
+    manifest.json
+    vae_encoder.onnx  unet.onnx [unet.onnx.data]  vae_decoder.onnx    (ONNX graphs, opset >= 17)
+    vae_encoder.plan  unet.plan  vae_decoder.plan                     (TensorRT engines, when built)
+    validation.txt                                                    (onnxruntime vs torch table)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+from stdtrt.errors import StdtrtError
+
+FORMAT = "stdtrt-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+# Bump when the graphs' meaning changes (inputs, outputs, what is baked in): old bundles stop matching.
+GRAPH_VERSION = 1
+REQUIRED = ("key", "model", "schedule", "width", "height", "batch", "precision", "graphs", "files")
+
+
+def cache_key(fields: dict) -> str:
+    """sha256 of the canonical JSON of the fields a bundle's files depend on."""
+    text = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def onnx_key_fields(
+    *,
+    model_hash: str,
+    lora_hash: str | None,
+    prompt: str,
+    negative_prompt: str,
+    eta: float,
+    nfe: int,
+    guidance: float,
+    width: int,
+    height: int,
+    batch: int,
+    precision: str,
+    opset: int,
+) -> dict:
+    """What the ONNX graphs depend on (the negative prompt only when guidance bakes it in)."""
+    return {
+        "graph_version": GRAPH_VERSION,
+        "model_hash": model_hash,
+        "lora_hash": lora_hash,
+        "prompt": prompt,
+        "negative_prompt": negative_prompt if guidance > 1 else None,
+        "eta": float(eta),
+        "nfe": int(nfe),
+        "guidance": float(guidance),
+        "width": int(width),
+        "height": int(height),
+        "batch": int(batch),
+        "precision": precision,
+        "opset": int(opset),
+    }
+
+
+def tensorrt_key(onnx_key: str, trt_version: str, arch: str, fp16: bool) -> str:
+    """A .plan is valid for one set of graphs, one TensorRT version and one GPU architecture."""
+    return cache_key({"onnx_key": onnx_key, "tensorrt": trt_version, "arch": arch, "fp16": fp16})
+
+
+def sha256_file(path: Path) -> str:
+    from stdtrt.models import file_hash
+
+    return file_hash(path)
+
+
+def file_entries(folder: Path, names) -> dict:
+    return {
+        name: {"sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size}
+        for name in names
+    }
+
+
+def library_versions() -> dict:
+    out = {"python": platform.python_version()}
+    for dist in ("stdtrt", "torch", "diffusers", "transformers", "peft", "onnx", "onnxscript", "onnxruntime"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def write_manifest(folder: Path, manifest: dict) -> Path:
+    from stdtrt.io_utils import atomic_path
+
+    path = Path(folder) / MANIFEST
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+@dataclass
+class Bundle:
+    """A read (and, unless told otherwise, verified) bundle folder."""
+
+    path: Path
+    manifest: dict
+
+    @property
+    def key(self) -> str:
+        return self.manifest["key"]
+
+    @property
+    def width(self) -> int:
+        return int(self.manifest["width"])
+
+    @property
+    def height(self) -> int:
+        return int(self.manifest["height"])
+
+    @property
+    def nfe(self) -> int:
+        return int(self.manifest["schedule"]["nfe"])
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return tuple(self.manifest["graphs"]["vae_encoder"]["outputs"][0]["shape"][1:])
+
+    @property
+    def model_name(self) -> str:
+        return self.manifest["model"]["name"]
+
+    @property
+    def tensorrt(self) -> dict | None:
+        return self.manifest.get("tensorrt")
+
+    def plan(self):
+        """The StudentPlan baked into the graphs, as recorded (never recomputed)."""
+        from stdtrt.schedule import StudentPlan
+
+        fields = dict(self.manifest["schedule"])
+        fields.pop("num_train_timesteps", None)
+        return StudentPlan(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+    def graph_file(self, graph: str, kind: str = "onnx") -> Path:
+        name = self.manifest["graphs"][graph].get(kind)
+        if not name:
+            raise StdtrtError(f"bundle {self.path} has no {kind} file for {graph}")
+        return self.path / name
+
+    def verify(self) -> None:
+        """Every listed file exists with the recorded size and sha256 (a changed file is refused)."""
+        for name, entry in self.manifest["files"].items():
+            path = self.path / name
+            if not path.is_file():
+                raise StdtrtError(f"bundle {self.path} is missing {name}; export it again (`stdtrt export`)")
+            if path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
+                raise StdtrtError(
+                    f"bundle {self.path}: {name} does not match the sha256 in its manifest (changed or "
+                    f"corrupted after export); export the bundle again"
+                )
+
+
+def read_bundle(path: str | Path, verify: bool = True) -> Bundle:
+    """Read a bundle folder's manifest; with verify, check every file's size and sha256."""
+    path = Path(path)
+    if not path.is_dir():
+        raise StdtrtError(f"bundle {path} does not exist (make one with `stdtrt export --out {path} ...`)")
+    file = path / MANIFEST
+    if not file.is_file():
+        raise StdtrtError(f"{path} is not an stdtrt bundle (no {MANIFEST}); make one with `stdtrt export`")
+    try:
+        manifest = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise StdtrtError(f"{file} is not valid JSON ({exc}); export the bundle again") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise StdtrtError(f"{file} is not an stdtrt bundle manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise StdtrtError(
+            f"{file} has format version {manifest.get('format_version')}; this stdtrt reads version "
+            f"{FORMAT_VERSION}: export the bundle again"
+        )
+    missing = [k for k in REQUIRED if k not in manifest]
+    if missing:
+        raise StdtrtError(f"{file} lacks {', '.join(missing)}; export the bundle again")
+    bundle = Bundle(path, manifest)
+    if verify:
+        bundle.verify()
+    return bundle

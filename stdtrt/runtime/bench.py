@@ -1,0 +1,300 @@
+"""`stdtrt bench`: every usable backend on one bundle, per stage and end to end, against diffusers' own
+img2img pipeline (TCD scheduler, the same weights, LoRA, timesteps, guidance and size) in the same run.
+
+Per-stage times are measured inside the real video pipeline (runtime/stylize.run_video) on a generated
+clip at the bundle's size: ms per call of video decode, VAE encode, UNet (one stream step), VAE decode,
+video encode. End to end: the whole clip (fill and flush included) and the steady rate while frames
+enter (steady_fps). The diffusers baseline gets the decoded frames from memory (no video I/O): the
+comparison is conservative for stdtrt; forward hooks on its UNet and VAE say where its time goes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stdtrt.config import DEFAULT_BUNDLE, BenchConfig, StylizeConfig
+from stdtrt.errors import StdtrtError
+
+log = logging.getLogger(__name__)
+
+STAGES = ("video_decode", "vae_encode", "unet", "vae_decode", "video_encode")
+NETWORKS = ("vae_encode", "unet", "vae_decode")
+
+
+@dataclass
+class BackendRun:
+    name: str
+    describe: str
+    load_s: float
+    stages_ms: dict[str, float]  # ms per call
+    fps: float  # the whole clip, pipe fill and flush included
+    steady_fps: float  # while frames enter (see steady_fps())
+
+    @property
+    def network_ms(self) -> float:
+        """VAE encode + one stream UNet step + VAE decode: the network time of one frame."""
+        return sum(self.stages_ms.get(s, 0.0) for s in NETWORKS)
+
+    @property
+    def frame_ms(self) -> float:
+        return 1000 / self.steady_fps if self.steady_fps else float("nan")
+
+
+@dataclass
+class BenchResult:
+    setup: dict
+    runs: list[BackendRun] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    baseline: dict | None = None  # diffusers img2img: ms_per_frame, fps, describe
+
+    def ratio(self, run: BackendRun) -> float | None:
+        return run.steady_fps / self.baseline["fps"] if self.baseline else None
+
+    def as_dict(self) -> dict:
+        runs = [
+            {**asdict(r), "network_ms": r.network_ms, "frame_ms": r.frame_ms, "vs_diffusers": self.ratio(r)}
+            for r in self.runs
+        ]
+        return {"setup": self.setup, "runs": runs, "skipped": self.skipped, "baseline": self.baseline}
+
+    def table(self) -> str:
+        s = self.setup
+        lines = [
+            f"bench: {s['model']} {s['width']}x{s['height']}, nfe {s['nfe']}, guidance {s['guidance']}, "
+            f"{s['precision']}, {s['frames']} frames on {s['machine']}",
+            f"{'backend':<12} {'load s':>7} {'v.dec':>7} {'vae enc':>8} {'unet':>8} {'vae dec':>8} {'v.enc':>7} "
+            f"{'net sum':>8} {'e2e/frm':>8} {'over':>6} {'fps':>6} {'clip fps':>8} {'vs diffusers':>12}",
+        ]
+        for r in self.runs:
+            ms = [r.stages_ms.get(k, float("nan")) for k in STAGES]
+            ratio = self.ratio(r)
+            lines.append(
+                f"{r.name:<12} {r.load_s:>7.1f} {ms[0]:>7.1f} {ms[1]:>8.1f} {ms[2]:>8.1f} {ms[3]:>8.1f} {ms[4]:>7.1f} "
+                f"{r.network_ms:>8.1f} {r.frame_ms:>8.1f} {100 * (r.frame_ms / r.network_ms - 1):>5.1f}% "
+                f"{r.steady_fps:>6.3f} {r.fps:>8.3f} {f'{ratio:.2f}x' if ratio else '-':>12}"
+            )
+        if self.baseline:
+            b = self.baseline
+            st = b["stages_ms_per_frame"]
+            net = sum(st.values())
+            lines.append(
+                f"{'diffusers':<12} {'':>7} {'-':>7} {st['vae_encode']:>8.1f} {st['unet']:>8.1f} {st['vae_decode']:>8.1f} "
+                f"{'-':>7} {net:>8.1f} {b['ms_per_frame']:>8.1f} {100 * (b['ms_per_frame'] / net - 1):>5.1f}% "
+                f"{b['fps']:>6.3f}   ({b['describe']}; unet = {s['nfe']} calls of batch 1)"
+            )
+        lines.append(
+            "ms per call; fps, e2e/frm: steady state (first written frame to the last one an input frame pushed "
+            "out); clip fps: whole clip with fill and flush; over: e2e/frm vs net sum"
+        )
+        lines += [f"skipped {name}: {why}" for name, why in self.skipped.items()]
+        return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        names = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    text = f"{cpu} ({torch.get_num_threads()} threads)"
+    if torch.cuda.is_available():
+        text += f", {torch.cuda.get_device_name(0)}"
+    return text
+
+
+def make_clip(folder: Path, frames: int, width: int, height: int) -> Path:
+    """A clip of real photographs at exactly the bundle's size (so nothing is resized)."""
+    from fractions import Fraction
+
+    from stdtrt.demo import sample_frames
+    from stdtrt.runtime.video import write_video
+
+    path = folder / "bench-input.mp4"
+    write_video(path, sample_frames(frames, width, height), Fraction(12))
+    return path
+
+
+def _warm_up(backend) -> None:
+    z = backend.encode(torch.zeros(1, 3, backend.height, backend.width, device=backend.device))
+    backend.step(torch.zeros(backend.plan.nfe, *backend.latent_shape, device=backend.device))
+    backend.decode(z)
+
+
+def time_backend(bundle, name: str, device: str, info, folder: Path, model=None) -> BackendRun:
+    from stdtrt.runtime.backends import load_backend
+    from stdtrt.runtime.stream import StreamRunner
+    from stdtrt.runtime.stylize import run_video
+
+    start = time.perf_counter()
+    backend = load_backend(bundle, name, device, model=model)
+    load_s = time.perf_counter() - start
+    _warm_up(backend)  # first calls allocate (onnxruntime arenas, cudnn plans): not what a video pays
+    result = run_video(
+        StreamRunner(backend), info, folder / f"out-{name}.mp4", StylizeConfig(), progress=False
+    )
+    return BackendRun(
+        name, backend.describe(), load_s, result.stages, result.fps, steady_fps(result, backend.plan.nfe)
+    )
+
+
+def steady_fps(result, nfe: int) -> float:
+    """Frames per second while frames still enter: from the first written frame to the one the last input
+    frame pushed out. The last nfe - 1 frames leave through flush calls (no VAE encode): not counted."""
+    t = result.frame_times[: len(result.frame_times) - (nfe - 1)]
+    return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else result.fps
+
+
+def diffusers_baseline(model, bundle, frames: list[np.ndarray]) -> dict:
+    """The same frames through diffusers' img2img pipeline with TCDScheduler over the bundle's timesteps."""
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline, TCDScheduler
+    from PIL import Image
+
+    from stdtrt.conditioning import encode_prompt
+
+    m, w, h = bundle.manifest, bundle.width, bundle.height
+    components = dict(model.pipe.components)
+    components["scheduler"] = TCDScheduler.from_config(model.pipe.scheduler.config)
+    cond = encode_prompt(model.pipe, m["prompt"], h, w)
+    uncond = encode_prompt(model.pipe, m["negative_prompt"], h, w)
+    kwargs = {"prompt_embeds": cond.embeds, "negative_prompt_embeds": uncond.embeds}
+    if model.kind == "sdxl":
+        pipe = StableDiffusionXLImg2ImgPipeline(**components, requires_aesthetics_score=False)
+        kwargs.update(pooled_prompt_embeds=cond.pooled, negative_pooled_prompt_embeds=uncond.pooled)
+    else:
+        components.pop("image_encoder", None)
+        pipe = StableDiffusionImg2ImgPipeline(**components)
+    pipe.set_progress_bar_config(disable=True)
+    plan = bundle.plan()
+    kwargs.update(
+        strength=1.0, timesteps=list(plan.timesteps), guidance_scale=m["guidance"], eta=0.0, output_type="np"
+    )
+
+    def run(rgb):
+        g = torch.Generator().manual_seed(0)
+        return pipe(image=Image.fromarray(rgb), generator=g, **kwargs).images
+
+    run(frames[0])  # warm-up
+    timer = ForwardTimer({"vae_encode": pipe.vae.encoder, "unet": pipe.unet, "vae_decode": pipe.vae.decoder})
+    with timer:
+        start = time.perf_counter()
+        for rgb in frames:
+            run(rgb)
+        ms = 1000 * (time.perf_counter() - start) / len(frames)
+    stages = {k: 1000 * v / len(frames) for k, v in timer.spent.items()}  # per frame (the UNet: nfe calls)
+    describe = f"img2img + TCDScheduler, {plan.nfe} steps ({type(pipe).__name__})"
+    return {"ms_per_frame": ms, "fps": 1000 / ms, "describe": describe, "stages_ms_per_frame": stages}
+
+
+class ForwardTimer:
+    """Seconds spent in each module's forward (by forward hooks) inside a `with` block."""
+
+    def __init__(self, modules: dict):
+        self.modules, self.spent, self._start = modules, dict.fromkeys(modules, 0.0), {}
+
+    def __enter__(self):
+        self.handles = []
+        for name, module in self.modules.items():
+            self.handles.append(module.register_forward_pre_hook(lambda *_, n=name: self._begin(n)))
+            self.handles.append(module.register_forward_hook(lambda *_, n=name: self._end(n)))
+        return self
+
+    def _begin(self, name: str) -> None:
+        self._start[name] = time.perf_counter()
+
+    def _end(self, name: str) -> None:
+        self.spent[name] += time.perf_counter() - self._start[name]
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def run_bench(cfg: BenchConfig) -> BenchResult:
+    from stdtrt.export.bundle import load_fused_model
+    from stdtrt.export.manifest import read_bundle
+    from stdtrt.runtime.backends import ORDER
+    from stdtrt.runtime.video import probe, read_frames
+
+    path = Path(cfg.bundle or DEFAULT_BUNDLE)
+    if not path.exists():
+        raise StdtrtError(
+            f"no bundle at {path}: make one with `stdtrt export --model ... --out {path}` first"
+        )
+    bundle = read_bundle(path)
+    m = bundle.manifest
+    setup = {
+        "model": m["model"]["name"], "width": bundle.width, "height": bundle.height, "nfe": bundle.nfe,
+        "guidance": m["guidance"], "precision": m["precision"], "frames": cfg.frames, "machine": machine(),
+        "torch": torch.__version__, "bundle": str(path),
+    }  # fmt: skip
+    result = BenchResult(setup)
+    model = None
+    with tempfile.TemporaryDirectory(prefix="stdtrt-bench.") as tmp:
+        info = probe(make_clip(Path(tmp), cfg.frames, bundle.width, bundle.height))
+        for name in cfg.backends or ORDER:
+            try:
+                start = time.perf_counter()
+                if name == "torch":  # the fused model is shared with the diffusers baseline
+                    model = model or load_fused_model(bundle, cfg.device)
+                extra = time.perf_counter() - start
+                run = time_backend(bundle, name, cfg.device, info, Path(tmp), model)
+                run.load_s += extra
+                result.runs.append(run)
+                log.info("bench: %s: %.3f fps", run.describe, run.steady_fps)
+            except StdtrtError as exc:
+                result.skipped[name] = str(exc)
+        if cfg.baseline:
+            model = model or load_fused_model(bundle, cfg.device)
+            frames = [rgb for rgb, _ in read_frames(info)]
+            result.baseline = diffusers_baseline(model, bundle, frames)
+    if cfg.json:
+        Path(cfg.json).write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+    if cfg.plot:
+        plot(result, Path(cfg.plot))
+    return result
+
+
+def plot(result: BenchResult, path: Path) -> None:
+    """Per backend: ms per frame end to end (steady state), and the ms of each stage's calls stacked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from stdtrt.io_utils import atomic_path
+
+    rows = [(r.name, r.stages_ms, r.frame_ms, r.steady_fps) for r in result.runs]
+    if result.baseline:
+        b = result.baseline
+        rows.append(("diffusers img2img", b.get("stages_ms_per_frame", {}), b["ms_per_frame"], b["fps"]))
+    fig, ax = plt.subplots(figsize=(9, 1.6 + 0.9 * len(rows)))
+    for i, (_, stages, frame_ms, fps) in enumerate(rows):
+        left = 0.0
+        for j, stage in enumerate(STAGES):
+            ms = stages.get(stage, 0.0)
+            ax.barh(i + 0.2, ms, height=0.38, left=left, color=f"C{j}", label=stage if i == 0 else None)
+            left += ms
+        ax.barh(
+            i - 0.2, frame_ms, height=0.38, color="0.3", label="end to end, per frame" if i == 0 else None
+        )
+        ax.text(frame_ms, i - 0.2, f"  {fps:.3f} fps", va="center", fontsize=8)
+    ax.set_yticks(range(len(rows)), [r[0] for r in rows])
+    ax.set_xlabel("ms per frame (upper bar: each stage's calls; stages that overlap sum past the wall time)")
+    s = result.setup
+    ax.set_title(f"{s['model']} {s['width']}x{s['height']}, nfe {s['nfe']}: {s['machine']}", fontsize=9)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

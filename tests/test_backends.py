@@ -1,0 +1,186 @@
+"""Backends behind one interface: picked once (auto says why it skipped each faster one), an explicit one
+never falls back, a bundle for another model or a changed file is refused, and stylize-video/-image run
+a bundle end to end with the same frames on every backend."""
+
+import json
+import logging
+import shutil
+
+import numpy as np
+import pytest
+from conftest import copy_bundle, frames_of, make_video
+
+from stdtrt.config import StylizeConfig
+from stdtrt.errors import StdtrtError
+from stdtrt.export import tensorrt
+from stdtrt.export.manifest import read_bundle
+from stdtrt.runtime.availability import is_tensorrt_available
+from stdtrt.runtime.backends import OnnxRuntimeBackend, load_backend, ort_providers
+from stdtrt.runtime.stylize import stylize_image, stylize_video
+
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
+
+NO_TRT = not is_tensorrt_available()[0]
+
+
+def test_auto_picks_once_and_says_why_it_skipped(sd_bundle, caplog):
+    if not NO_TRT:
+        pytest.skip("TensorRT is usable here: auto picks it (tests/test_backends.py::test_tensorrt_*)")
+    bundle = read_bundle(sd_bundle[1].path)
+    with caplog.at_level(logging.INFO, logger="stdtrt"):
+        backend = load_backend(bundle, "auto", "auto")
+    assert backend.name == "onnxruntime" and backend.providers == ["CPUExecutionProvider"]
+    assert backend.concurrent_stages  # on a CPU the three graphs overlap, each with half the cores
+    text = caplog.text
+    assert "skipped tensorrt" in text and "no TensorRT engines" in text and "using onnxruntime" in text
+
+
+def test_an_explicit_backend_never_falls_back(sd_bundle):
+    bundle = read_bundle(sd_bundle[1].path)
+    with pytest.raises(StdtrtError, match="backend tensorrt cannot run .*(no TensorRT engines|CUDA)"):
+        load_backend(bundle, "tensorrt", "auto")
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():  # else cuda is a fine ask
+        with pytest.raises(StdtrtError, match="cuda requested but onnxruntime .* has no CUDA provider"):
+            load_backend(bundle, "onnxruntime", "cuda")
+
+
+def test_providers_asked_for(tmp_path):
+    assert ort_providers("cpu", False, tmp_path) == ["CPUExecutionProvider"]
+    providers = [p if isinstance(p, str) else p[0] for p in ort_providers("auto", True, tmp_path)]
+    assert providers[-1] == "CPUExecutionProvider"
+
+
+def test_torch_backend_refuses_a_bundle_of_another_model(sd_bundle, tmp_path):
+    path = copy_bundle(sd_bundle, tmp_path)
+    m = json.loads((path / "manifest.json").read_text())
+    m["model"]["hash"] = "0" * 64  # as if exported from another checkpoint under the same name
+    (path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(StdtrtError, match="not the model bundle .* was exported from"):
+        load_backend(read_bundle(path), "torch", "cpu")
+
+
+def test_every_backend_gives_the_same_video(sd_bundle, tmp_path, caplog):
+    src = make_video(tmp_path / "in.mp4", frames=5, size=(96, 64))
+    outs = {}
+    for backend in ("onnxruntime", "torch"):
+        cfg = StylizeConfig(bundle=str(sd_bundle[1].path), backend=backend)
+        with caplog.at_level(logging.WARNING, logger="stdtrt"):
+            result = stylize_video(cfg, src, tmp_path / f"{backend}.mp4", progress=False)
+        assert result.frames == 5 and result.audio == "copied" and backend in result.backend
+        assert set(result.stages) >= {"video_decode", "vae_encode", "unet", "vae_decode", "video_encode"}
+        outs[backend] = frames_of(result.output)
+    assert caplog.text.count("frames are resized to it and back") == 2  # once per run, not per frame
+    assert all(a.shape == (64, 96, 3) for a in outs["torch"])
+    diffs = [np.abs(a.astype(int) - b.astype(int)).max() for a, b in zip(*outs.values(), strict=True)]
+    assert max(diffs) <= 2  # codec and fp32 rounding only
+
+
+def test_stylize_image_with_a_bundle(sd_bundle, tmp_path):
+    from PIL import Image
+
+    src = tmp_path / "in.png"
+    Image.fromarray(next(iter(frames_of(make_video(tmp_path / "v.mp4", frames=1, audio=False))))).save(src)
+    cfg = StylizeConfig(bundle=str(sd_bundle[1].path), backend="onnxruntime")
+    a = np.asarray(Image.open(stylize_image(cfg, src, tmp_path / "a.png")))
+    b = np.asarray(
+        Image.open(stylize_image(StylizeConfig(**{**cfg.__dict__, "seed": 5}), src, tmp_path / "b.png"))
+    )
+    assert a.shape == (64, 96, 3) and not np.array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "changes,match",
+    [
+        ({"nfe": 2}, "exported for nfe 4, not 2"),
+        ({"model": "tiny-sdxl"}, "exported for model 'tiny-sd'"),
+        ({"prompt": "ink"}, "exported for prompt 'an oil painting'"),
+        ({"width": 128}, "exported for width 64"),
+        ({"gamma": 0.3}, "gamma"),
+        ({"batch_size": 2}, "batch-size"),
+    ],
+)
+def test_options_that_contradict_the_bundle_are_refused(changes, match, sd_bundle, video, tmp_path):
+    cfg = StylizeConfig(**{"bundle": str(sd_bundle[1].path), **changes})
+    with pytest.raises(StdtrtError, match=match):
+        stylize_video(cfg, video, tmp_path / "out.mp4")
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_a_tampered_bundle_is_refused_before_any_output(sd_bundle, video, tmp_path):
+    path = copy_bundle(sd_bundle, tmp_path)
+    with open(path / "vae_decoder.onnx", "r+b") as f:
+        f.seek(1000)
+        f.write(b"\0\1\2\3")
+    with pytest.raises(StdtrtError, match="vae_decoder.onnx does not match the sha256"):
+        stylize_video(StylizeConfig(bundle=str(path)), video, tmp_path / "out.mp4")
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_default_bundle_folder(sd_bundle, video, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StdtrtError, match="no default bundle ./stdtrt-engine.*stdtrt export.*--model"):
+        stylize_video(StylizeConfig(), video, tmp_path / "out.mp4")
+    with pytest.raises(StdtrtError, match="backend onnxruntime runs an exported bundle"):
+        stylize_video(StylizeConfig(model="tiny-sd", backend="onnxruntime"), video, tmp_path / "out.mp4")
+    shutil.copytree(sd_bundle[1].path, tmp_path / "stdtrt-engine")
+    result = stylize_video(StylizeConfig(), video, tmp_path / "out.mp4", progress=False)
+    assert result.frames == 8 and "onnxruntime" in result.backend
+
+
+def test_a_corrupt_video_midway_leaves_no_output(sd_bundle, tmp_path):
+    src = make_video(tmp_path / "in.mp4", frames=24, size=(96, 64), faststart=True)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(src.read_bytes()[: int(src.stat().st_size * 0.6)])
+    with pytest.raises(StdtrtError, match="truncated|corrupt"):
+        stylize_video(StylizeConfig(bundle=str(sd_bundle[1].path)), cut, tmp_path / "out.mp4", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.mp4", "in.mp4"]
+
+
+# -- TensorRT: everything up to the point that needs CUDA ----------------------------------------------------
+def test_tensorrt_decision_without_cuda_or_tensorrt():
+    if not NO_TRT:
+        pytest.skip("TensorRT and CUDA are usable here")
+    assert tensorrt.decide(False) == (False, "TensorRT engines skipped (--no-tensorrt)")
+    build, line = tensorrt.decide(None)
+    assert not build and line.startswith("TensorRT engines skipped: ") and "\n" not in line
+    with pytest.raises(StdtrtError, match="--tensorrt: cannot build engines here"):
+        tensorrt.decide(True)
+
+
+def test_tensorrt_build_specs(sd_bundle, tmp_path):
+    graphs = {**read_bundle(sd_bundle[1].path).manifest["graphs"]}
+    graphs["unet"] = {**graphs["unet"], "precision": "fp16"}
+    specs = tensorrt.build_specs(tmp_path, graphs, 2.5, tmp_path / "timing.cache")
+    assert [s.graph for s in specs] == ["vae_encoder", "unet", "vae_decoder"]
+    assert [s.fp16 for s in specs] == [False, True, False]
+    assert all(
+        s.workspace_bytes == int(2.5 * 2**30) and s.plan == tmp_path / f"{s.graph}.plan" for s in specs
+    )
+    assert specs[1].onnx == tmp_path / "unet.onnx" and specs[0].timing_cache.name == "timing.cache"
+
+
+def test_tensorrt_backend_says_why_not(sd_bundle):
+    from stdtrt.runtime.trt_engine import tensorrt_unusable
+
+    bundle = read_bundle(sd_bundle[1].path)
+    assert "device cpu" in tensorrt_unusable(bundle, "cpu")
+    assert "no TensorRT engines" in tensorrt_unusable(bundle, "auto")
+
+
+@pytest.mark.gpu
+def test_tensorrt_engines_match_onnxruntime(tmp_path):
+    if NO_TRT:
+        pytest.skip(f"needs CUDA and TensorRT: {is_tensorrt_available()[1]}")
+    from conftest import export_tiny
+
+    _, result = export_tiny(tmp_path, "tiny-sd", 1.0, tensorrt=True, precision="fp32")
+    bundle = read_bundle(result.path)
+    trt = load_backend(bundle, "tensorrt")
+    ort = OnnxRuntimeBackend(bundle, "cpu")
+    import torch
+
+    x = torch.randn(bundle.nfe, *bundle.latent_shape)
+    assert (trt.step(x.cuda()).cpu() - ort.step(x)).abs().max() < 1e-2
+    assert load_backend(bundle, "auto").name == "tensorrt"

@@ -1,0 +1,218 @@
+"""`stdtrt export` on tiny-sd and tiny-sdxl: the fused UNet equals the LoRA model, every ONNX graph equals
+the torch module it was traced from (checked here with plain onnxruntime sessions, independently of the
+export's own validation), the bundle is reused only on a matching key, and bad input leaves nothing."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from conftest import export_tiny, make_lora
+
+from stdtrt import schedule
+from stdtrt.conditioning import encode_prompt, predict_eps
+from stdtrt.config import ExportConfig
+from stdtrt.errors import StdtrtError
+from stdtrt.export.bundle import export_bundle
+from stdtrt.export.fuse import fuse_lora
+from stdtrt.export.manifest import read_bundle
+from stdtrt.models import load_model
+from stdtrt.runtime.networks import build_networks
+
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
+
+BUNDLES = ["sd_bundle", "sdxl_bundle"]
+
+
+@pytest.mark.parametrize("preset", ["tiny-sd", "tiny-sdxl"])
+def test_fused_unet_equals_the_lora_model(preset, tmp_path):
+    lora = make_lora(preset, tmp_path)
+    base, model = load_model(preset), load_model(preset, lora=str(lora))
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    cond = encode_prompt(model.pipe, "ink", 64, 64)
+    with torch.no_grad():
+        unfused = predict_eps(model.unet, x, 599, cond)
+        report = fuse_lora(model)
+        fused = predict_eps(model.unet, x, 599, cond)
+        teacher = predict_eps(base.unet, x, 599, cond)
+    assert report.layers > 0 and report.max_abs < 1e-4 and report.mean_abs <= report.max_abs
+    assert (fused - unfused).abs().max() < 1e-4
+    assert (fused - teacher).abs().max() > 1e-2  # the adapter is non-zero: the merge really happened
+    assert not any("lora" in name for name, _ in model.unet.named_parameters())
+
+
+def _fused_networks(cfg, manifest):
+    model = load_model(cfg.model, lora=cfg.lora)
+    fuse_lora(model)
+    plan = schedule.student_plan(model.alphas_cumprod(), cfg.strength, cfg.nfe)
+    nets = build_networks(model, plan, cfg.prompt, cfg.negative_prompt, cfg.guidance, cfg.width, cfg.height)
+    return model, plan, nets
+
+
+@pytest.mark.parametrize("fixture", BUNDLES)
+def test_each_onnx_graph_equals_its_torch_module(fixture, request):
+    cfg, result = request.getfixturevalue(fixture)
+    bundle = read_bundle(result.path)
+    _, _, nets = _fused_networks(cfg, bundle.manifest)
+    g = torch.Generator().manual_seed(123)  # not the export's validation seed
+    inputs = {
+        "vae_encoder": (nets.encoder, torch.rand(1, 3, 64, 64, generator=g) * 2 - 1),
+        "unet": (nets.unet, torch.randn(4, 4, 8, 8, generator=g)),
+        "vae_decoder": (nets.decoder, torch.randn(1, 4, 8, 8, generator=g)),
+    }
+    for graph, (module, x) in inputs.items():
+        session = ort.InferenceSession(str(bundle.graph_file(graph)), providers=["CPUExecutionProvider"])
+        assert [i.name for i in session.get_inputs()] == [
+            bundle.manifest["graphs"][graph]["inputs"][0]["name"]
+        ]
+        ours = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+        with torch.no_grad():
+            ref = module(x).numpy()
+        assert ours.shape == ref.shape
+        assert np.abs(ours - ref).max() < 1e-4 * max(1.0, np.abs(ref).max()), graph
+
+
+@pytest.mark.parametrize("fixture", BUNDLES)
+def test_unet_graph_is_the_stream_step(fixture, request):
+    """Slot i of one graph call equals the student's step i on that slot alone: the timesteps, the jump
+    coefficients and the prompt (both CFG branches for sdxl) are baked in."""
+    from stdtrt.runtime.student import Student
+
+    cfg, result = request.getfixturevalue(fixture)
+    bundle = read_bundle(result.path)
+    model, plan, _ = _fused_networks(cfg, bundle.manifest)
+    student = Student(model, plan, cfg.prompt, 64, 64, cfg.negative_prompt, cfg.guidance)
+    slots = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(9))
+    session = ort.InferenceSession(str(bundle.graph_file("unet")), providers=["CPUExecutionProvider"])
+    out = torch.from_numpy(session.run(None, {"slots": slots.numpy()})[0])
+    for i in range(4):
+        ref = student.step(slots[i : i + 1], i)
+        assert (out[i : i + 1] - ref).abs().max() < 1e-4 * max(1.0, float(ref.abs().max())), i
+    assert (out[0] - student.step(slots[0:1], 1)[0]).abs().max() > 1e-2  # slot 0 is not at step 1
+
+
+@pytest.mark.parametrize("fixture", BUNDLES)
+def test_manifest_describes_the_bundle(fixture, request):
+    cfg, result = request.getfixturevalue(fixture)
+    m = read_bundle(result.path).manifest  # verifies every sha256
+    assert m["schedule"]["timesteps"] == [779, 599, 399, 219] and m["guidance"] == cfg.guidance
+    assert m["graphs"]["unet"]["inputs"][0]["shape"] == [4, 4, 8, 8]
+    assert m["graphs"]["vae_encoder"]["inputs"][0]["shape"] == [1, 3, 64, 64]
+    assert m["graphs"]["vae_decoder"]["outputs"][0]["shape"] == [1, 3, 64, 64]
+    assert m["graphs"]["unet"]["opset"] >= 17 and m["precision"] == "fp32"
+    assert m["lora"]["fused"]["max_abs"] < 1e-4 and len(m["lora"]["hash"]) == 64
+    assert m["model"]["scaling_factor"] == 0.18215 and m["versions"]["torch"] == torch.__version__
+    assert set(m["files"]) == {"vae_encoder.onnx", "unet.onnx", "vae_decoder.onnx", "validation.txt"}
+    rows = m["validation"]["rows"]
+    assert [r["name"].split()[0] for r in rows] == ["vae_encoder", "unet", "vae_decoder", "frame"]
+    assert all(r["ok"] and r["max_abs"] < 1e-3 for r in rows)
+    assert (result.path / "validation.txt").read_text().startswith("onnxruntime vs torch")
+    assert m["tensorrt"] is None  # no CUDA here: skipped, said in one line
+    assert result.tensorrt.startswith("TensorRT engines skipped:")
+
+
+def test_a_matching_bundle_is_reused_and_a_different_one_refused(sd_bundle, tmp_path):
+    cfg, result = sd_bundle
+    out = tmp_path / "copy"
+    shutil.copytree(result.path, out)
+    before = (out / "manifest.json").read_text()
+    again = export_bundle(ExportConfig(**{**cfg.__dict__, "out": str(out)}), progress=False)
+    assert again.reused and (out / "manifest.json").read_text() == before
+    with pytest.raises(StdtrtError, match="holds a different bundle.*--overwrite"):
+        export_bundle(ExportConfig(**{**cfg.__dict__, "out": str(out), "nfe": 2}), progress=False)
+    (out / "stray.txt").write_text("x")  # not listed in the manifest: still the same bundle
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("mine")
+    with pytest.raises(StdtrtError, match="not a valid bundle"):
+        export_bundle(ExportConfig(**{**cfg.__dict__, "out": str(tmp_path / "junk")}), progress=False)
+    assert (tmp_path / "junk" / "notes.txt").read_text() == "mine"
+
+
+def test_overwrite_replaces_a_different_bundle(tmp_path):
+    cfg, first = export_tiny(tmp_path, "tiny-sd", 1.0, nfe=2, validate=False)
+    assert read_bundle(first.path).nfe == 2 and first.table is None
+    cfg = ExportConfig(**{**cfg.__dict__, "nfe": 3, "overwrite": True, "lora": None})
+    second = export_bundle(cfg, progress=False)
+    m = read_bundle(second.path).manifest
+    assert (
+        m["schedule"]["nfe"] == 3 and m["lora"] is None and m["graphs"]["unet"]["inputs"][0]["shape"][0] == 3
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "tiny-sd-lora.safetensors"]
+
+
+def test_failed_validation_leaves_no_bundle(tmp_path, monkeypatch):
+    from stdtrt.export import validate
+
+    monkeypatch.setitem(validate.TOLERANCES, "fp32", (1e-12, 1e-12))  # nothing passes this
+    with pytest.raises(StdtrtError, match="validation failed.*nothing was written"):
+        export_tiny(tmp_path, "tiny-sd", 1.0, nfe=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-sd-lora.safetensors"]  # no half bundle
+
+
+@pytest.mark.parametrize(
+    "changes,match",
+    [
+        ({"nfe": 40}, "nfe 40 cannot be served"),
+        ({"width": 72}, "multiples of 16"),
+        ({"lora": "WRONG"}, "does not fit the UNet"),
+        ({"model": "nobody/nothing"}, "hf download"),
+    ],
+)
+def test_bad_export_input_is_one_clear_error(changes, match, tmp_path):
+    if changes.get("lora") == "WRONG":
+        changes["lora"] = str(make_lora("tiny-sdxl", tmp_path))
+    cfg = ExportConfig(
+        **{"model": "tiny-sd", "width": 64, "height": 64, "out": str(tmp_path / "b"), **changes}
+    )
+    with pytest.raises(StdtrtError, match=match):
+        export_bundle(cfg, progress=False)
+    assert not (tmp_path / "b").exists()
+
+
+def test_export_config_validation():
+    with pytest.raises(StdtrtError, match="no model"):
+        ExportConfig()
+    with pytest.raises(StdtrtError, match="opset"):
+        ExportConfig(model="tiny-sd", opset=13)
+    with pytest.raises(StdtrtError, match="multiple of 8"):
+        ExportConfig(model="tiny-sd", width=30)
+
+
+def test_fp16_graphs_run_and_stay_close(tmp_path):
+    """fp16 weights with float32 inputs and outputs (what TensorRT builds fp16 engines from)."""
+    _, result = export_tiny(tmp_path, "tiny-sd", 1.0, precision="fp16", nfe=2)
+    m = read_bundle(result.path).manifest
+    assert m["precision"] == "fp16" and m["graphs"]["unet"]["inputs"][0]["dtype"] == "float32"
+    assert all(m["graphs"][g]["precision"] == "fp16" for g in m["graphs"])
+    assert all(r["ok"] for r in m["validation"]["rows"])
+    import onnx
+
+    weights = onnx.load(str(result.path / "unet.onnx")).graph.initializer
+    floats = {t.data_type: 0 for t in weights}
+    for t in weights:
+        floats[t.data_type] += int(np.prod(t.dims))
+    fp16, fp32 = floats.get(onnx.TensorProto.FLOAT16, 0), floats.get(onnx.TensorProto.FLOAT, 0)
+    assert fp16 > 100 * fp32  # the weights really are half precision
+
+
+def test_polygraphy_accepts_the_graphs(sd_bundle):
+    pytest.importorskip("polygraphy", reason="polygraphy is not installed (pip install polygraphy)")
+    _, result = sd_bundle
+    for graph in ("vae_encoder", "unet", "vae_decoder"):
+        run = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "polygraphy"),
+                "run",
+                str(result.path / f"{graph}.onnx"),
+                "--onnxrt",
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert run.returncode == 0 and "PASSED" in run.stdout + run.stderr, (
+            run.stdout[-2000:] + run.stderr[-2000:]
+        )

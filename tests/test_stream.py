@@ -1,0 +1,110 @@
+"""The stream form: one UNet call per frame gives every frame exactly its NFE sequential student steps
+(torch and onnxruntime, SD and SDXL with CFG), frames leave in order, the end flushes the pipe, and the
+pipeline's stages give the same frames whether they run in one thread or overlap."""
+
+import numpy as np
+import pytest
+import torch
+
+from stdtrt import schedule
+from stdtrt.demo import sample_frames
+from stdtrt.errors import StdtrtError
+from stdtrt.export.bundle import load_fused_model
+from stdtrt.export.manifest import read_bundle
+from stdtrt.runtime.backends import OnnxRuntimeBackend, TorchBackend
+from stdtrt.runtime.pipeline import compose, run_pipeline
+from stdtrt.runtime.stream import StreamRunner, StreamState
+from stdtrt.runtime.student import Student, make_noise, to_tensor
+
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
+
+# Stream (NFE slots in one batched call) vs sequential (one call per step): fp32 rounding only.
+TOLERANCE = 1e-4
+
+
+def _frames(n: int, size: int = 64) -> list[np.ndarray]:
+    return list(sample_frames(n, size, size))
+
+
+def _stream(backend, z0s: list[torch.Tensor], noise) -> tuple[list[torch.Tensor], list, int]:
+    state = StreamState(backend, noise)
+    done = []
+    for i, z0 in enumerate(z0s):
+        done += state.push(z0, i)
+    done += state.flush()
+    return [z for z, _ in done], [tag for _, tag in done], state.calls
+
+
+@pytest.mark.parametrize("fixture", ["sd_bundle", "sdxl_bundle"])
+@pytest.mark.parametrize("kind", ["torch", "onnxruntime"])
+def test_stream_equals_sequential_student_steps(kind, fixture, request):
+    bundle = read_bundle(request.getfixturevalue(fixture)[1].path)
+    m = bundle.manifest
+    model = load_fused_model(bundle, "cpu")
+    backend = (
+        OnnxRuntimeBackend(bundle, "cpu")
+        if kind == "onnxruntime"
+        else TorchBackend.from_bundle(bundle, "cpu", model)
+    )
+    student = Student(model, bundle.plan(), m["prompt"], 64, 64, m["negative_prompt"], m["guidance"])
+    noise = make_noise(bundle.latent_shape, seed=3)
+    images = [to_tensor(f[None], "cpu", torch.float32) for f in _frames(5)]
+    z0s = [student.encode(x) for x in images]
+    latents, tags, calls = _stream(backend, z0s, noise)
+    assert tags == [0, 1, 2, 3, 4] and calls == 5 + bundle.nfe - 1  # in order; one call per frame + flush
+    for z0, ours in zip(z0s, latents, strict=True):
+        ref = student.sample(z0, noise)  # NFE sequential steps on that frame alone
+        assert (ours - ref).abs().max() < TOLERANCE * max(1.0, float(ref.abs().max()))
+    assert (latents[0] - latents[1]).abs().max() > 1e-2  # different frames, different results
+
+
+@pytest.mark.parametrize("nfe", [1, 2, 3])
+def test_stream_for_any_nfe_and_fresh_noise(nfe, tiny_sd):
+    plan = schedule.student_plan(tiny_sd.alphas_cumprod(), 0.75, nfe)
+    backend = TorchBackend.from_model(tiny_sd, plan, "ink", "", 1.0, 64, 64)
+    student = Student(tiny_sd, plan, "ink", 64, 64)
+    g = torch.Generator().manual_seed(0)
+    z0s = [torch.randn(1, 4, 8, 8, generator=g) for _ in range(4)]
+    noises = [torch.randn(1, 4, 8, 8, generator=g) for _ in range(4)]
+    feed = iter(noises)
+    latents, tags, calls = _stream(backend, z0s, lambda: next(feed))  # per-frame noise
+    assert tags == [0, 1, 2, 3] and calls == 4 + nfe - 1
+    for z0, n, ours in zip(z0s, noises, latents, strict=True):
+        assert (ours - student.sample(z0, n)).abs().max() < TOLERANCE * 10
+
+
+def test_gamma_is_refused_by_the_stream_form(tiny_sd):
+    plan = schedule.student_plan(tiny_sd.alphas_cumprod(), 0.75, 4, gamma=0.3)
+    with pytest.raises(StdtrtError, match="gamma = 0"):
+        TorchBackend.from_model(tiny_sd, plan, "ink", "", 1.0, 64, 64)
+
+
+def test_overlapping_stages_give_the_same_frames_in_order(tiny_sd):
+    plan = schedule.student_plan(tiny_sd.alphas_cumprod(), 0.75, 4)
+    backend = TorchBackend.from_model(tiny_sd, plan, "ink", "", 1.0, 64, 64)
+    items = [(f, i) for i, f in enumerate(_frames(6))]
+    results = {}
+    for concurrent in (False, True):
+        backend.concurrent_stages = concurrent
+        runner = StreamRunner(backend, seed=1)
+        assert len(runner.stages()) == (3 if concurrent else 1)
+        out = []
+        run_pipeline(iter(items), runner.stages(), out.append, queue_size=2)
+        results[concurrent] = out
+    assert [t for _, t in results[True]] == list(range(6)) == [t for _, t in results[False]]
+    assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(results[True], results[False], strict=True))
+    single = StreamRunner(backend, seed=1)(items[2][0])  # an image: fill and flush for one frame
+    assert np.abs(single.astype(int) - results[True][2][0].astype(int)).max() <= 1
+
+
+def test_a_failing_stage_stops_the_pipeline_and_raises():
+    def boom(items):
+        for i, item in enumerate(items):
+            if i == 3:
+                raise ValueError("stage failed")
+            yield item
+
+    seen = []
+    with pytest.raises(ValueError, match="stage failed"):
+        run_pipeline(iter(range(1000)), [boom, compose([lambda xs: (x * 2 for x in xs)])], seen.append, 2)
+    assert seen == [0, 2, 4][: len(seen)]
