@@ -146,8 +146,12 @@ def _video_options(fn):
 
 
 def _config(kwargs: dict) -> StylizeConfig:
-    fields = {k: v for k, v in kwargs.items() if k in S}
-    return StylizeConfig(**fields)
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    fields = {k: v for k, v in kwargs.items() if k in S and k != "explicit"}
+    given = [k for k in fields if ctx.get_parameter_source(k) not in (None, ParameterSource.DEFAULT)]
+    return StylizeConfig(**fields, explicit=tuple(given))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -308,10 +312,41 @@ def build_distill_config(config_file: str | None, given: dict) -> DistillConfig:
         raise StdtrtError(f"unknown setting(s) in {config_file}: {', '.join(unknown)}")
     merged.update({k: v for k, v in given.items() if v is not None})
     for key, value in merged.items():
-        if isinstance(names[key].default, tuple) and not isinstance(value, tuple):
-            parts = value.split(",") if isinstance(value, str) else value
-            merged[key] = tuple(int(p) for p in parts)
+        merged[key] = _coerce(key, value, names[key].default)
     return DistillConfig(**merged)
+
+
+def _coerce(key: str, value, default):
+    """A setting converted to its field's type, or one clear line (a TOML string where a number belongs)."""
+    kind = type(default)
+    try:
+        if isinstance(default, tuple):
+            parts = value.split(",") if isinstance(value, str) else value
+            return tuple(int(p) for p in parts)
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if isinstance(default, int):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError
+            return int(value) if isinstance(value, int | float) else _int_text(value)
+        if isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError
+            return float(value)
+        if isinstance(default, str) and not isinstance(value, str):
+            raise TypeError
+        return value
+    except (TypeError, ValueError):
+        name = {tuple: "list of integers"}.get(kind, kind.__name__)
+        raise StdtrtError(f"setting {key.replace('_', '-')}: {value!r} is not a {name}") from None
+
+
+def _int_text(value) -> int:
+    if not isinstance(value, str):
+        raise TypeError
+    return int(value)
 
 
 @cli.command()

@@ -68,6 +68,9 @@ class StylizeConfig:
     batch_size: int = 1  # frames per UNet call on the torch path
     queue_size: int = 8  # frames buffered between decode, stylize and encode
     crf: int = 18  # H.264 quality of the output video (lower is better)
+    explicit: tuple[
+        str, ...
+    ] = ()  # options the user set (the CLI fills it): a bundle refuses those it contradicts
 
     def __post_init__(self) -> None:
         check_student(self)
@@ -156,6 +159,10 @@ class DistillConfig:
             raise StdtrtError(f"need 0 <= w_min <= w_max, got {self.w_min}, {self.w_max}")
         if self.batch_size < 1 or self.grad_accum < 1 or self.max_steps < 1:
             raise StdtrtError("batch size, gradient accumulation and max steps must be at least 1")
+        if min(self.checkpoint_every, self.keep_checkpoints, self.log_every, self.frames_per_video) < 1:
+            raise StdtrtError(
+                "checkpoint-every, keep-checkpoints, log-every and frames-per-video must be at least 1"
+            )
         if self.bank_size < self.batch_size:
             raise StdtrtError(
                 f"a bank of {self.bank_size} slots cannot serve a batch of {self.batch_size}: "

@@ -150,6 +150,8 @@ def load_model(
             raise StdtrtError(f"could not load model from {path}: {exc}") from None
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device=device, dtype=dtype)
+    if dtype == torch.float16 and getattr(pipe.vae.config, "force_upcast", False):
+        pipe.vae.to(torch.float32)  # SDXL's VAE overflows in fp16 (its config says so)
     for module in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
         if module is not None:
             module.requires_grad_(False).eval()
@@ -165,8 +167,8 @@ def load_model(
 def _load_single_file(path: Path, dtype):
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    size_gb = path.stat().st_size / 2**30
-    cls, kind = (StableDiffusionXLPipeline, "sdxl") if size_gb > 5 else (StableDiffusionPipeline, "sd")
+    sdxl = _single_file_is_sdxl(path)
+    cls, kind = (StableDiffusionXLPipeline, "sdxl") if sdxl else (StableDiffusionPipeline, "sd")
     try:
         return cls.from_single_file(str(path), torch_dtype=dtype, local_files_only=True), kind
     except Exception as exc:
@@ -174,6 +176,21 @@ def _load_single_file(path: Path, dtype):
             f"could not load single-file checkpoint {path} offline ({exc}); convert it to a diffusers folder "
             f"once (diffusers' from_single_file(...).save_pretrained(DIR)) and pass that folder"
         ) from None
+
+
+def _single_file_is_sdxl(path: Path) -> bool:
+    """SDXL checkpoints carry a second text encoder (conditioner.embedders.1); read from the safetensors
+    header. A .ckpt is not unpickled to look: it is taken as SD 1.x."""
+    if path.suffix != ".safetensors":
+        return False
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            names = list(f.keys())
+        return any(k.startswith("conditioner.embedders.1.") for k in names)
+    except Exception as exc:
+        raise StdtrtError(f"{path} is not a readable safetensors checkpoint ({exc})") from None
 
 
 def module_hash(*modules: torch.nn.Module) -> str:

@@ -172,7 +172,7 @@ def export_tiny(folder: Path, preset: str, guidance: float, **changes):
     lora = make_lora(preset, folder)
     cfg = ExportConfig(
         model=preset, lora=str(lora), prompt="an oil painting", width=64, height=64, guidance=guidance,
-        out=str(folder / "bundle"), **changes,
+        out=str(folder / "bundle"), **{"tensorrt": False, "precision": "fp32", **changes},
     )  # fmt: skip
     return cfg, export_bundle(cfg, progress=False)
 

@@ -96,3 +96,16 @@ def test_reduced_decode_and_subset(data_dir, tmp_path):
     metrics = run.optimise()
     assert run.adv._last_fake.shape == (1, 3, 16, 16)
     assert "loss_g" in metrics and "loss_d" in metrics
+
+
+def test_every_process_starts_from_the_same_heads(data_dir, tmp_path):
+    from stdtrt.distill.adversarial import AdversarialLoss
+
+    run = _run(small(data_dir, tmp_path / "r", **ADV))
+    pooled = run.adv.pooled_text
+    heads = []
+    for global_seed in (1, 2):  # what differs between ranks: the global RNG state
+        torch.manual_seed(global_seed)
+        adv = AdversarialLoss(run.cfg, run.model, run.device, run.acc, pooled)
+        heads.append(adv.disc.heads.state_dict())
+    assert all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])

@@ -108,6 +108,13 @@ def test_options_that_contradict_the_bundle_are_refused(changes, match, sd_bundl
     assert not (tmp_path / "out.mp4").exists()
 
 
+def test_an_option_set_to_its_default_still_counts_when_the_user_gave_it(sdxl_bundle, video, tmp_path):
+    # the bundle bakes guidance 2.5; "--guidance 1" on the command line must be refused, not ignored
+    cfg = StylizeConfig(bundle=str(sdxl_bundle[1].path), guidance=1.0, explicit=("guidance",))
+    with pytest.raises(StdtrtError, match="exported for guidance 2.5, not 1.0"):
+        stylize_video(cfg, video, tmp_path / "out.mp4")
+
+
 def test_a_tampered_bundle_is_refused_before_any_output(sd_bundle, video, tmp_path):
     path = copy_bundle(sd_bundle, tmp_path)
     with open(path / "vae_decoder.onnx", "r+b") as f:

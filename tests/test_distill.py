@@ -394,3 +394,30 @@ def test_lcm_mode_trains_forward_noised_states_towards_x0(data_dir, tmp_path):
     assert fresh["n"].min() >= 1 and fresh["n"].max() <= 49 and len(set(fresh["n"].tolist())) > 20
     run.optimise()
     assert len(run.bank) == 0  # no bank in LCM mode
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["--adv-blocks", "2,x"], "adv-blocks"),
+        (["--checkpoint-every", "0"], "checkpoint-every"),
+        (["--log-every", "0"], "log-every"),
+    ],
+)
+def test_distill_option_mistakes_are_one_line(argv, needle, capsys, tmp_path):
+    from stdtrt.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["distill", "--data", str(tmp_path), "--out", str(tmp_path / "o"), *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert done.value.code == 2 and len(err) == 1 and needle in err[0]
+
+
+def test_toml_value_of_the_wrong_type_is_one_line(tmp_path, capsys):
+    from stdtrt.cli import main
+
+    toml = tmp_path / "bad.toml"
+    toml.write_text('lr = "1e-4"\n')
+    with pytest.raises(SystemExit) as done:
+        main(["distill", "--config", str(toml)])
+    assert done.value.code == 2 and "lr: '1e-4' is not a float" in capsys.readouterr().err

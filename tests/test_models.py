@@ -81,3 +81,14 @@ def test_working_size_keeps_aspect_near_native(tiny_sd):
     assert tiny_sd.working_size(1920, 1080, None, None) == (344, 192)  # 256^2 area, 16:9, multiples of 8
     assert tiny_sd.working_size(1920, 1080, 512, None) == (512, 288)
     assert tiny_sd.working_size(640, 480, 128, 96) == (128, 96)
+
+
+def test_single_file_kind_comes_from_its_keys_not_its_size(tmp_path):
+    from safetensors.torch import save_file
+
+    from stdtrt.models import _single_file_is_sdxl
+
+    xl, sd = tmp_path / "xl.safetensors", tmp_path / "sd.safetensors"
+    save_file({"conditioner.embedders.1.model.w": torch.zeros(2)}, str(xl))
+    save_file({"cond_stage_model.transformer.w": torch.zeros(2)}, str(sd))
+    assert _single_file_is_sdxl(xl) and not _single_file_is_sdxl(sd)

@@ -54,7 +54,7 @@ def _rand(n: int, generator: torch.Generator, device) -> torch.Tensor:
 def diff_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Differentiable augmentation applied alike to real and fake images.  # (B, 3, H, W)"""
     b, _, h, w = x.shape
-    x = x + (_rand(b, generator, x.device) - 0.5) * 2  # brightness (on the [-1, 1] scale)
+    x = x + (_rand(b, generator, x.device) - 0.5)  # brightness
     mean = x.mean(dim=1, keepdim=True)
     x = (x - mean) * (_rand(b, generator, x.device) * 2) + mean  # saturation
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
@@ -185,9 +185,10 @@ class AdversarialLoss:
     def __init__(self, cfg, model, device, accelerator, pooled_text: torch.Tensor):
         self.cfg, self.model, self.device, self.acc = cfg, model, device, accelerator
         self.pooled_text = pooled_text.float()  # (P, c_dim): the teacher's pooled text embedding per prompt
-        self.disc = Discriminator(
-            load_dinov2(cfg.adv_model, device), tuple(cfg.adv_blocks), pooled_text.shape[1]
-        )
+        dino = load_dinov2(cfg.adv_model, device)
+        with torch.random.fork_rng(devices=[]):  # the same initial heads on every process: seed, not rank
+            torch.manual_seed(cfg.seed)
+            self.disc = Discriminator(dino, tuple(cfg.adv_blocks), pooled_text.shape[1])
         self.disc.heads.to(device)
         self.optimizer = torch.optim.AdamW(self.disc.head_parameters(), lr=cfg.adv_lr, weight_decay=0.0)
         self.generator = torch.Generator().manual_seed(cfg.seed * 15485863 + accelerator.process_index)
@@ -241,7 +242,8 @@ class AdversarialLoss:
             with sdpa_kernel(SDPBackend.MATH):
                 (grad,) = torch.autograd.grad(self.disc(mixed, c).sum(), mixed, create_graph=True)
             gp = ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
-        self.acc.backward(loss + self.cfg.adv_gp_weight * gp)
+        # its own backward: not the student's (fp16-scaled, accumulation-divided) accelerator.backward
+        (loss + self.cfg.adv_gp_weight * gp).backward()
         if self.acc.num_processes > 1:  # the heads are not DDP-wrapped: average their gradients by hand
             for p in self.disc.head_parameters():
                 if p.grad is not None:

@@ -13,7 +13,6 @@ import contextlib
 import copy
 import json
 import logging
-import math
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -130,9 +129,6 @@ class Run:
         self.teacher = Teacher(
             teacher_unet, self.abar, shared=cfg.teacher == "shared", num_steps=cfg.teacher_steps
         )
-        self.ema = (
-            {n: p.detach().clone() for n, p in self.lora_params.items()} if cfg.target == "ema" else None
-        )
 
         from diffusers.optimization import get_scheduler
 
@@ -150,6 +146,10 @@ class Run:
             num_training_steps=cfg.max_steps * self.world,
         )
         self.unet, self.optimizer, self.scheduler = accelerator.prepare(unet, self.optimizer, self.scheduler)
+        # after prepare: DDP has broadcast rank 0's LoRA initialisation, so every rank's EMA starts equal
+        self.ema = (
+            {n: p.detach().clone() for n, p in self.lora_params.items()} if cfg.target == "ema" else None
+        )
         self.raw_unet = unet
         self.loss_fn = FusedSTDLoss(cfg.compile_loss)
 
@@ -295,8 +295,7 @@ class Run:
         for _ in range(self.cfg.grad_accum):
             with self.acc.accumulate(self.unet):
                 loss, metrics, (b, s) = self.train_step()
-                if not torch.isfinite(loss):
-                    raise NonFinite(float(loss.detach()))
+                self._check_finite(loss.detach(), "loss")
                 self.acc.backward(loss)
                 grad_norm = None
                 if self.acc.sync_gradients:
@@ -308,8 +307,10 @@ class Run:
                 metrics.update(self.adv.discriminator_step(b["z0"], s, b["prompt"], self.abar))
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + float(v) / self.cfg.grad_accum
-        if grad_norm is not None and not math.isfinite(float(grad_norm)):
-            raise NonFinite(float(grad_norm), what="gradient norm")
+        # Under fp16 an inf gradient norm is the loss scaler's overflow probe: the step was skipped and the
+        # scale lowered. Without a scaler it is a real divergence.
+        if grad_norm is not None and self.acc.scaler is None:
+            self._check_finite(torch.as_tensor(float(grad_norm), device=self.device), "gradient norm")
         if self.ema is not None:
             with torch.no_grad():
                 for name, p in self.lora_params.items():
@@ -318,6 +319,14 @@ class Run:
         totals["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
         totals["lr"] = self.scheduler.get_last_lr()[0]
         return totals
+
+    def _check_finite(self, value: torch.Tensor, what: str) -> None:
+        """Stop on NaN/inf; with several processes all of them stop together (none waits in an all-reduce)."""
+        bad = (~torch.isfinite(value)).float().reshape(1)
+        if self.world > 1:
+            bad = self.acc.reduce(bad, reduction="sum")
+        if float(bad) > 0:
+            raise NonFinite(float(value), what=what)
 
     # -- checkpoints ---------------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
@@ -348,6 +357,8 @@ class Run:
             }
             if self.adv is not None:
                 shared["adversarial"] = self.adv.state_dict()
+            if self.acc.scaler is not None:  # the fp16 loss scale is part of an exact resume
+                shared["scaler"] = self.acc.scaler.state_dict()
             torch.save(shared, tmp / "shared.pt")
         torch.save(
             {
@@ -386,6 +397,8 @@ class Run:
         shared = torch.load(path / "shared.pt", map_location="cpu", weights_only=True)
         self.optimizer.load_state_dict(shared["optimizer"])
         self.scheduler.load_state_dict(shared["scheduler"])
+        if self.acc.scaler is not None and "scaler" in shared:
+            self.acc.scaler.load_state_dict(shared["scaler"])
         if self.adv is not None:
             self.adv.load_state_dict(shared["adversarial"])
         mine = torch.load(rank_file, map_location="cpu", weights_only=True)

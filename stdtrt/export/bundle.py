@@ -43,6 +43,22 @@ def model_hash(model) -> str:
     return module_hash(*[m for m in modules if m is not None])
 
 
+def conditioning_hash(model, cfg, width: int, height: int) -> str:
+    """sha256 of the prompt embeddings the graph bakes in (tokenizer + text encoders + prompts)."""
+    import hashlib
+
+    from stdtrt.conditioning import encode_prompt
+
+    h = hashlib.sha256()
+    prompts = [cfg.prompt, cfg.negative_prompt] if cfg.guidance > 1 else [cfg.prompt]
+    for prompt in prompts:
+        c = encode_prompt(model.pipe, prompt, height, width)
+        for t in (c.embeds, c.pooled, c.time_ids):
+            if t is not None:
+                h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def source_of(name: str) -> str:
     """How to find the model again: an absolute path for a folder or file, else the preset or hub id."""
     path = Path(name).expanduser()
@@ -167,7 +183,8 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
     fields = mf.onnx_key_fields(
         model_hash=base_hash, lora_hash=lora_hash, prompt=cfg.prompt, negative_prompt=cfg.negative_prompt,
         eta=cfg.strength, nfe=cfg.nfe, guidance=cfg.guidance, width=width, height=height, batch=1,
-        precision=precision, opset=cfg.opset,
+        precision=precision, opset=cfg.opset, plan=plan.as_dict(),
+        conditioning_hash=conditioning_hash(model, cfg, width, height),
     )  # fmt: skip
     key = mf.cache_key(fields)
     existing = _existing(out, key, cfg.overwrite)
@@ -231,6 +248,8 @@ def _export_onnx(
     rows = validate_bundle(mf.read_bundle(tmp, verify=False), networks, model, cfg.seed)  # hashed just now
     table = format_table(rows)
     log.debug("%s", table)
+    if not all(r.ok for r in rows):
+        log.error("export validation, onnxruntime against torch:\n%s", table)
     stages["validate"] = time.perf_counter() - t
     check(rows)
     (tmp / "validation.txt").write_text(table + "\n")

@@ -47,9 +47,15 @@ def onnx_key_fields(
     batch: int,
     precision: str,
     opset: int,
+    plan: dict | None = None,
+    conditioning_hash: str | None = None,
 ) -> dict:
-    """What the ONNX graphs depend on (the negative prompt only when guidance bakes it in)."""
+    """What the ONNX graphs depend on (the negative prompt only when guidance bakes it in). The baked plan
+    covers the scheduler config (timesteps and coefficients); the conditioning hash covers the tokenizer
+    and text encoders through the prompt embeddings that become constants."""
     return {
+        "plan": plan,
+        "conditioning_hash": conditioning_hash,
         "graph_version": GRAPH_VERSION,
         "model_hash": model_hash,
         "lora_hash": lora_hash,

@@ -101,5 +101,5 @@ def check(rows: list[Row]) -> None:
         r = bad[0]
         raise StdtrtError(
             f"export validation failed: {r.name} differs from torch by {r.max_abs:.3g} (tolerance "
-            f"{r.tolerance:.3g}); the table is printed above and nothing was written"
+            f"{r.tolerance:.3g}); the table is logged above and nothing was written"
         )

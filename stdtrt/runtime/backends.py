@@ -162,8 +162,8 @@ class OnnxRuntimeBackend(Backend):
         super().__init__(bundle, bundle.plan(), bundle.width, bundle.height, bundle.latent_shape)
         from stdtrt.presets import cache_root
 
-        fp16 = bundle.manifest["precision"] == "fp16"
-        asked = ort_providers(device, fp16, cache_root() / "ort-trt" / bundle.key[:16])
+        cache = cache_root() / "ort-trt" / bundle.key[:16]
+        asked = ort_providers(device, bundle.manifest["precision"] == "fp16", cache)
         cpu_only = asked == ["CPUExecutionProvider"]
         if cpu_only and threads is None:
             # On a CPU the three graphs run concurrently (a stage each), each with half the cores: the VAE
@@ -174,12 +174,20 @@ class OnnxRuntimeBackend(Backend):
         for graph in GRAPHS:
             try:
                 options = session_options(threads)
-                sess = ort.InferenceSession(str(bundle.graph_file(graph)), options, providers=asked)
+                # fp16 per graph: SDXL's VAE graphs stay fp32 in an fp16 bundle
+                fp16 = bundle.manifest["graphs"][graph].get("precision") == "fp16"
+                providers = ort_providers(device, fp16, cache)
+                sess = ort.InferenceSession(str(bundle.graph_file(graph)), options, providers=providers)
             except Exception as exc:  # a graph this onnxruntime cannot load
                 raise StdtrtError(
                     f"onnxruntime cannot load {bundle.graph_file(graph)}: {str(exc)[:300]}"
                 ) from None
             on_gpu = sess.get_providers()[0] != "CPUExecutionProvider"
+            if device.startswith("cuda") and not on_gpu:  # asked for the GPU: never run on the CPU quietly
+                raise StdtrtError(
+                    f"onnxruntime could not start a GPU provider for {graph} (got {sess.get_providers()}); "
+                    f"check onnxruntime-gpu and CUDA, or run with --device cpu"
+                )
             dev = (
                 torch.device(device if device.startswith("cuda:") else "cuda")
                 if on_gpu

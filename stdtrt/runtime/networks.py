@@ -24,12 +24,12 @@ GRAPHS = ("vae_encoder", "unet", "vae_decoder")  # bundle file stems, in pipelin
 
 def vae_encode(vae, images: torch.Tensor, scaling_factor: float) -> torch.Tensor:
     """Images in [-1, 1] -> scaled content latents z0 (the posterior mean).  # (B, 4, H/8, W/8)"""
-    return vae.encode(images).latent_dist.mean * scaling_factor
+    return vae.encode(images.to(vae.dtype)).latent_dist.mean * scaling_factor
 
 
 def vae_decode(vae, z: torch.Tensor, scaling_factor: float) -> torch.Tensor:
     """Scaled latents -> images in [-1, 1] (not clamped).  # (B, 3, H, W)"""
-    return vae.decode(z / scaling_factor, return_dict=False)[0]
+    return vae.decode((z / scaling_factor).to(vae.dtype), return_dict=False)[0]
 
 
 class VaeGraph(torch.nn.Module):

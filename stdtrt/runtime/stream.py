@@ -30,7 +30,10 @@ class StreamState:
     def __init__(
         self, backend, noise: torch.Tensor | Callable[[], torch.Tensor], times: StageTimes | None = None
     ):
-        self.backend, self.plan, self.noise = backend, backend.plan, noise
+        self.backend, self.plan = backend, backend.plan
+        if not callable(noise):  # fixed per video: moved to the device once, not per frame
+            noise = noise.to(backend.device, torch.float32)
+        self.noise = noise
         self.times = times or StageTimes()
         self.slots = torch.zeros(
             (self.plan.nfe, *backend.latent_shape), device=backend.device

@@ -86,6 +86,7 @@ class StudentRunner:
         self.noise_gen = torch.Generator().manual_seed(cfg.seed)  # --fresh-noise draws from it
         self.step_gen = torch.Generator().manual_seed(cfg.seed + 1)  # gamma > 0 re-noising
         self.times = StageTimes()
+        self._fixed = None
 
     def describe(self) -> str:
         s = self.student
@@ -98,7 +99,9 @@ class StudentRunner:
 
         if self.cfg.fresh_noise:
             return torch.randn((n, *self.student.latent_shape), generator=self.noise_gen)
-        return make_noise(self.student.latent_shape, self.cfg.seed)
+        if self._fixed is None:  # drawn once per video
+            self._fixed = make_noise(self.student.latent_shape, self.cfg.seed)
+        return self._fixed
 
     def _run(self, batch: list):
         frames = np.stack([rgb for rgb, _ in batch])
@@ -147,7 +150,7 @@ def resolve_bundle(cfg: StylizeConfig):
 
 def check_request(cfg: StylizeConfig, bundle) -> None:
     """Refuse options that contradict the bundle: what it bakes in cannot change at run time. An option
-    left at its default takes the bundle's value."""
+    the user did not set (not in cfg.explicit, and at its default) takes the bundle's value."""
     from stdtrt.export.bundle import source_of
     from stdtrt.models import file_hash
 
@@ -177,7 +180,8 @@ def check_request(cfg: StylizeConfig, bundle) -> None:
     }
     for option, value in baked.items():
         asked = getattr(cfg, option)
-        if asked != d[option] and asked != value:
+        given = option in cfg.explicit or asked != d[option]
+        if given and asked != value:
             _refuse(bundle, option.replace("_", " "), value, asked)
 
 
