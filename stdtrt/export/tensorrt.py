@@ -44,13 +44,15 @@ def decide(requested: bool | None) -> tuple[bool, str]:
     return False, f"TensorRT engines skipped: {why}; the ONNX graphs run on onnxruntime"
 
 
-def identity() -> dict:
-    """The TensorRT version and GPU an engine is built for (a .plan runs only there)."""
+def identity(device: str = "cuda") -> dict:
+    """The TensorRT version and GPU (`cuda` or `cuda:N`) an engine is built for (a .plan runs only there)."""
     import tensorrt as trt
     import torch
 
-    major, minor = torch.cuda.get_device_capability(0)
-    return {"version": trt.__version__, "gpu": torch.cuda.get_device_name(0), "arch": f"sm_{major}{minor}"}
+    index = (torch.device(device).index or 0) if device.startswith("cuda:") else 0  # "auto", "cuda": GPU 0
+    major, minor = torch.cuda.get_device_capability(index)
+    gpu = torch.cuda.get_device_name(index)
+    return {"version": trt.__version__, "gpu": gpu, "arch": f"sm_{major}{minor}"}
 
 
 def timing_cache_path(ident: dict) -> Path:

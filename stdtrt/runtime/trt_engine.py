@@ -29,7 +29,7 @@ def tensorrt_unusable(bundle, device: str) -> str | None:
         return why
     from stdtrt.export.tensorrt import identity
 
-    here = identity()
+    here = identity(device)
     if (built["version"], built["arch"]) != (here["version"], here["arch"]):
         return (
             f"its engines were built with TensorRT {built['version']} for {built['arch']} ({built['gpu']}); this "
