@@ -9,13 +9,15 @@ lands? STD's central claim, measured at small scale without the large pretrained
    every grid step from n_eta (38) to 0 at guidance 3.
 3. Contenders at NFE 2, 4 and 8: the teacher's own DDIM with NFE steps; an LCM-style student (forward-noised
    states over the whole grid, x0 target); STD without the bank (p_bank 0: first-step alignment only); STD
-   with the bank. Students are distilled by stdtrt's own `distill` with the same updates, lr, LoRA rank and
+   with the bank (rho 0.5, R = 19); STD with the bank and rho 0.25 (R = 10, "STD R10"). Students are distilled by stdtrt's own `distill` with the same updates, lr, LoRA rank and
    data, 3 seeds each.
 4. Metric: MSE (and PSNR) to the reference, mean and spread over seeds; and the error of each
    intermediate state against the teacher's state at the same time.
 
-    python benchmarks/fidelity.py                 # about 20 minutes on 2 CPU cores; the teacher is cached
+    python benchmarks/fidelity.py                 # about an hour on 2 CPU cores; the teacher is cached
     python benchmarks/fidelity.py --steps 100 --seeds 1   # a quick smoke run
+    python benchmarks/fidelity.py --contenders STD --tag=-b     # a subset, to run halves in parallel
+    python benchmarks/fidelity.py --merge results/fidelity-a.json results/fidelity-b.json   # one table
 """
 
 from __future__ import annotations
@@ -270,7 +272,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--teacher-steps", type=int, default=2500, help="teacher training steps")
-    parser.add_argument("--steps", type=int, default=400, help="student updates per contender")
+    parser.add_argument("--steps", type=int, default=600, help="student updates per contender")
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--seeds", type=int, default=3)
@@ -278,14 +280,22 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix for the result files")
     parser.add_argument(
         "--contenders",
-        default="LCM-style,STD without bank,STD",
+        default=",".join(CONTENDERS),
         help=f"comma-separated, of: {', '.join(CONTENDERS)}",
     )
     parser.add_argument("--rho", type=float, default=0.5, help="STD target window R = ceil(50 eta rho)")
     parser.add_argument(
         "--zoom", type=float, default=1.0, help="distillation crop zoom (1: the digits as they are)"
     )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="JSON",
+        help="combine result files of the same settings (e.g. contenders run in parallel) into fidelity{tag}",
+    )
     args = parser.parse_args()
+    if args.merge:
+        return merge(args)
 
     from stdtrt import schedule
 
@@ -348,6 +358,10 @@ def main() -> None:
                 f"{name} seed {seed}: distilled and evaluated in {time.perf_counter() - t0:.0f} s", flush=True
             )
 
+    write_results(rows, args)
+
+
+def write_results(rows, args) -> None:
     names = ["teacher DDIM", *args.contenders.split(",")]
     summary = summarise(rows, names)
     print_table(summary, args, names)
@@ -357,6 +371,28 @@ def main() -> None:
         json.dumps({"args": vars(args), "rows": rows, "summary": summary}, indent=2)
     )
     plot(summary, names, stem.with_suffix(".png"))
+
+
+def merge(args) -> None:
+    """One table from several result files; refuses files whose training or evaluation settings differ."""
+    same = ("teacher_steps", "steps", "lr", "rank", "seeds", "eval")
+    parts = [json.loads(Path(f).read_text()) for f in args.merge]
+    for f, part in zip(args.merge[1:], parts[1:], strict=True):
+        diff = [k for k in same if part["args"][k] != parts[0]["args"][k]]
+        if diff:
+            raise SystemExit(f"{f}: other settings than {args.merge[0]} ({', '.join(diff)})")
+    teacher = [r for r in parts[0]["rows"] if r["contender"] == "teacher DDIM"]
+    rows, contenders = list(teacher), []
+    for part in parts:
+        for name in part["args"]["contenders"].split(","):
+            if name not in contenders:
+                contenders.append(name)
+                rows += [r for r in part["rows"] if r["contender"] == name]
+    for k in same:
+        setattr(args, k, parts[0]["args"][k])
+    args.contenders = ",".join(contenders)
+    args.merged_from = [Path(f).name for f in args.merge]
+    write_results(rows, args)
 
 
 def summarise(rows, names):

@@ -28,7 +28,7 @@ def _stylize_options(fn):
             "-m",
             default=S["model"],
             help="Run this model on the torch path without a bundle: diffusers folder, hub id in the local HF "
-            "cache, or tiny-sd / tiny-sdxl.",
+            "cache, or a preset (tiny-sd, tiny-sdxl, random-sd15).",
         ),
         click.option(
             "--lora",
