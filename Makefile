@@ -4,6 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # The CPU build of torch first: a bare `torch` would pull a CUDA build of several GB.
 TORCH  ?= torch==2.13.0
+# Where pip looks for it: empty on this project's machines (the CPU wheel is on their disk); elsewhere e.g.
+# TORCH_INDEX="--index-url https://download.pytorch.org/whl/cpu" (or .../whl/cu124 for a CUDA build).
+TORCH_INDEX ?=
 EXTRAS ?= onnx,demo,dev
 
 .PHONY: demo test lint format clean
@@ -11,7 +14,7 @@ EXTRAS ?= onnx,demo,dev
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q "$(TORCH)" $(TORCH_INDEX)
 	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
 	touch $@
 

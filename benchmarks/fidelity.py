@@ -17,7 +17,7 @@ lands? STD's central claim, measured at small scale without the large pretrained
     python benchmarks/fidelity.py                 # about an hour on 2 CPU cores; the teacher is cached
     python benchmarks/fidelity.py --steps 100 --seeds 1   # a quick smoke run
     python benchmarks/fidelity.py --contenders STD --tag=-b     # a subset, to run halves in parallel
-    python benchmarks/fidelity.py --merge results/fidelity-a.json results/fidelity-b.json   # one table
+    python benchmarks/fidelity.py --merge benchmarks/results/fidelity-{a,b}.json   # one table
 """
 
 from __future__ import annotations

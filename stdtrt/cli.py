@@ -28,7 +28,7 @@ def _stylize_options(fn):
             "-m",
             default=S["model"],
             help="Run this model on the torch path without a bundle: diffusers folder, hub id in the local HF "
-            "cache, or a preset (tiny-sd, tiny-sdxl, random-sd15).",
+            "cache, single-file checkpoint, or a preset (tiny-sd, tiny-sdxl, random-sd15).",
         ),
         click.option(
             "--lora",
@@ -203,7 +203,7 @@ def stylize_image_cmd(input: str, output: str, **kwargs) -> None:
     "--output",
     required=True,
     type=click.Path(dir_okay=False),
-    help="Output video (.mp4, .mov, .mkv, .webm).",
+    help="Output video (.mp4, .mov, .m4v, .mkv, .webm).",
 )
 @_stylize_options
 @_video_options
@@ -382,7 +382,10 @@ def distill(config_file: str | None, resume: bool, overwrite: bool, no_progress:
 
 @cli.command()
 @click.option(
-    "--model", "-m", required=True, help="Diffusers folder, hub id in the local HF cache, or a preset."
+    "--model",
+    "-m",
+    required=True,
+    help="Diffusers folder, hub id in the local HF cache, single-file checkpoint, or a preset.",
 )
 @click.option(
     "--lora",

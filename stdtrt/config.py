@@ -94,7 +94,9 @@ class DistillConfig:
     """Single Trajectory Distillation of a LoRA student (the `distill` command). Defaults follow the
     authors' SDXL run (std.md) except where a reason says otherwise."""
 
-    model: str = opt("tiny-sd", "the teacher: diffusers folder, cached hub id, or a preset")
+    model: str = opt(
+        "tiny-sd", "the teacher: diffusers folder, cached hub id, single-file checkpoint, or a preset"
+    )
     data: str = opt("", "folder of images and/or videos (recursive); captions from sidecar .txt files")
     out: str = opt("runs/std", "run folder: lora.safetensors, checkpoints/, metrics.jsonl, config.json")
     prompt: str = opt("", "caption for files without a sidecar .txt")
