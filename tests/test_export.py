@@ -45,7 +45,7 @@ def test_fused_unet_equals_the_lora_model(preset, tmp_path):
     assert not any("lora" in name for name, _ in model.unet.named_parameters())
 
 
-def _fused_networks(cfg, manifest):
+def _fused_networks(cfg):
     model = load_model(cfg.model, lora=cfg.lora)
     fuse_lora(model)
     plan = schedule.student_plan(model.alphas_cumprod(), cfg.strength, cfg.nfe)
@@ -57,7 +57,7 @@ def _fused_networks(cfg, manifest):
 def test_each_onnx_graph_equals_its_torch_module(fixture, request):
     cfg, result = request.getfixturevalue(fixture)
     bundle = read_bundle(result.path)
-    _, _, nets = _fused_networks(cfg, bundle.manifest)
+    _, _, nets = _fused_networks(cfg)
     g = torch.Generator().manual_seed(123)  # not the export's validation seed
     inputs = {
         "vae_encoder": (nets.encoder, torch.rand(1, 3, 64, 64, generator=g) * 2 - 1),
@@ -84,7 +84,7 @@ def test_unet_graph_is_the_stream_step(fixture, request):
 
     cfg, result = request.getfixturevalue(fixture)
     bundle = read_bundle(result.path)
-    model, plan, _ = _fused_networks(cfg, bundle.manifest)
+    model, plan, _ = _fused_networks(cfg)
     student = Student(model, plan, cfg.prompt, 64, 64, cfg.negative_prompt, cfg.guidance)
     slots = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(9))
     session = ort.InferenceSession(str(bundle.graph_file("unet")), providers=["CPUExecutionProvider"])
@@ -111,7 +111,7 @@ def test_manifest_describes_the_bundle(fixture, request):
     assert [r["name"].split()[0] for r in rows] == ["vae_encoder", "unet", "vae_decoder", "frame"]
     assert all(r["ok"] and r["max_abs"] < 1e-3 for r in rows)
     assert (result.path / "validation.txt").read_text().startswith("onnxruntime vs torch")
-    assert m["tensorrt"] is None  # no CUDA here: skipped, said in one line
+    assert m["tensorrt"] is None  # the fixture turns TensorRT off: skipped, said in one line
     assert (
         result.tensorrt == "TensorRT engines skipped (--no-tensorrt)"
     )  # the fixture pins it off; decide() is tested on its own
@@ -122,11 +122,11 @@ def test_a_matching_bundle_is_reused_and_a_different_one_refused(sd_bundle, tmp_
     out = tmp_path / "copy"
     shutil.copytree(result.path, out)
     before = (out / "manifest.json").read_text()
+    (out / "stray.txt").write_text("x")  # not listed in the manifest: still the same bundle
     again = export_bundle(ExportConfig(**{**cfg.__dict__, "out": str(out)}), progress=False)
     assert again.reused and (out / "manifest.json").read_text() == before
     with pytest.raises(StdtrtError, match="holds a different bundle.*--overwrite"):
         export_bundle(ExportConfig(**{**cfg.__dict__, "out": str(out), "nfe": 2}), progress=False)
-    (out / "stray.txt").write_text("x")  # not listed in the manifest: still the same bundle
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "notes.txt").write_text("mine")
     with pytest.raises(StdtrtError, match="not a valid bundle"):

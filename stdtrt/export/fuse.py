@@ -31,13 +31,13 @@ class FuseReport:
         return asdict(self)
 
 
-def _probe(model, timestep: int, seed: int):
-    """A seeded latent, a timestep and the empty-prompt conditioning: enough to compare two UNets."""
+def _probe(model, seed: int):
+    """A seeded latent and the empty-prompt conditioning: enough to compare two UNets."""
     g = torch.Generator().manual_seed(seed)
     size = 16 // model.vae_scale * model.vae_scale  # a small latent the UNet can halve twice
     x = torch.randn(1, 4, size, size, generator=g).to(model.device, model.dtype)
     cond = encode_prompt(model.pipe, "", size * model.vae_scale, size * model.vae_scale)
-    return x, timestep, cond
+    return x, cond
 
 
 @torch.no_grad()
@@ -52,8 +52,8 @@ def fuse_lora(model, timestep: int = 500, seed: int = 0) -> FuseReport | None:
     layers = len(lora_layers(model.unet))
     if layers == 0:
         return None
-    x, t, cond = _probe(model, timestep, seed)
-    unfused = predict_eps(model.unet, x, t, cond).float()
+    x, cond = _probe(model, seed)
+    unfused = predict_eps(model.unet, x, timestep, cond).float()
     try:
         model.pipe.fuse_lora(components=["unet"], lora_scale=1.0, safe_fusing=True, adapter_names=[ADAPTER])
     except ValueError as exc:  # diffusers' safe_fusing: NaN in a merged weight
@@ -66,7 +66,7 @@ def fuse_lora(model, timestep: int = 500, seed: int = 0) -> FuseReport | None:
         raise StdtrtError(
             f"fusing the LoRA {model.lora} gave non-finite weights in {bad[0]} ({len(bad)} tensors)"
         )
-    fused = predict_eps(model.unet, x, t, cond).float()
+    fused = predict_eps(model.unet, x, timestep, cond).float()
     diff = (fused - unfused).abs()
     scale = max(1.0, float(unfused.abs().max()))
     report = FuseReport(layers, float(diff.max()), float(diff.mean()), FUSE_TOLERANCE)

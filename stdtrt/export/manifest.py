@@ -77,16 +77,11 @@ def tensorrt_key(onnx_key: str, trt_version: str, arch: str, fp16: bool) -> str:
     return cache_key({"onnx_key": onnx_key, "tensorrt": trt_version, "arch": arch, "fp16": fp16})
 
 
-def sha256_file(path: Path) -> str:
+def file_entries(folder: Path, names) -> dict:
     from stdtrt.models import file_hash
 
-    return file_hash(path)
-
-
-def file_entries(folder: Path, names) -> dict:
     return {
-        name: {"sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size}
-        for name in names
+        name: {"sha256": file_hash(folder / name), "bytes": (folder / name).stat().st_size} for name in names
     }
 
 
@@ -137,10 +132,6 @@ class Bundle:
         return tuple(self.manifest["graphs"]["vae_encoder"]["outputs"][0]["shape"][1:])
 
     @property
-    def model_name(self) -> str:
-        return self.manifest["model"]["name"]
-
-    @property
     def tensorrt(self) -> dict | None:
         return self.manifest.get("tensorrt")
 
@@ -160,11 +151,13 @@ class Bundle:
 
     def verify(self) -> None:
         """Every listed file exists with the recorded size and sha256 (a changed file is refused)."""
+        from stdtrt.models import file_hash
+
         for name, entry in self.manifest["files"].items():
             path = self.path / name
             if not path.is_file():
                 raise StdtrtError(f"bundle {self.path} is missing {name}; export it again (`stdtrt export`)")
-            if path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
+            if path.stat().st_size != entry["bytes"] or file_hash(path) != entry["sha256"]:
                 raise StdtrtError(
                     f"bundle {self.path}: {name} does not match the sha256 in its manifest (changed or "
                     f"corrupted after export); export the bundle again"

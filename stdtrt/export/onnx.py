@@ -30,10 +30,10 @@ EXTERNAL_DATA_BYTES = int(1.8 * 2**30)
 _DTYPES = {1: "float32", 10: "float16", 7: "int64", 6: "int32"}  # onnx.TensorProto element types
 
 
-def tensor_bytes(module: torch.nn.Module, itemsize: int = 4) -> int:
-    """The size of a module's weights and buffers once exported at `itemsize` bytes per float."""
+def tensor_bytes(module: torch.nn.Module) -> int:
+    """The size of a module's weights and buffers once exported (floats as float32)."""
     tensors = [*module.parameters(), *(b for b in module.buffers() if b is not None)]
-    return sum(t.numel() * (itemsize if t.is_floating_point() else t.element_size()) for t in tensors)
+    return sum(t.numel() * (4 if t.is_floating_point() else t.element_size()) for t in tensors)
 
 
 @contextlib.contextmanager
@@ -154,11 +154,3 @@ def export_networks(
         log.info("exporting %s to ONNX (opset %d%s)", name, opset, ", fp16" if fp16[name] else "")
         graphs[name] = export_graph(module, example, folder / f"{name}.onnx", inp, out, opset, fp16[name])
     return graphs
-
-
-def graph_files(graphs: dict) -> list[str]:
-    """Every file the graph entries name (ONNX, external data, plans)."""
-    names = []
-    for entry in graphs.values():
-        names += [entry[k] for k in ("onnx", "external_data", "plan") if entry.get(k)]
-    return names
