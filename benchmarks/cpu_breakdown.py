@@ -21,6 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stdtrt.conditioning import predict_eps  # noqa: E402
+from stdtrt.config import DEFAULT_BUNDLE  # noqa: E402
 from stdtrt.export.bundle import load_fused_model  # noqa: E402
 from stdtrt.export.manifest import read_bundle  # noqa: E402
 from stdtrt.runtime.backends import OnnxRuntimeBackend, TorchBackend  # noqa: E402
@@ -28,7 +29,7 @@ from stdtrt.runtime.backends import OnnxRuntimeBackend, TorchBackend  # noqa: E4
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bundle", default="stdtrt-engine")
+    ap.add_argument("--bundle", default=DEFAULT_BUNDLE)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--json")
     args = ap.parse_args()

@@ -118,20 +118,11 @@ class GraphedBackend:
 
 
 def diffusers_frame_fn(model, plan, prompt: str, size: int):
-    from diffusers import StableDiffusionImg2ImgPipeline, TCDScheduler
+    from stdtrt.runtime.bench import img2img_pipeline
 
-    from stdtrt.conditioning import encode_prompt
-
-    components = dict(model.pipe.components)
-    components["scheduler"] = TCDScheduler.from_config(model.pipe.scheduler.config)
-    components.pop("image_encoder", None)
-    pipe = StableDiffusionImg2ImgPipeline(**components)
-    pipe.set_progress_bar_config(disable=True)
-    cond, uncond = encode_prompt(model.pipe, prompt, size, size), encode_prompt(model.pipe, "", size, size)
+    pipe, kwargs = img2img_pipeline(model, plan, prompt, "", 1.0, size, size)
     image = torch.rand(1, 3, size, size, device=model.device, dtype=model.dtype)  # diffusers takes [0, 1]
-    kwargs = dict(prompt_embeds=cond.embeds, negative_prompt_embeds=uncond.embeds, strength=1.0, eta=0.0)
-    kwargs.update(timesteps=list(plan.timesteps), guidance_scale=1.0, output_type="pt")
-    return lambda: pipe(image=image, **kwargs).images
+    return lambda: pipe(image=image, output_type="pt", **kwargs).images
 
 
 def ort_cuda_frame_fn(model_name: str, size: int, prompt: str, folder: Path):

@@ -12,7 +12,15 @@ import sys
 import click
 
 from stdtrt import __version__
-from stdtrt.config import BACKENDS, BenchConfig, DistillConfig, ExportConfig, StylizeConfig, defaults
+from stdtrt.config import (
+    BACKENDS,
+    DEFAULT_BUNDLE,
+    BenchConfig,
+    DistillConfig,
+    ExportConfig,
+    StylizeConfig,
+    defaults,
+)
 from stdtrt.errors import StdtrtError
 
 S = defaults(StylizeConfig)
@@ -40,7 +48,7 @@ def _stylize_options(fn):
             "--bundle",
             default=S["bundle"],
             type=click.Path(file_okay=False),
-            help="Exported engine bundle (stdtrt export) [default: ./stdtrt-engine unless --model is given].",
+            help=f"Exported engine bundle (stdtrt export) [default: ./{DEFAULT_BUNDLE} unless --model is given].",
         ),
         click.option("--prompt", "-p", default=S["prompt"], show_default=True, help="Style prompt."),
         click.option(
@@ -217,9 +225,13 @@ def stylize_video_cmd(input: str, output: str, no_progress: bool, report: bool, 
         f"{result.fps:.2f} fps, audio {result.audio}"
     )
     if report:
-        from stdtrt.flicker import report as measure
+        _echo_report(input, output)
 
-        click.echo(str(measure(input, output)))
+
+def _echo_report(input, output) -> None:
+    from stdtrt.flicker import report as measure
+
+    click.echo(str(measure(input, output)))
 
 
 @cli.command()
@@ -228,9 +240,7 @@ def stylize_video_cmd(input: str, output: str, no_progress: bool, report: bool, 
 def report(input: str, output: str) -> None:
     """Temporal consistency of a stylized OUTPUT video against its INPUT: the warp error between consecutive
     frames (flow from the input, occlusions masked), with the input's own warp error as the floor."""
-    from stdtrt.flicker import report as measure
-
-    click.echo(str(measure(input, output)))
+    _echo_report(input, output)
 
 
 @cli.command()
@@ -250,16 +260,15 @@ def demo(out: str, frames: int, no_progress: bool, report: bool, **kwargs) -> No
     if not kwargs["prompt"]:
         kwargs["prompt"] = "an oil painting, thick brush strokes"
     result = run_demo(_config(kwargs), out, frames=frames, progress=not no_progress)
-    click.echo(f"input:  {result.output.parent / 'input.mp4'}")
+    source = result.output.parent / "input.mp4"
+    click.echo(f"input:  {source}")
     click.echo(f"output: {result.output}")
     click.echo(
         f"{result.frames} frames at {result.width}x{result.height} on {kwargs['model']}: {result.fps:.2f} fps "
         f"end to end (decode, stylize, encode), audio {result.audio}"
     )
     if report:
-        from stdtrt.flicker import report as measure
-
-        click.echo(str(measure(result.output.parent / "input.mp4", result.output)))
+        _echo_report(source, result.output)
 
 
 def _dataclass_options(cls, renames: dict[str, str] | None = None):
@@ -330,7 +339,7 @@ def _coerce(key: str, value, default):
         if isinstance(default, int):
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise TypeError
-            return int(value) if isinstance(value, int | float) else _int_text(value)
+            return int(value)  # a str that is not an integer, a list, a table: ValueError or TypeError
         if isinstance(default, float):
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise TypeError
@@ -341,12 +350,6 @@ def _coerce(key: str, value, default):
     except (TypeError, ValueError):
         name = {tuple: "list of integers"}.get(kind, kind.__name__)
         raise StdtrtError(f"setting {key.replace('_', '-')}: {value!r} is not a {name}") from None
-
-
-def _int_text(value) -> int:
-    if not isinstance(value, str):
-        raise TypeError
-    return int(value)
 
 
 @cli.command()
@@ -455,7 +458,7 @@ def export(no_validate: bool, no_progress: bool, **kwargs) -> None:
     "--bundle",
     default=B["bundle"],
     type=click.Path(file_okay=False),
-    help="Bundle [default: ./stdtrt-engine].",
+    help=f"Bundle [default: ./{DEFAULT_BUNDLE}].",
 )
 @click.option("--frames", type=int, default=B["frames"], show_default=True, help="Frames of the test clip.")
 @click.option(

@@ -69,6 +69,12 @@ def consistency_mask(back: np.ndarray, fwd: np.ndarray, grid) -> np.ndarray:
     return (diff < 0.01 * mag + 0.5) & inside
 
 
+def _masked_error(frame, prev, back, grid, mask) -> float:
+    """Mean absolute difference (0..255) between `frame` and `prev` warped onto it, over the mask's pixels."""
+    diff = np.abs(frame.astype(np.float32) - _warp(prev, back, grid).astype(np.float32))
+    return float((diff * mask[..., None]).sum() / (mask.sum() * 3))
+
+
 def warp_errors(inputs, outputs) -> FlickerReport:
     """Iterate over matching (input, output) RGB uint8 frames; return the mean warp errors."""
     flow = _Flow()
@@ -84,28 +90,8 @@ def warp_errors(inputs, outputs) -> FlickerReport:
             back, fwd = flow(grey, prev_grey), flow(prev_grey, grey)
             mask = consistency_mask(back, fwd, grid)
             if mask.any():
-                m = mask[..., None]
-                n = mask.sum() * 3
-                errs.append(
-                    float(
-                        (
-                            np.abs(
-                                rgb_out.astype(np.float32) - _warp(prev_out, back, grid).astype(np.float32)
-                            )
-                            * m
-                        ).sum()
-                        / n
-                    )
-                )
-                floors.append(
-                    float(
-                        (
-                            np.abs(rgb_in.astype(np.float32) - _warp(prev_in, back, grid).astype(np.float32))
-                            * m
-                        ).sum()
-                        / n
-                    )
-                )
+                errs.append(_masked_error(rgb_out, prev_out, back, grid, mask))
+                floors.append(_masked_error(rgb_in, prev_in, back, grid, mask))
             valid.append(float(mask.mean()))
         prev_in, prev_out, prev_grey = rgb_in, rgb_out, grey
     if not errs:

@@ -60,8 +60,9 @@ def coefficients(abar: torch.Tensor, t: int) -> tuple[float, float]:
     return float(ab.sqrt()), float((1 - ab).sqrt())
 
 
-def x_start(z0: torch.Tensor, noise: torch.Tensor, a: float, b: float) -> torch.Tensor:
-    """The fixed partial-noise state x_{tau_eta} = a z0 + b noise.  # (B, 4, H/8, W/8)"""
+def x_start(z0: torch.Tensor, noise: torch.Tensor, a, b) -> torch.Tensor:
+    """The fixed partial-noise state x_{tau_eta} = a z0 + b noise.  # (B, 4, H/8, W/8)
+    Any forward-noised state is the same formula: a and b may be floats or (B, 1, 1, 1) tensors."""
     return a * z0 + b * noise
 
 

@@ -63,12 +63,10 @@ def test_fixed_noise_is_shared_by_all_frames_fresh_noise_is_not(tmp_path):
 def test_batched_frames_match_frame_by_frame(tmp_path):
     """--batch-size only groups frames into one UNet call: each frame comes out as it would alone (up to
     float rounding, at most one level), in order, the last short batch included."""
-    import cv2
-
-    from stdtrt.runtime.stylize import StudentRunner, load_student
+    from stdtrt.runtime.stylize import StudentRunner, load_student, resize
 
     src = make_video(tmp_path / "in.mp4", frames=4, audio=False)
-    frames = [cv2.resize(f, (CFG.width, CFG.height), interpolation=cv2.INTER_AREA) for f in frames_of(src)]
+    frames = [resize(f, CFG.width, CFG.height) for f in frames_of(src)]
     student = load_student(CFG, CFG.width, CFG.height)
     outs = {}
     for batch in (1, 3):

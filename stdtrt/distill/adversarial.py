@@ -225,7 +225,7 @@ class AdversarialLoss:
             r = real_level(s, self.generator, self.cfg.adv_mode)
             a_r, b_r = schedule.coefficients_tensor(abar, r)
             noise = torch.randn(z0.shape, generator=self.generator).to(z0.device)
-            real = self._decode(a_r * z0 + b_r * noise)
+            real = self._decode(schedule.x_start(z0, noise, a_r, b_r))
         c = self.pooled_text[prompt]
         real_in = to_dino_input(diff_augment(real, self.generator), self.generator)
         fake_in = to_dino_input(diff_augment(fake, self.generator), self.generator)

@@ -82,7 +82,10 @@ class TrajectoryBank:
     @torch.no_grad()
     def update(self, slots, x_next, n_next, z0, w, prompt) -> None:
         """Write each element's next state back: into its slot, or a free slot for a new trajectory (dropped
-        when none is free); a trajectory whose index reaches 1 is retired and its slot freed."""
+        when none is free); a trajectory whose index reaches 1 is retired and its slot freed. With p_bank 0
+        nothing is stored: no state would ever be drawn again."""
+        if self.p_bank == 0:
+            return
         for i, slot in enumerate(slots.tolist()):
             if int(n_next[i]) <= 1:
                 if slot >= 0:

@@ -106,7 +106,7 @@ def check_readable(files: list[Path]) -> None:
         raise StdtrtError(f"unreadable files in the data folder: {', '.join(bad[:3])}{more}")
 
 
-def random_crop(path: Path, size: int, generator: torch.Generator, zoom: float = 1.25) -> torch.Tensor:
+def random_crop(path: Path, size: int, generator: torch.Generator, zoom: float) -> torch.Tensor:
     """Resize the short side to `size` (times a random zoom in [1, zoom]) and take a random size x size
     crop; returns (3, size, size) in [-1, 1]."""
     import cv2

@@ -283,8 +283,7 @@ class Run:
             adv_loss, adv_metrics = self.adv.generator_loss(pred, s, b["z0"], b["prompt"], self.abar)
             loss = loss + cfg.adv_weight * adv_loss
             metrics.update(adv_metrics)
-        if cfg.p_bank > 0:
-            self.bank.update(slots, x_next, n - 1, b["z0"], b["w"], b["prompt"])
+        self.bank.update(slots, x_next, n - 1, b["z0"], b["w"], b["prompt"])
         self.n_seen.extend(n.tolist())
         metrics["loss"] = loss.detach()
         return loss, metrics, (b, s)

@@ -36,8 +36,8 @@ class Backend(abc.ABC):
     # stages sharing it oversubscribe the cores).
     concurrent_stages = False
 
-    def __init__(self, bundle: Bundle | None, plan, width: int, height: int, latent_shape):
-        self.bundle, self.plan, self.width, self.height = bundle, plan, width, height
+    def __init__(self, plan, width: int, height: int, latent_shape):
+        self.plan, self.width, self.height = plan, width, height
         self.latent_shape = tuple(latent_shape)  # (4, h, w)
 
     @abc.abstractmethod
@@ -58,7 +58,7 @@ class TorchBackend(Backend):
     name = "torch"
 
     def __init__(self, networks, plan, width: int, height: int, latent_shape, device, dtype):
-        super().__init__(None, plan, width, height, latent_shape)
+        super().__init__(plan, width, height, latent_shape)
         self.networks, self.device, self.dtype = networks, torch.device(device), dtype
         self.concurrent_stages = self.device.type == "cuda"
 
@@ -80,7 +80,7 @@ class TorchBackend(Backend):
 
         model = model or load_fused_model(bundle, device)
         m = bundle.manifest
-        backend = cls.from_model(
+        return cls.from_model(
             model,
             bundle.plan(),
             m["prompt"],
@@ -89,8 +89,6 @@ class TorchBackend(Backend):
             bundle.width,
             bundle.height,
         )
-        backend.bundle = bundle
-        return backend
 
     @torch.inference_mode()
     def encode(self, images):
@@ -159,12 +157,11 @@ class OnnxRuntimeBackend(Backend):
     def __init__(self, bundle: Bundle, device: str = "auto", threads: int | None = None):
         import onnxruntime as ort
 
-        super().__init__(bundle, bundle.plan(), bundle.width, bundle.height, bundle.latent_shape)
+        super().__init__(bundle.plan(), bundle.width, bundle.height, bundle.latent_shape)
         from stdtrt.presets import cache_root
 
         cache = cache_root() / "ort-trt" / bundle.key[:16]
-        asked = ort_providers(device, bundle.manifest["precision"] == "fp16", cache)
-        cpu_only = asked == ["CPUExecutionProvider"]
+        cpu_only = ort_providers(device, False, cache) == ["CPUExecutionProvider"]  # fp16 changes no device
         if cpu_only and threads is None:
             # On a CPU the three graphs run concurrently (a stage each), each with half the cores: the VAE
             # pair and the UNet take about as long, and pipelining them beat one graph at a time with
@@ -248,17 +245,13 @@ def _load_onnxruntime(bundle: Bundle, device: str) -> Backend:
     return OnnxRuntimeBackend(bundle, device)
 
 
-def _load_torch(bundle: Bundle, device: str, model=None) -> Backend:
-    return TorchBackend.from_bundle(bundle, device, model=model)
-
-
 def load_backend(bundle: Bundle, name: str = "auto", device: str = "auto", model=None) -> Backend:
     """Pick and load a backend for a verified bundle (see the module doc). `model`: an already loaded and
     fused model for the torch backend (bench shares it with the diffusers baseline)."""
     loaders = {
         "tensorrt": _load_tensorrt,
         "onnxruntime": _load_onnxruntime,
-        "torch": lambda b, d: _load_torch(b, d, model),
+        "torch": lambda b, d: TorchBackend.from_bundle(b, d, model=model),
     }
     if name != "auto":
         if name not in loaders:
@@ -271,7 +264,9 @@ def load_backend(bundle: Bundle, name: str = "auto", device: str = "auto", model
         try:
             backend = loaders[candidate](bundle, device)
         except StdtrtError as exc:
-            skipped.append(f"{candidate}: {str(exc).split(': ', 1)[-1]}")
+            skipped.append(
+                f"{candidate}: {str(exc).removeprefix(f'backend {candidate} cannot run {bundle.path}: ')}"
+            )
             log.info("backend auto: skipped %s", skipped[-1])
             continue
         log.info("backend auto: using %s", backend.describe())

@@ -155,18 +155,20 @@ def steady_fps(result, nfe: int) -> float:
     return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else result.fps
 
 
-def diffusers_baseline(model, bundle, frames: list[np.ndarray]) -> dict:
-    """The same frames through diffusers' img2img pipeline with TCDScheduler over the bundle's timesteps."""
+def img2img_pipeline(
+    model, plan, prompt: str, negative_prompt: str, guidance: float, width: int, height: int
+):
+    """(diffusers' own img2img pipeline on the model's components with TCDScheduler, the call's keyword
+    arguments): strength 1 over the plan's timesteps from x_start, eta 0, prompt embeddings passed in.
+    The baseline of `stdtrt bench` and of benchmarks/gpu_check.py."""
     from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline, TCDScheduler
-    from PIL import Image
 
     from stdtrt.conditioning import encode_prompt
 
-    m, w, h = bundle.manifest, bundle.width, bundle.height
     components = dict(model.pipe.components)
     components["scheduler"] = TCDScheduler.from_config(model.pipe.scheduler.config)
-    cond = encode_prompt(model.pipe, m["prompt"], h, w)
-    uncond = encode_prompt(model.pipe, m["negative_prompt"], h, w)
+    cond = encode_prompt(model.pipe, prompt, height, width)
+    uncond = encode_prompt(model.pipe, negative_prompt, height, width)
     kwargs = {"prompt_embeds": cond.embeds, "negative_prompt_embeds": uncond.embeds}
     if model.kind == "sdxl":
         pipe = StableDiffusionXLImg2ImgPipeline(**components, requires_aesthetics_score=False)
@@ -175,10 +177,19 @@ def diffusers_baseline(model, bundle, frames: list[np.ndarray]) -> dict:
         components.pop("image_encoder", None)
         pipe = StableDiffusionImg2ImgPipeline(**components)
     pipe.set_progress_bar_config(disable=True)
-    plan = bundle.plan()
-    kwargs.update(
-        strength=1.0, timesteps=list(plan.timesteps), guidance_scale=m["guidance"], eta=0.0, output_type="np"
+    kwargs.update(strength=1.0, timesteps=list(plan.timesteps), guidance_scale=guidance, eta=0.0)
+    return pipe, kwargs
+
+
+def diffusers_baseline(model, bundle, frames: list[np.ndarray]) -> dict:
+    """The same frames through diffusers' img2img pipeline with TCDScheduler over the bundle's timesteps."""
+    from PIL import Image
+
+    m, plan = bundle.manifest, bundle.plan()
+    pipe, kwargs = img2img_pipeline(
+        model, plan, m["prompt"], m["negative_prompt"], m["guidance"], bundle.width, bundle.height
     )
+    kwargs["output_type"] = "np"
 
     def run(rgb):
         g = torch.Generator().manual_seed(0)

@@ -113,5 +113,5 @@ class StreamRunner:
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """One frame (an image): fill, flush, done (NFE UNet calls)."""
-        ((out, _),) = list(compose([self.encode, self.unet, self.decode])(iter([(rgb, 0)])))
+        ((out, _),) = list(compose(self.stages())(iter([(rgb, 0)])))
         return out

@@ -100,7 +100,9 @@ class StudentRunner:
         if self.cfg.fresh_noise:
             return torch.randn((n, *self.student.latent_shape), generator=self.noise_gen)
         if self._fixed is None:  # drawn once per video
-            self._fixed = make_noise(self.student.latent_shape, self.cfg.seed)
+            self._fixed = make_noise(self.student.latent_shape, self.cfg.seed).to(
+                self.student.device, self.student.dtype
+            )  # on the device once, not per batch
         return self._fixed
 
     def _run(self, batch: list):

@@ -96,7 +96,7 @@ class TensorRTBackend(Backend):
     def __init__(self, bundle, device: str = "auto"):
         import tensorrt as trt
 
-        super().__init__(bundle, bundle.plan(), bundle.width, bundle.height, bundle.latent_shape)
+        super().__init__(bundle.plan(), bundle.width, bundle.height, bundle.latent_shape)
         self.device = torch.device(device if device.startswith("cuda") else "cuda")
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         with torch.cuda.device(self.device):
