@@ -86,6 +86,13 @@ def digits():
     return np.clip(up, 0, 1).astype(np.float32) * 2 - 1, d.target
 
 
+def split(n: int, held_out: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """(held-out indices, training indices) of the n digits: one seeded permutation. The cached teacher is
+    keyed by its training settings only, so every script must train it on this split."""
+    order = np.random.default_rng(0).permutation(n)
+    return order[:held_out], order[held_out:]
+
+
 def write_training_folder(images, labels, folder: Path) -> Path:
     from PIL import Image
 
@@ -144,10 +151,12 @@ def build_model(unet):
 
 
 def train_teacher(images, labels, steps: int, batch: int = 32, lr: float = 1e-3):
-    """Epsilon-prediction training on the SD schedule with 10 % condition dropout; cached on disk."""
+    """Epsilon-prediction training on the SD schedule with 10 % condition dropout; cached on disk (train it
+    on `split()`'s training part: the key does not see which digits it got)."""
     from safetensors.torch import load_file, save_file
     from tqdm import tqdm
 
+    from stdtrt import schedule
     from stdtrt.conditioning import encode_prompt
 
     key = hashlib.sha256(f"{steps}:{batch}:{lr}:{images.shape}:v1".encode()).hexdigest()[:12]
@@ -171,10 +180,10 @@ def train_teacher(images, labels, steps: int, batch: int = 32, lr: float = 1e-3)
         idx = torch.randint(0, len(z_all), (batch,), generator=g)
         z0, y = z_all[idx], y_all[idx]
         y = torch.where(torch.rand(batch, generator=g) < 0.1, torch.full_like(y, 10), y)  # condition dropout
-        t = torch.randint(0, 1000, (batch,), generator=g)
+        t = torch.randint(0, len(abar), (batch,), generator=g)
         eps = torch.randn(z0.shape, generator=g)
-        a, b = abar[t].sqrt().view(-1, 1, 1, 1), (1 - abar[t]).sqrt().view(-1, 1, 1, 1)
-        pred = unet(a * z0 + b * eps, t, encoder_hidden_states=table[y]).sample
+        a, b = schedule.coefficients_tensor(abar, t)
+        pred = unet(schedule.x_start(z0, eps, a, b), t, encoder_hidden_states=table[y]).sample
         loss = F.mse_loss(pred, eps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -192,13 +201,14 @@ def train_teacher(images, labels, steps: int, batch: int = 32, lr: float = 1e-3)
 def walk(model, plan, z0, noise, prompts, guidance: float) -> list[torch.Tensor]:
     """States after each jump of `plan` (the last is the clean latent), through stdtrt's own Student:
     one Student per distinct prompt, the elements sharing it batched."""
+    from stdtrt import schedule
     from stdtrt.runtime.student import Student
 
     out = torch.zeros(plan.nfe, *z0.shape)
     for prompt in sorted(set(prompts)):
         sel = [i for i, p in enumerate(prompts) if p == prompt]
         student = Student(model, plan, prompt, 32, 32, negative_prompt="", guidance=guidance)
-        x = plan.a_start * z0[sel] + plan.b_start * noise[sel]  # x_start
+        x = schedule.x_start(z0[sel], noise[sel], plan.a_start, plan.b_start)
         for i in range(plan.nfe):
             x = student.step(x, i)
             out[i, sel] = x
@@ -301,9 +311,7 @@ def main() -> None:
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     images, labels = digits()
-    rng = np.random.default_rng(0)
-    order = rng.permutation(len(images))
-    held, train = order[: args.eval], order[args.eval :]
+    held, train = split(len(images), args.eval)
     data = write_training_folder(images[train], labels[train], CACHE / "train")
     t0 = time.perf_counter()
     teacher = train_teacher(images[train], labels[train], args.teacher_steps)

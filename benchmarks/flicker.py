@@ -66,7 +66,7 @@ def main() -> None:
     digits = None if args.skip_digits else digits_rows(args.nfe)
     if digits:
         print(
-            "trained digits teacher (benchmarks/fidelity.py), a digit drifting and turning, 32 frames, DDIM NFE 4:"
+            "trained digits teacher (benchmarks/fidelity.py), a held-out digit drifting and turning, 32 frames, DDIM NFE 4:"
         )
         for r in digits:
             print(
@@ -118,8 +118,9 @@ def digits_rows(nfe: int, frames: int = 32) -> list[dict]:
     from stdtrt.runtime.student import Student
 
     images, labels = fidelity.digits()
-    teacher = fidelity.train_teacher(images[128:], labels[128:], 2500)
-    digit, label = images[3], labels[3]
+    held, train = fidelity.split(len(images))
+    teacher = fidelity.train_teacher(images[train], labels[train], 2500)
+    digit, label = images[held[0]], labels[held[0]]
     h = w = 32
     clip = []
     for i in range(frames):  # smooth sub-pixel motion: 0.15 px and 0.6 degrees per frame
