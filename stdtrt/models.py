@@ -122,6 +122,14 @@ def _pipeline_class(path: Path):
     )
 
 
+def place(pipe, device: str | torch.device, dtype: torch.dtype) -> None:
+    """Move a pipeline to a device and dtype; under fp16 a VAE whose config asks for it (force_upcast:
+    SDXL's overflows in fp16) stays fp32. Every place that moves a loaded model goes through here."""
+    pipe.to(device=device, dtype=dtype)
+    if dtype == torch.float16 and getattr(pipe.vae.config, "force_upcast", False):
+        pipe.vae.to(torch.float32)
+
+
 def load_model(
     name: str,
     *,
@@ -149,9 +157,7 @@ def load_model(
         except Exception as exc:
             raise StdtrtError(f"could not load model from {path}: {exc}") from None
     pipe.set_progress_bar_config(disable=True)
-    pipe.to(device=device, dtype=dtype)
-    if dtype == torch.float16 and getattr(pipe.vae.config, "force_upcast", False):
-        pipe.vae.to(torch.float32)  # SDXL's VAE overflows in fp16 (its config says so)
+    place(pipe, device, dtype)
     for module in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
         if module is not None:
             module.requires_grad_(False).eval()

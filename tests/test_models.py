@@ -92,3 +92,18 @@ def test_single_file_kind_comes_from_its_keys_not_its_size(tmp_path):
     save_file({"conditioner.embedders.1.model.w": torch.zeros(2)}, str(xl))
     save_file({"cond_stage_model.transformer.w": torch.zeros(2)}, str(sd))
     assert _single_file_is_sdxl(xl) and not _single_file_is_sdxl(sd)
+
+
+def test_fp16_keeps_a_vae_that_asks_for_fp32_in_fp32():
+    """models.place is the one way a loaded model moves (load_model, the bundle's torch backend): under fp16
+    the UNet and text encoders halve, and a VAE whose config says force_upcast (SDXL's) stays float32."""
+    from stdtrt.models import place
+
+    model = load_model("tiny-sdxl")
+    assert model.vae.config.force_upcast
+    place(model.pipe, "cpu", torch.float16)
+    assert model.unet.dtype == torch.float16 and model.pipe.text_encoder_2.dtype == torch.float16
+    assert model.vae.dtype == torch.float32
+    model.vae.register_to_config(force_upcast=False)  # a VAE that is fine in fp16 (e.g. sdxl-vae-fp16-fix)
+    place(model.pipe, "cpu", torch.float16)
+    assert model.vae.dtype == torch.float16

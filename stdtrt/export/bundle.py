@@ -81,7 +81,7 @@ def load_fused_model(bundle, device: str = "auto"):
 
     from stdtrt.export.fuse import fuse_lora
     from stdtrt.lora import load_lora
-    from stdtrt.models import file_hash, load_model
+    from stdtrt.models import file_hash, load_model, place
     from stdtrt.runtime.student import resolve_device
 
     m = bundle.manifest
@@ -104,7 +104,7 @@ def load_fused_model(bundle, device: str = "auto"):
         fuse_lora(model)
     dev = resolve_device(device)
     dtype = torch.float16 if m["precision"] == "fp16" and dev.type == "cuda" else torch.float32
-    model.pipe.to(device=dev, dtype=dtype)
+    place(model.pipe, dev, dtype)
     return model
 
 
