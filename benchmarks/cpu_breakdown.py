@@ -20,11 +20,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stdtrt.conditioning import predict_eps  # noqa: E402
+from stdtrt.bundle.manifest import read_bundle  # noqa: E402
+from stdtrt.bundle.model import load_fused_model  # noqa: E402
 from stdtrt.config import DEFAULT_BUNDLE  # noqa: E402
-from stdtrt.export.bundle import load_fused_model  # noqa: E402
-from stdtrt.export.manifest import read_bundle  # noqa: E402
-from stdtrt.runtime.backends import OnnxRuntimeBackend, TorchBackend  # noqa: E402
+from stdtrt.models.conditioning import predict_eps  # noqa: E402
+from stdtrt.runtime.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
+from stdtrt.runtime.backends.torch import TorchBackend  # noqa: E402
 
 
 def main() -> None:

@@ -32,9 +32,9 @@ def child(preset: str, resolution: int, batch: int, steps: int, teacher: str, ad
     from PIL import Image
 
     from stdtrt.config import DistillConfig
-    from stdtrt.demo import sample_frames
     from stdtrt.distill.metrics import peak_memory_mb
-    from stdtrt.distill.train import Run
+    from stdtrt.distill.trainer import Run
+    from stdtrt.io.samples import sample_frames
 
     tmp = Path(tempfile.mkdtemp())
     (tmp / "data").mkdir()

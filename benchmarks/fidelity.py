@@ -130,8 +130,8 @@ def teacher_unet():
 def build_model(unet):
     from diffusers import StableDiffusionPipeline
 
-    from stdtrt import presets
-    from stdtrt.models import LoadedModel
+    from stdtrt.models import presets
+    from stdtrt.models.load import LoadedModel
 
     base = presets.build("tiny-sd")
     pipe = StableDiffusionPipeline(
@@ -157,7 +157,7 @@ def train_teacher(images, labels, steps: int, batch: int = 32, lr: float = 1e-3)
     from tqdm import tqdm
 
     from stdtrt import schedule
-    from stdtrt.conditioning import encode_prompt
+    from stdtrt.models.conditioning import encode_prompt
 
     key = hashlib.sha256(f"{steps}:{batch}:{lr}:{images.shape}:v1".encode()).hexdigest()[:12]
     path = CACHE / f"teacher-{key}.safetensors"
@@ -246,8 +246,8 @@ def distill_student(
     rho: float = 0.5,
 ):
     from stdtrt.config import DistillConfig
-    from stdtrt.distill.train import distill
-    from stdtrt.lora import load_lora
+    from stdtrt.distill.trainer import distill
+    from stdtrt.models.lora import load_lora
 
     cfg = DistillConfig(
         model="digits-teacher",

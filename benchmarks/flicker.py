@@ -28,7 +28,7 @@ def main() -> None:
 
     from stdtrt.config import StylizeConfig
     from stdtrt.demo import make_sample_video
-    from stdtrt.flicker import report
+    from stdtrt.eval.flicker import report
     from stdtrt.runtime.stylize import stylize_video
 
     tmp = Path(tempfile.mkdtemp())
@@ -114,7 +114,7 @@ def digits_rows(nfe: int, frames: int = 32) -> list[dict]:
     import fidelity
 
     from stdtrt import schedule
-    from stdtrt.flicker import warp_errors
+    from stdtrt.eval.flicker import warp_errors
     from stdtrt.runtime.student import Student
 
     images, labels = fidelity.digits()

@@ -35,8 +35,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stdtrt import schedule  # noqa: E402
-from stdtrt.models import load_model  # noqa: E402
-from stdtrt.runtime.backends import TorchBackend  # noqa: E402
+from stdtrt.models.load import load_model  # noqa: E402
+from stdtrt.runtime.backends.torch import TorchBackend  # noqa: E402
 from stdtrt.runtime.stream import StreamState  # noqa: E402
 from stdtrt.runtime.student import make_noise  # noqa: E402
 
@@ -118,7 +118,7 @@ class GraphedBackend:
 
 
 def diffusers_frame_fn(model, plan, prompt: str, size: int):
-    from stdtrt.runtime.bench import img2img_pipeline
+    from stdtrt.eval.bench import img2img_pipeline
 
     pipe, kwargs = img2img_pipeline(model, plan, prompt, "", 1.0, size, size)
     image = torch.rand(1, 3, size, size, device=model.device, dtype=model.dtype)  # diffusers takes [0, 1]
@@ -132,10 +132,10 @@ def ort_cuda_frame_fn(model_name: str, size: int, prompt: str, folder: Path):
         return None, "onnxruntime is not installed"
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return None, "onnxruntime has no CUDA provider here"
+    from stdtrt.bundle.manifest import read_bundle
     from stdtrt.config import ExportConfig
-    from stdtrt.export.bundle import export_bundle
-    from stdtrt.export.manifest import read_bundle
-    from stdtrt.runtime.backends import OnnxRuntimeBackend
+    from stdtrt.export.export import export_bundle
+    from stdtrt.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
     cfg = ExportConfig(model=model_name, prompt=prompt, width=size, height=size, precision="fp16",
                        tensorrt=False, out=str(folder / "bundle"))  # fmt: skip

@@ -229,7 +229,7 @@ def stylize_video_cmd(input: str, output: str, no_progress: bool, report: bool, 
 
 
 def _echo_report(input, output) -> None:
-    from stdtrt.flicker import report as measure
+    from stdtrt.eval.flicker import report as measure
 
     click.echo(str(measure(input, output)))
 
@@ -372,7 +372,7 @@ def distill(config_file: str | None, resume: bool, overwrite: bool, no_progress:
     The run folder gets lora.safetensors (kohya: diffusers, ComfyUI, A1111),
     pytorch_lora_weights.safetensors (diffusers), checkpoints/, metrics.jsonl and config.json.
     """
-    from stdtrt.distill.train import distill as run
+    from stdtrt.distill.trainer import distill as run
 
     result = run(
         build_distill_config(config_file, given), resume=resume, overwrite=overwrite, progress=not no_progress
@@ -440,7 +440,7 @@ def distill(config_file: str | None, resume: bool, overwrite: bool, no_progress:
 @click.option("--no-progress", is_flag=True, help="Hide the TensorRT build progress.")
 def export(no_validate: bool, no_progress: bool, **kwargs) -> None:
     """Fuse the LoRA and export a fixed-timestep engine bundle (ONNX, TensorRT) with a manifest."""
-    from stdtrt.export.bundle import export_bundle
+    from stdtrt.export.export import export_bundle
 
     result = export_bundle(ExportConfig(validate=not no_validate, **kwargs), progress=not no_progress)
     if result.table:
@@ -476,7 +476,7 @@ def export(no_validate: bool, no_progress: bool, **kwargs) -> None:
 )
 def bench(no_baseline: bool, json_path: str | None, backends: tuple, **kwargs) -> None:
     """Time each backend per stage and end to end, against diffusers' own img2img pipeline."""
-    from stdtrt.runtime.bench import run_bench
+    from stdtrt.eval.bench import run_bench
 
     cfg = BenchConfig(baseline=not no_baseline, json=json_path, backends=tuple(backends), **kwargs)
     click.echo(run_bench(cfg).table())

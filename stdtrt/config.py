@@ -6,7 +6,9 @@ This module imports no torch, so `stdtrt --help` stays fast.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from stdtrt.errors import StdtrtError
 
@@ -14,6 +16,11 @@ BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 PRECISIONS = ("fp32", "fp16")
 # The folder `stdtrt export` writes and `stylize-*` / `bench` read when no --bundle is given.
 DEFAULT_BUNDLE = "stdtrt-engine"
+
+
+def cache_root() -> Path:
+    """stdtrt's own cache folder ($STDTRT_CACHE, else ~/.cache/stdtrt)."""
+    return Path(os.environ.get("STDTRT_CACHE", Path.home() / ".cache" / "stdtrt"))
 
 
 def check_strength(strength: float) -> None:

@@ -17,7 +17,7 @@ def describe() -> str:
     import torch
 
     from stdtrt import __version__
-    from stdtrt.runtime.availability import is_cuda_available, is_onnxruntime_available, is_tensorrt_available
+    from stdtrt.availability import is_cuda_available, is_onnxruntime_available, is_tensorrt_available
 
     lines = [f"stdtrt {__version__} on Python {platform.python_version()} ({platform.machine()})"]
     for dist in (

@@ -42,14 +42,14 @@ def _isolated_caches(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_sd():
-    from stdtrt.models import load_model
+    from stdtrt.models.load import load_model
 
     return load_model("tiny-sd")
 
 
 @pytest.fixture(scope="session")
 def tiny_sdxl():
-    from stdtrt.models import load_model
+    from stdtrt.models.load import load_model
 
     return load_model("tiny-sdxl")
 
@@ -58,8 +58,8 @@ def make_video(
     path: Path, frames: int = 8, size=(96, 64), fps=8, audio=True, repeat=False, faststart=False
 ) -> Path:
     """A short real-content video (a photograph panned), optionally with a tone track."""
-    from stdtrt.demo import sample_frames, tone
-    from stdtrt.runtime.video import write_video
+    from stdtrt.io.samples import sample_frames, tone
+    from stdtrt.io.video import write_video
 
     w, h = size
     if repeat:
@@ -100,7 +100,7 @@ def frames_of(path: Path) -> list[np.ndarray]:
 def data_dir(tmp_path_factory):
     from PIL import Image
 
-    from stdtrt.demo import sample_frames
+    from stdtrt.io.samples import sample_frames
 
     folder = tmp_path_factory.mktemp("data")
     for i, rgb in enumerate(sample_frames(4, 48, 40)):
@@ -144,7 +144,7 @@ def start_run(cfg):
     """A training Run (one process, CPU) for tests that drive single steps."""
     from accelerate import Accelerator
 
-    from stdtrt.distill.train import Run, prepare_out_dir
+    from stdtrt.distill.trainer import Run, prepare_out_dir
 
     prepare_out_dir(cfg, False, False)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
@@ -156,8 +156,8 @@ def make_lora(preset: str, folder: Path) -> Path:
     """A random non-zero LoRA for a preset's UNet (a zero adapter would hide a broken merge)."""
     import torch
 
-    from stdtrt.lora import add_lora, save_kohya
-    from stdtrt.models import load_model
+    from stdtrt.models.load import load_model
+    from stdtrt.models.lora import add_lora, save_kohya
 
     model = load_model(preset)
     torch.manual_seed(7)
@@ -167,7 +167,7 @@ def make_lora(preset: str, folder: Path) -> Path:
 
 def export_tiny(folder: Path, preset: str, guidance: float, **changes):
     from stdtrt.config import ExportConfig
-    from stdtrt.export.bundle import export_bundle
+    from stdtrt.export.export import export_bundle
 
     lora = make_lora(preset, folder)
     cfg = ExportConfig(

@@ -10,7 +10,7 @@ from conftest import losses, small
 from conftest import start_run as _run
 
 from stdtrt.distill.adversarial import diff_augment, real_level, to_dino_input
-from stdtrt.distill.train import distill
+from stdtrt.distill.trainer import distill
 
 ADV = dict(adv_weight=0.7, adv_model="tiny-dinov2")
 

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 from conftest import copy_bundle, frames_of, make_video
 
+from stdtrt.availability import is_tensorrt_available
+from stdtrt.bundle.manifest import read_bundle
 from stdtrt.config import StylizeConfig
 from stdtrt.errors import StdtrtError
 from stdtrt.export import tensorrt
-from stdtrt.export.manifest import read_bundle
-from stdtrt.runtime.availability import is_tensorrt_available
-from stdtrt.runtime.backends import OnnxRuntimeBackend, load_backend, ort_providers
+from stdtrt.runtime.backends import load_backend
+from stdtrt.runtime.backends.onnxruntime import OnnxRuntimeBackend, ort_providers
 from stdtrt.runtime.stylize import stylize_image, stylize_video
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
@@ -169,7 +170,7 @@ def test_tensorrt_build_specs(sd_bundle, tmp_path):
 
 
 def test_tensorrt_backend_says_why_not(sd_bundle):
-    from stdtrt.runtime.trt_engine import tensorrt_unusable
+    from stdtrt.runtime.backends.tensorrt import tensorrt_unusable
 
     bundle = read_bundle(sd_bundle[1].path)
     assert "device cpu" in tensorrt_unusable(bundle, "cpu")

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from stdtrt.config import BenchConfig
-from stdtrt.runtime.bench import STAGES, run_bench
+from stdtrt.eval.bench import STAGES, run_bench
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 

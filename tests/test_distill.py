@@ -12,7 +12,7 @@ from conftest import start_run as _run
 from stdtrt import schedule
 from stdtrt.distill.bank import TrajectoryBank
 from stdtrt.distill.losses import FusedSTDLoss, std_loss
-from stdtrt.distill.train import distill
+from stdtrt.distill.trainer import distill
 from stdtrt.errors import StdtrtError
 
 
@@ -159,8 +159,8 @@ def test_one_step_makes_one_guided_teacher_call_and_trains_only_the_lora(data_di
 
 
 def test_teacher_step_is_lcm_guided_ddim(data_dir, tmp_path):
-    from stdtrt.conditioning import predict_eps
     from stdtrt.distill.teacher import adapters_off
+    from stdtrt.models.conditioning import predict_eps
 
     run = _run(small(data_dir, tmp_path / "r"))
     g = torch.Generator().manual_seed(0)
@@ -226,8 +226,8 @@ def test_nan_guard_keeps_the_last_good_checkpoint(data_dir, tmp_path):
 
 
 def test_saved_lora_reproduces_the_in_memory_student(data_dir, tmp_path):
-    from stdtrt.conditioning import predict_eps
-    from stdtrt.models import load_model
+    from stdtrt.models.conditioning import predict_eps
+    from stdtrt.models.load import load_model
 
     run = _run(small(data_dir, tmp_path / "r", lr=1e-2))
     for _ in range(2):

@@ -14,14 +14,14 @@ import torch
 from conftest import export_tiny, make_lora
 
 from stdtrt import schedule
-from stdtrt.conditioning import encode_prompt, predict_eps
+from stdtrt.bundle.manifest import read_bundle
+from stdtrt.bundle.networks import build_networks
 from stdtrt.config import ExportConfig
 from stdtrt.errors import StdtrtError
-from stdtrt.export.bundle import export_bundle
-from stdtrt.export.fuse import fuse_lora
-from stdtrt.export.manifest import read_bundle
-from stdtrt.models import load_model
-from stdtrt.runtime.networks import build_networks
+from stdtrt.export.export import export_bundle
+from stdtrt.models.conditioning import encode_prompt, predict_eps
+from stdtrt.models.load import load_model
+from stdtrt.models.lora import fuse_lora
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 

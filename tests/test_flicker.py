@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from stdtrt.flicker import _grid, consistency_mask, report, warp_errors
+from stdtrt.eval.flicker import _grid, consistency_mask, report, warp_errors
 
 
 def _panning_frames(n=6, shift=2, size=(96, 128)):
@@ -38,7 +38,7 @@ def test_consistency_mask_flags_disagreeing_flow():
 def test_report_on_files(tmp_path):
     from fractions import Fraction
 
-    from stdtrt.runtime.video import write_video
+    from stdtrt.io.video import write_video
 
     frames = _panning_frames(5)
     write_video(tmp_path / "a.mp4", iter(frames), Fraction(5))

@@ -5,10 +5,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from stdtrt.conditioning import encode_prompt, predict_eps
 from stdtrt.errors import StdtrtError
-from stdtrt.lora import add_lora, lora_layers, read_metadata, save_kohya
-from stdtrt.models import load_model
+from stdtrt.models.conditioning import encode_prompt, predict_eps
+from stdtrt.models.load import load_model
+from stdtrt.models.lora import add_lora, lora_layers, read_metadata, save_kohya
 
 
 def _eps(model, cond):
@@ -71,7 +71,7 @@ def test_not_a_lora(tmp_path):
 
 
 def test_a_lora_for_another_strength_is_flagged(lora_file, caplog):
-    from stdtrt.lora import check_strength_matches
+    from stdtrt.models.lora import check_strength_matches
 
     _, path, *_ = lora_file
     with caplog.at_level("WARNING"):

@@ -6,8 +6,8 @@ import json
 import pytest
 from conftest import copy_bundle
 
+from stdtrt.bundle import manifest as mf
 from stdtrt.errors import StdtrtError
-from stdtrt.export import manifest as mf
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 

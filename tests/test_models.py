@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from stdtrt.errors import StdtrtError
-from stdtrt.models import load_model, module_hash
+from stdtrt.io.hashing import module_hash
+from stdtrt.models.load import load_model
 
 
 def test_presets_are_deterministic():
@@ -86,7 +87,7 @@ def test_working_size_keeps_aspect_near_native(tiny_sd):
 def test_single_file_kind_comes_from_its_keys_not_its_size(tmp_path):
     from safetensors.torch import save_file
 
-    from stdtrt.models import _single_file_is_sdxl
+    from stdtrt.models.load import _single_file_is_sdxl
 
     xl, sd = tmp_path / "xl.safetensors", tmp_path / "sd.safetensors"
     save_file({"conditioner.embedders.1.model.w": torch.zeros(2)}, str(xl))
@@ -97,7 +98,7 @@ def test_single_file_kind_comes_from_its_keys_not_its_size(tmp_path):
 def test_fp16_keeps_a_vae_that_asks_for_fp32_in_fp32():
     """models.place is the one way a loaded model moves (load_model, the bundle's torch backend): under fp16
     the UNet and text encoders halve, and a VAE whose config says force_upcast (SDXL's) stays float32."""
-    from stdtrt.models import place
+    from stdtrt.models.load import place
 
     model = load_model("tiny-sdxl")
     assert model.vae.config.force_upcast

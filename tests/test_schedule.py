@@ -8,7 +8,7 @@ import torch
 
 from stdtrt import schedule
 from stdtrt.errors import StdtrtError
-from stdtrt.presets import SCHEDULER_CONFIG
+from stdtrt.models.presets import SCHEDULER_CONFIG
 
 
 def test_teacher_grid():
@@ -128,7 +128,7 @@ def test_student_sampler_equals_diffusers_tcd(kind, guidance, gamma, request):
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn((1, 4, 8, 8), generator=g)  # what diffusers draws first with this generator
     ours = student.sample(z0, noise, generator=g)
-    from stdtrt.conditioning import encode_prompt
+    from stdtrt.models.conditioning import encode_prompt
 
     uncond = encode_prompt(model.pipe, "", 64, 64)
     theirs = _diffusers_tcd_latents(model, z0, seed, plan, guidance, gamma, student.cond, uncond)

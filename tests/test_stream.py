@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from stdtrt import schedule
-from stdtrt.demo import sample_frames
+from stdtrt.bundle.manifest import read_bundle
+from stdtrt.bundle.model import load_fused_model
 from stdtrt.errors import StdtrtError
-from stdtrt.export.bundle import load_fused_model
-from stdtrt.export.manifest import read_bundle
-from stdtrt.runtime.backends import OnnxRuntimeBackend, TorchBackend
+from stdtrt.io.samples import sample_frames
+from stdtrt.runtime.backends.onnxruntime import OnnxRuntimeBackend
+from stdtrt.runtime.backends.torch import TorchBackend
 from stdtrt.runtime.pipeline import compose, run_pipeline
 from stdtrt.runtime.stream import StreamRunner, StreamState
 from stdtrt.runtime.student import Student, make_noise, to_tensor

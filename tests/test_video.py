@@ -13,8 +13,8 @@ from conftest import frames_of, make_video
 
 from stdtrt.config import StylizeConfig
 from stdtrt.errors import StdtrtError
+from stdtrt.io.video import probe
 from stdtrt.runtime.stylize import stylize_image, stylize_video
-from stdtrt.runtime.video import probe
 
 CFG = StylizeConfig(model="tiny-sd", prompt="an oil painting", width=64, height=48)
 
@@ -63,7 +63,8 @@ def test_fixed_noise_is_shared_by_all_frames_fresh_noise_is_not(tmp_path):
 def test_batched_frames_match_frame_by_frame(tmp_path):
     """--batch-size only groups frames into one UNet call: each frame comes out as it would alone (up to
     float rounding, at most one level), in order, the last short batch included."""
-    from stdtrt.runtime.stylize import StudentRunner, load_student, resize
+    from stdtrt.io.images import resize
+    from stdtrt.runtime.stylize import StudentRunner, load_student
 
     src = make_video(tmp_path / "in.mp4", frames=4, audio=False)
     frames = [resize(f, CFG.width, CFG.height) for f in frames_of(src)]

@@ -12,11 +12,10 @@ import numpy as np
 import torch
 
 from stdtrt.errors import StdtrtError
+from stdtrt.io.images import IMAGE_SUFFIXES
+from stdtrt.io.video import VIDEO_SUFFIXES
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
-VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"}
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,7 @@ def _extract_frames(video: Path, count: int, cache: Path) -> list[Path]:
     """Decode `count` frames spread evenly over a video into PNGs (once; reused on resume)."""
     from PIL import Image
 
-    from stdtrt.runtime.video import probe, read_frames
+    from stdtrt.io.video import probe, read_frames
 
     key = hashlib.sha256(f"{video.resolve()}:{video.stat().st_size}:{count}".encode()).hexdigest()[:16]
     folder = cache / f"{video.stem}-{key}"
@@ -66,7 +65,7 @@ def list_files(folder: str | Path) -> list[Path]:
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise StdtrtError(f"data folder {root} does not exist")
-    suffixes = IMAGE_SUFFIXES | VIDEO_SUFFIXES
+    suffixes = set(IMAGE_SUFFIXES) | set(VIDEO_SUFFIXES)
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
     if not files:
         raise StdtrtError(f"data folder {root} holds no images or videos ({', '.join(sorted(suffixes))})")
@@ -89,7 +88,7 @@ def check_readable(files: list[Path]) -> None:
     """Open every image (and probe every video) once so that a bad file fails before training starts."""
     from PIL import Image, UnidentifiedImageError
 
-    from stdtrt.runtime.video import probe
+    from stdtrt.io.video import probe
 
     bad = []
     for path in files:

@@ -12,7 +12,7 @@ import contextlib
 import torch
 
 from stdtrt import schedule
-from stdtrt.conditioning import Conditioning, predict_eps
+from stdtrt.models.conditioning import Conditioning, predict_eps
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from stdtrt.availability import tensorrt_identity
 from stdtrt.errors import StdtrtError
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ class BuildSpec:
 
 def decide(requested: bool | None) -> tuple[bool, str]:
     """(build engines?, the line to say): requested None builds when possible, True insists, False skips."""
-    from stdtrt.runtime.availability import is_tensorrt_available
+    from stdtrt.availability import is_tensorrt_available
 
     if requested is False:
         return False, "TensorRT engines skipped (--no-tensorrt)"
@@ -44,19 +45,8 @@ def decide(requested: bool | None) -> tuple[bool, str]:
     return False, f"TensorRT engines skipped: {why}; the ONNX graphs run on onnxruntime"
 
 
-def identity(device: str = "cuda") -> dict:
-    """The TensorRT version and GPU (`cuda` or `cuda:N`) an engine is built for (a .plan runs only there)."""
-    import tensorrt as trt
-    import torch
-
-    index = (torch.device(device).index or 0) if device.startswith("cuda:") else 0  # "auto", "cuda": GPU 0
-    major, minor = torch.cuda.get_device_capability(index)
-    gpu = torch.cuda.get_device_name(index)
-    return {"version": trt.__version__, "gpu": gpu, "arch": f"sm_{major}{minor}"}
-
-
 def timing_cache_path(ident: dict) -> Path:
-    from stdtrt.presets import cache_root
+    from stdtrt.config import cache_root
 
     return cache_root() / "tensorrt" / f"timing-{ident['arch']}-trt{ident['version']}.cache"
 
@@ -106,7 +96,7 @@ def build_engine(spec: BuildSpec, progress: bool = True) -> float:
     """Parse spec.onnx, build and write spec.plan; returns the build seconds."""
     import tensorrt as trt
 
-    from stdtrt.io_utils import atomic_path
+    from stdtrt.io.atomic import atomic_path
 
     start = time.perf_counter()
     logger = trt.Logger(trt.Logger.WARNING)
@@ -141,7 +131,7 @@ def build_engine(spec: BuildSpec, progress: bool = True) -> float:
 
 def build_engines(folder: Path, graphs: dict, workspace_gb: float, progress: bool = True) -> dict:
     """Build every graph's engine into `folder`, record its file in `graphs`; return the manifest section."""
-    ident = identity()
+    ident = tensorrt_identity()
     specs = build_specs(folder, graphs, workspace_gb, timing_cache_path(ident))
     seconds = {s.graph: round(build_engine(s, progress), 1) for s in specs}
     for spec in specs:

@@ -63,8 +63,8 @@ def format_table(rows: list[Row], title: str = "onnxruntime vs torch") -> str:
 @torch.no_grad()
 def validate_bundle(bundle, networks, model, seed: int = 0) -> list[Row]:
     """Compare the bundle's graphs (onnxruntime, CPU) with the torch modules they were traced from."""
-    from stdtrt.demo import sample_frames
-    from stdtrt.runtime.backends import OnnxRuntimeBackend
+    from stdtrt.io.samples import sample_frames
+    from stdtrt.runtime.backends.onnxruntime import OnnxRuntimeBackend
     from stdtrt.runtime.stream import StreamRunner
     from stdtrt.runtime.student import Student, make_noise, to_tensor
 

@@ -9,26 +9,8 @@ import numpy as np
 import torch
 
 from stdtrt import schedule
-from stdtrt.conditioning import Conditioning, encode_prompt, predict_eps
-from stdtrt.errors import StdtrtError
-from stdtrt.runtime.networks import vae_decode, vae_encode
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise StdtrtError(f"device {name} requested but CUDA is not available (torch {torch.__version__})")
-    return device
-
-
-def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    if precision == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if precision == "fp16" and device.type == "cpu":
-        raise StdtrtError("fp16 is not supported on the CPU; use --precision fp32")
-    return {"fp16": torch.float16, "fp32": torch.float32}[precision]
+from stdtrt.bundle.networks import vae_decode, vae_encode
+from stdtrt.models.conditioning import Conditioning, encode_prompt, predict_eps
 
 
 def to_tensor(frames: np.ndarray, device, dtype) -> torch.Tensor:

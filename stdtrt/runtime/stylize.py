@@ -19,17 +19,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from stdtrt.config import DEFAULT_BUNDLE, StylizeConfig, defaults
 from stdtrt.errors import StdtrtError
-from stdtrt.io_utils import atomic_path, check_writable
+from stdtrt.io.atomic import atomic_path, check_writable
+from stdtrt.io.images import IMAGE_SUFFIXES, read_image, resize, write_image
 from stdtrt.runtime.pipeline import StageTimes, run_pipeline
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
 @dataclass
@@ -49,25 +47,18 @@ class VideoResult:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
-def resize(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
-    if rgb.shape[1] == width and rgb.shape[0] == height:
-        return rgb
-    shrink = width * height < rgb.shape[0] * rgb.shape[1]
-    return cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
-
-
 def load_student(cfg: StylizeConfig, image_w: int, image_h: int):
     """Load the model (and LoRA) named by cfg and build the torch student at the working size."""
     from stdtrt import schedule
-    from stdtrt.models import load_model
-    from stdtrt.runtime.student import Student, resolve_device, resolve_dtype
+    from stdtrt.models.load import load_model, resolve_device, resolve_dtype
+    from stdtrt.runtime.student import Student
 
     if cfg.model is None:
         raise StdtrtError("no model given: pass --model PATH_OR_ID (or --model tiny-sd to try it offline)")
     device = resolve_device(cfg.device)
     model = load_model(cfg.model, device=device, dtype=resolve_dtype(cfg.precision, device), lora=cfg.lora)
     if cfg.lora:
-        from stdtrt.lora import check_strength_matches
+        from stdtrt.models.lora import check_strength_matches
 
         check_strength_matches(cfg.lora, cfg.strength)
     width, height = model.working_size(image_w, image_h, cfg.width, cfg.height)
@@ -130,7 +121,7 @@ class StudentRunner:
 
 def resolve_bundle(cfg: StylizeConfig):
     """The bundle to run: --bundle, else none when --model names the torch path, else the default folder."""
-    from stdtrt.export.manifest import read_bundle
+    from stdtrt.bundle.manifest import read_bundle
 
     if cfg.bundle:
         return read_bundle(cfg.bundle)
@@ -153,8 +144,8 @@ def resolve_bundle(cfg: StylizeConfig):
 def check_request(cfg: StylizeConfig, bundle) -> None:
     """Refuse options that contradict the bundle: what it bakes in cannot change at run time. An option
     the user did not set (not in cfg.explicit, and at its default) takes the bundle's value."""
-    from stdtrt.export.bundle import source_of
-    from stdtrt.models import file_hash
+    from stdtrt.bundle.model import source_of
+    from stdtrt.io.hashing import file_hash
 
     m, d = bundle.manifest, defaults(StylizeConfig)
     if cfg.gamma > 0:
@@ -212,25 +203,6 @@ def load_runner(cfg: StylizeConfig, image_w: int, image_h: int):
     return StreamRunner(backend, cfg.seed, cfg.fresh_noise)
 
 
-def read_image(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    if not path.exists():
-        raise StdtrtError(f"input image {path} does not exist")
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise StdtrtError(f"{path} is not a readable image ({exc})") from None
-
-
-def write_image(path: Path, rgb: np.ndarray) -> None:
-    from PIL import Image
-
-    with atomic_path(path) as tmp:
-        Image.fromarray(rgb).save(tmp, format=Image.registered_extensions()[path.suffix.lower()])
-
-
 def stylize_image(cfg: StylizeConfig, input_path: str | Path, output_path: str | Path) -> Path:
     """Stylize one image; the output keeps the input's size."""
     input_path, output_path = Path(input_path), Path(output_path)
@@ -249,7 +221,7 @@ def stylize_image(cfg: StylizeConfig, input_path: str | Path, output_path: str |
 # -- video ------------------------------------------------------------------------------------------------
 def _timed_frames(info, w: int, h: int, times: StageTimes):
     """Decoded frames resized to the working size; decoding time is recorded as `video_decode`."""
-    from stdtrt.runtime import video
+    from stdtrt.io import video
 
     frames = video.read_frames(info)
     while True:
@@ -265,7 +237,7 @@ def _timed_frames(info, w: int, h: int, times: StageTimes):
 
 def stylize_video(cfg: StylizeConfig, input_path: str | Path, output_path: str | Path, progress: bool = True):
     """Stylize a video: same frame count, frame rate, timestamps, size and audio as the input."""
-    from stdtrt.runtime import video
+    from stdtrt.io import video
 
     input_path, output_path = Path(input_path), Path(output_path)
     info = video.probe(input_path)
@@ -283,7 +255,7 @@ def run_video(runner, info, output_path: Path, cfg: StylizeConfig, progress: boo
     """Stream the video `info` through a loaded runner into output_path (atomically)."""
     from tqdm import tqdm
 
-    from stdtrt.runtime import video
+    from stdtrt.io import video
 
     w, h = runner.width, runner.height
     log.info("stylizing %dx%d video at %dx%d with %s", info.width, info.height, w, h, runner.describe())

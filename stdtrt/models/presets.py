@@ -53,11 +53,6 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, (chr(c) for c in cs), strict=True))
 
 
-def cache_root() -> Path:
-    """stdtrt's own cache folder ($STDTRT_CACHE, else ~/.cache/stdtrt)."""
-    return Path(os.environ.get("STDTRT_CACHE", Path.home() / ".cache" / "stdtrt"))
-
-
 def tokenizer_files() -> Path:
     """Write (once) the tiny vocabulary and an empty merge list; return their folder."""
     chars = list(_bytes_to_unicode().values())
@@ -65,6 +60,8 @@ def tokenizer_files() -> Path:
     vocab.update({c + "</w>": i + len(chars) for i, c in enumerate(chars)})
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
+    from stdtrt.config import cache_root
+
     folder = cache_root() / "tiny-tokenizer"
     vocab_text = json.dumps(vocab, ensure_ascii=False)
     vocab_file = folder / "vocab.json"

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from stdtrt import schedule
-from stdtrt.conditioning import Conditioning, encode_prompt, predict_eps
 from stdtrt.errors import StdtrtError
+from stdtrt.models.conditioning import Conditioning, encode_prompt, predict_eps
 
 GRAPHS = ("vae_encoder", "unet", "vae_decoder")  # bundle file stems, in pipeline order
 

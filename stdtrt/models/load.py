@@ -4,7 +4,6 @@ single-file checkpoint, or a built-in tiny preset. Everything downstream gets a 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -13,8 +12,9 @@ from pathlib import Path
 
 import torch
 
-from stdtrt import presets, schedule
+from stdtrt import schedule
 from stdtrt.errors import StdtrtError
+from stdtrt.models import presets
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,23 @@ def _pipeline_class(path: Path):
     )
 
 
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise StdtrtError(f"device {name} requested but CUDA is not available (torch {torch.__version__})")
+    return device
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if precision == "fp16" and device.type == "cpu":
+        raise StdtrtError("fp16 is not supported on the CPU; use --precision fp32")
+    return {"fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
 def place(pipe, device: str | torch.device, dtype: torch.dtype) -> None:
     """Move a pipeline to a device and dtype; under fp16 a VAE whose config asks for it (force_upcast:
     SDXL's overflows in fp16) stays fp32. Every place that moves a loaded model goes through here."""
@@ -164,7 +181,7 @@ def load_model(
     model = LoadedModel(pipe=pipe, name=name, kind=kind)
     model.alphas_cumprod()  # fails early for v-prediction models
     if lora:
-        from stdtrt.lora import load_lora
+        from stdtrt.models.lora import load_lora
 
         load_lora(model, lora)
     return model
@@ -197,22 +214,3 @@ def _single_file_is_sdxl(path: Path) -> bool:
         return any(k.startswith("conditioner.embedders.1.") for k in names)
     except Exception as exc:
         raise StdtrtError(f"{path} is not a readable safetensors checkpoint ({exc})") from None
-
-
-def module_hash(*modules: torch.nn.Module) -> str:
-    """sha256 of the modules' weights (names, shapes, dtypes and bytes): a content hash of the model."""
-    h = hashlib.sha256()
-    for module in modules:
-        for key, value in sorted(module.state_dict().items()):
-            t = value.detach().to("cpu").contiguous()
-            h.update(f"{key}:{tuple(t.shape)}:{t.dtype}".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def file_hash(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -101,7 +101,7 @@ def warp_errors(inputs, outputs) -> FlickerReport:
 
 def report(input_path: str | Path, output_path: str | Path) -> FlickerReport:
     """Warp error of a stylized video against its input (streamed: two frames in memory at a time)."""
-    from stdtrt.runtime.video import probe, read_frames
+    from stdtrt.io.video import probe, read_frames
 
     a, b = probe(input_path), probe(output_path)
     frames_in = (rgb for rgb, _ in read_frames(a))

@@ -16,9 +16,12 @@ import av
 import numpy as np
 
 from stdtrt.errors import StdtrtError
-from stdtrt.io_utils import check_writable
+from stdtrt.io.atomic import check_writable
 
 log = logging.getLogger(__name__)
+
+# Input videos stdtrt reads (distill data folders; stylize-video reads whatever PyAV opens).
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
 
 # Output container (by extension) -> (video encoder, pixel format, audio encoder when the track must be
 # re-encoded).
@@ -276,7 +279,7 @@ def write_video(
 
     For making inputs (the demo video, test clips); atomic like every output.
     """
-    from stdtrt.io_utils import atomic_path
+    from stdtrt.io.atomic import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:

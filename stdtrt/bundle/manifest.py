@@ -78,7 +78,7 @@ def tensorrt_key(onnx_key: str, trt_version: str, arch: str, fp16: bool) -> str:
 
 
 def file_entries(folder: Path, names) -> dict:
-    from stdtrt.models import file_hash
+    from stdtrt.io.hashing import file_hash
 
     return {
         name: {"sha256": file_hash(folder / name), "bytes": (folder / name).stat().st_size} for name in names
@@ -96,7 +96,7 @@ def library_versions() -> dict:
 
 
 def write_manifest(folder: Path, manifest: dict) -> Path:
-    from stdtrt.io_utils import atomic_path
+    from stdtrt.io.atomic import atomic_path
 
     path = Path(folder) / MANIFEST
     with atomic_path(path) as tmp:
@@ -151,7 +151,7 @@ class Bundle:
 
     def verify(self) -> None:
         """Every listed file exists with the recorded size and sha256 (a changed file is refused)."""
-        from stdtrt.models import file_hash
+        from stdtrt.io.hashing import file_hash
 
         for name, entry in self.manifest["files"].items():
             path = self.path / name

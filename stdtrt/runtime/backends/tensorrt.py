@@ -8,16 +8,16 @@ import logging
 import numpy as np
 import torch
 
+from stdtrt.bundle.networks import GRAPHS
 from stdtrt.errors import StdtrtError
-from stdtrt.runtime.backends import Backend
-from stdtrt.runtime.networks import GRAPHS
+from stdtrt.runtime.backends.base import Backend
 
 log = logging.getLogger(__name__)
 
 
 def tensorrt_unusable(bundle, device: str) -> str | None:
     """Why the bundle's engines cannot run here (None when they can)."""
-    from stdtrt.runtime.availability import is_tensorrt_available
+    from stdtrt.availability import is_tensorrt_available
 
     if device == "cpu":
         return "TensorRT needs CUDA and --device cpu was asked for"
@@ -27,9 +27,9 @@ def tensorrt_unusable(bundle, device: str) -> str | None:
     ok, why = is_tensorrt_available()
     if not ok:
         return why
-    from stdtrt.export.tensorrt import identity
+    from stdtrt.availability import tensorrt_identity
 
-    here = identity(device)
+    here = tensorrt_identity(device)
     if (built["version"], built["arch"]) != (here["version"], here["arch"]):
         return (
             f"its engines were built with TensorRT {built['version']} for {built['arch']} ({built['gpu']}); this "

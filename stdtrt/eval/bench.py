@@ -117,8 +117,8 @@ def make_clip(folder: Path, frames: int, width: int, height: int) -> Path:
     """A clip of real photographs at exactly the bundle's size (so nothing is resized)."""
     from fractions import Fraction
 
-    from stdtrt.demo import sample_frames
-    from stdtrt.runtime.video import write_video
+    from stdtrt.io.samples import sample_frames
+    from stdtrt.io.video import write_video
 
     path = folder / "bench-input.mp4"
     write_video(path, sample_frames(frames, width, height), Fraction(12))
@@ -163,7 +163,7 @@ def img2img_pipeline(
     The baseline of `stdtrt bench` and of benchmarks/gpu_check.py."""
     from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline, TCDScheduler
 
-    from stdtrt.conditioning import encode_prompt
+    from stdtrt.models.conditioning import encode_prompt
 
     components = dict(model.pipe.components)
     components["scheduler"] = TCDScheduler.from_config(model.pipe.scheduler.config)
@@ -232,10 +232,10 @@ class ForwardTimer:
 
 
 def run_bench(cfg: BenchConfig) -> BenchResult:
-    from stdtrt.export.bundle import load_fused_model
-    from stdtrt.export.manifest import read_bundle
+    from stdtrt.bundle.manifest import read_bundle
+    from stdtrt.bundle.model import load_fused_model
+    from stdtrt.io.video import probe, read_frames
     from stdtrt.runtime.backends import ORDER
-    from stdtrt.runtime.video import probe, read_frames
 
     path = Path(cfg.bundle or DEFAULT_BUNDLE)
     if not path.exists():
@@ -283,7 +283,7 @@ def plot(result: BenchResult, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from stdtrt.io_utils import atomic_path
+    from stdtrt.io.atomic import atomic_path
 
     rows = [(r.name, r.stages_ms, r.frame_ms, r.steady_fps) for r in result.runs]
     if result.baseline:

@@ -1,4 +1,5 @@
-"""LoRA students: add one to a UNet (peft), save it in the kohya form every tool loads, and load one back.
+"""LoRA students: add one to a UNet (peft), save it in the kohya form every tool loads, load one back, and
+fuse it into the UNet weights (what export traces and the bundle's torch backend runs).
 
 File format (kohya): `lora_unet_<module_path_with_underscores>.lora_down.weight` (r, in[, k, k]),
 `.lora_up.weight` (out, r[, 1, 1]) and `.alpha` (the real alpha; scale = alpha / r). diffusers'
@@ -9,11 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from stdtrt.errors import StdtrtError
+from stdtrt.models.conditioning import encode_prompt, predict_eps
+
+log = logging.getLogger(__name__)
 
 ADAPTER = "stdtrt"
 # The module types the STD authors adapt (std.md, "Training defaults").
@@ -75,7 +81,7 @@ def save_kohya(unet, path: str | Path, metadata: dict | None = None, adapter: st
     """Write the adapter as a kohya LoRA file, atomically. Metadata values become JSON strings."""
     from safetensors.torch import save_file
 
-    from stdtrt.io_utils import atomic_path
+    from stdtrt.io.atomic import atomic_path
 
     state = kohya_state_dict(unet, adapter)
     ranks = {int(v.shape[0]) for k, v in state.items() if k.endswith("lora_down.weight")}
@@ -113,11 +119,9 @@ def read_metadata(path: str | Path) -> dict:
 def check_strength_matches(path: str | Path, strength: float) -> None:
     """Warn when a student LoRA was distilled for another strength (eta) than the one asked for: STD trains
     one LoRA per eta, and another start state is outside what it learned."""
-    import logging
-
     eta = read_metadata(path).get("eta")
     if isinstance(eta, int | float) and abs(eta - strength) > 1e-6:
-        logging.getLogger(__name__).warning(
+        log.warning(
             "%s was distilled for strength %g; running it at %g leaves the trajectory it learned",
             Path(path).name,
             eta,
@@ -177,3 +181,70 @@ def load_lora(model, path: str | Path, scale: float = 1.0) -> None:
 def _unload(model) -> None:
     with contextlib.suppress(Exception):  # nothing was loaded
         model.pipe.unload_lora_weights()
+
+
+# -- fusing: the exported graph is one plain UNet ----------------------------------------------------------
+# Fused vs unfused noise estimates, relative to max(1, max |eps|): fp32 merging is exact up to rounding.
+FUSE_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class FuseReport:
+    layers: int  # LoRA layers merged
+    max_abs: float  # fused vs unfused eps
+    mean_abs: float
+    tolerance: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _probe(model, seed: int):
+    """A seeded latent and the empty-prompt conditioning: enough to compare two UNets."""
+    g = torch.Generator().manual_seed(seed)
+    size = 16 // model.vae_scale * model.vae_scale  # a small latent the UNet can halve twice
+    x = torch.randn(1, 4, size, size, generator=g).to(model.device, model.dtype)
+    cond = encode_prompt(model.pipe, "", size * model.vae_scale, size * model.vae_scale)
+    return x, cond
+
+
+@torch.no_grad()
+def fuse_lora(model, timestep: int = 500, seed: int = 0) -> FuseReport | None:
+    """Merge the model's LoRA (its own alpha, scale 1) into the UNet weights and drop the adapter layers.
+
+    Returns None when the model has no LoRA. Raises StdtrtError when the fused weights are not finite or
+    the fused UNet disagrees with the unfused one beyond FUSE_TOLERANCE.
+    """
+    layers = len(lora_layers(model.unet))
+    if layers == 0:
+        return None
+    x, cond = _probe(model, seed)
+    unfused = predict_eps(model.unet, x, timestep, cond).float()
+    try:
+        model.pipe.fuse_lora(components=["unet"], lora_scale=1.0, safe_fusing=True, adapter_names=[ADAPTER])
+    except ValueError as exc:  # diffusers' safe_fusing: NaN in a merged weight
+        raise StdtrtError(f"fusing the LoRA {model.lora} gave non-finite weights: {exc}") from None
+    model.pipe.unload_lora_weights()  # removes the adapter layers; the merged base weights stay
+    if lora_layers(model.unet):
+        raise RuntimeError("LoRA layers are still present after fuse + unload")
+    bad = [name for name, p in model.unet.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise StdtrtError(
+            f"fusing the LoRA {model.lora} gave non-finite weights in {bad[0]} ({len(bad)} tensors)"
+        )
+    fused = predict_eps(model.unet, x, timestep, cond).float()
+    diff = (fused - unfused).abs()
+    scale = max(1.0, float(unfused.abs().max()))
+    report = FuseReport(layers, float(diff.max()), float(diff.mean()), FUSE_TOLERANCE)
+    log.info(
+        "fused %d LoRA layers: fused vs unfused eps max %.2e, mean %.2e",
+        layers,
+        report.max_abs,
+        report.mean_abs,
+    )
+    if report.max_abs > FUSE_TOLERANCE * scale:
+        raise StdtrtError(
+            f"the fused UNet differs from the LoRA model by {report.max_abs:.3g} (tolerance "
+            f"{FUSE_TOLERANCE * scale:.3g}); the LoRA {model.lora} does not merge cleanly"
+        )
+    return report

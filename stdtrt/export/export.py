@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from stdtrt.bundle import manifest as mf
+from stdtrt.bundle.model import check_size, conditioning_hash, model_hash, source_of
 from stdtrt.config import ExportConfig, to_dict
 from stdtrt.errors import StdtrtError
-from stdtrt.export import manifest as mf
 
 log = logging.getLogger(__name__)
 
@@ -32,80 +33,6 @@ class ExportResult:
     table: str | None  # the validation table (None when validation was skipped or reused)
     tensorrt: str  # what happened to the engines, in one line
     stages: dict[str, float] = field(default_factory=dict)  # seconds per export stage
-
-
-def model_hash(model) -> str:
-    """Content hash of the base model (UNet, VAE, text encoders), taken before any LoRA is loaded."""
-    from stdtrt.models import module_hash
-
-    pipe = model.pipe
-    modules = [pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)]
-    return module_hash(*[m for m in modules if m is not None])
-
-
-def conditioning_hash(model, cfg, width: int, height: int) -> str:
-    """sha256 of the prompt embeddings the graph bakes in (tokenizer + text encoders + prompts)."""
-    import hashlib
-
-    from stdtrt.conditioning import encode_prompt
-
-    h = hashlib.sha256()
-    prompts = [cfg.prompt, cfg.negative_prompt] if cfg.guidance > 1 else [cfg.prompt]
-    for prompt in prompts:
-        c = encode_prompt(model.pipe, prompt, height, width)
-        for t in (c.embeds, c.pooled, c.time_ids):
-            if t is not None:
-                h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def source_of(name: str) -> str:
-    """How to find the model again: an absolute path for a folder or file, else the preset or hub id."""
-    path = Path(name).expanduser()
-    return str(path.resolve()) if path.exists() else name
-
-
-def check_size(model, width: int, height: int) -> None:
-    """The UNet halves the latent once per down block: the size must survive that."""
-    factor = model.vae_scale * 2 ** (len(model.unet.config.block_out_channels) - 1)
-    if width % factor or height % factor:
-        raise StdtrtError(
-            f"{width}x{height} cannot be served by {model.name}: its UNet needs width and height in "
-            f"multiples of {factor}"
-        )
-
-
-def load_fused_model(bundle, device: str = "auto"):
-    """The bundle's model with its LoRA fused, refused when either hashes differently from the manifest."""
-    import torch
-
-    from stdtrt.export.fuse import fuse_lora
-    from stdtrt.lora import load_lora
-    from stdtrt.models import file_hash, load_model, place
-    from stdtrt.runtime.student import resolve_device
-
-    m = bundle.manifest
-    model = load_model(m["model"]["source"])
-    if model_hash(model) != m["model"]["hash"]:
-        raise StdtrtError(
-            f"{m['model']['source']} is not the model bundle {bundle.path} was exported from (hash differs)"
-        )
-    lora = m.get("lora")
-    if lora:
-        if not Path(lora["path"]).is_file():
-            raise StdtrtError(
-                f"the bundle's LoRA {lora['path']} is not here (the torch backend rebuilds from it)"
-            )
-        if file_hash(lora["path"]) != lora["hash"]:
-            raise StdtrtError(
-                f"LoRA {lora['path']} changed since bundle {bundle.path} was exported (hash differs)"
-            )
-        load_lora(model, lora["path"])
-        fuse_lora(model)
-    dev = resolve_device(device)
-    dtype = torch.float16 if m["precision"] == "fp16" and dev.type == "cuda" else torch.float32
-    place(model.pipe, dev, dtype)
-    return model
 
 
 def _existing(out: Path, key: str, overwrite: bool):
@@ -133,12 +60,12 @@ def _existing(out: Path, key: str, overwrite: bool):
 
 def _engines_fit(bundle, key: str) -> bool:
     """The bundle's .plan engines were built from these graphs by this TensorRT for this GPU."""
-    from stdtrt.export.tensorrt import identity
+    from stdtrt.availability import tensorrt_identity
 
     built = bundle.tensorrt
     if not built:
         return False
-    here = identity()
+    here = tensorrt_identity()
     return built.get("key") == mf.tensorrt_key(key, here["version"], here["arch"], built["fp16"])
 
 
@@ -161,9 +88,10 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
     """Export (or reuse) the bundle cfg describes; see the module doc."""
     from stdtrt import schedule
     from stdtrt.export import tensorrt
-    from stdtrt.io_utils import atomic_dir
-    from stdtrt.lora import check_strength_matches, load_lora
-    from stdtrt.models import file_hash, load_model
+    from stdtrt.io.atomic import atomic_dir
+    from stdtrt.io.hashing import file_hash
+    from stdtrt.models.load import load_model
+    from stdtrt.models.lora import check_strength_matches, load_lora
 
     start, stages = time.perf_counter(), {}
     out = Path(cfg.out)
@@ -226,10 +154,10 @@ def _export_onnx(
     cfg, model, plan, fields, key, width, height, precision, tmp: Path, stages
 ) -> tuple[dict, str | None]:
     """Fuse, trace the three graphs, write a first manifest, validate them; return (manifest, table)."""
-    from stdtrt.export.fuse import fuse_lora
+    from stdtrt.bundle.networks import build_networks
     from stdtrt.export.onnx import export_networks
     from stdtrt.export.validate import check, format_table, validate_bundle
-    from stdtrt.runtime.networks import build_networks
+    from stdtrt.models.lora import fuse_lora
 
     t = time.perf_counter()
     fused = fuse_lora(model)

@@ -33,3 +33,14 @@ def is_tensorrt_available() -> tuple[bool, str]:
     except Exception as exc:  # a broken install: missing libnvinfer, wrong CUDA
         return False, f"tensorrt failed to import: {exc}"
     return True, f"TensorRT {trt.__version__}"
+
+
+def tensorrt_identity(device: str = "cuda") -> dict:
+    """The TensorRT version and GPU (`cuda` or `cuda:N`) an engine is built for (a .plan runs only there)."""
+    import tensorrt as trt
+    import torch
+
+    index = (torch.device(device).index or 0) if device.startswith("cuda:") else 0  # "auto", "cuda": GPU 0
+    major, minor = torch.cuda.get_device_capability(index)
+    gpu = torch.cuda.get_device_name(index)
+    return {"version": trt.__version__, "gpu": gpu, "arch": f"sm_{major}{minor}"}

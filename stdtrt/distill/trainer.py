@@ -21,13 +21,13 @@ from pathlib import Path
 import torch
 
 from stdtrt import schedule
-from stdtrt.conditioning import Conditioning, encode_prompt
 from stdtrt.config import DistillConfig
 from stdtrt.distill import data as data_mod
 from stdtrt.distill.bank import TrajectoryBank
 from stdtrt.distill.losses import FusedSTDLoss
 from stdtrt.distill.teacher import Teacher
 from stdtrt.errors import StdtrtError
+from stdtrt.models.conditioning import Conditioning, encode_prompt
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +96,8 @@ class Run:
     """Everything one training process holds: models, data, bank, optimiser, generators."""
 
     def __init__(self, cfg: DistillConfig, accelerator, model=None):
-        from stdtrt.lora import ADAPTER, add_lora
-        from stdtrt.models import load_model
+        from stdtrt.models.load import load_model
+        from stdtrt.models.lora import ADAPTER, add_lora
 
         self.cfg, self.acc = cfg, accelerator
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
@@ -166,8 +166,8 @@ class Run:
         self.generator = torch.Generator().manual_seed(cfg.seed * 104729 + self.rank)  # crops, noise, s
         self.adv = None
         if cfg.adv_weight > 0:  # nothing DINO-related is loaded otherwise
-            from stdtrt.conditioning import pooled_text
             from stdtrt.distill.adversarial import AdversarialLoss
+            from stdtrt.models.conditioning import pooled_text
 
             pooled = pooled_text(self.model.pipe, self.prompt_list)
             self.adv = AdversarialLoss(cfg, self.model, self.device, accelerator, pooled)
@@ -413,8 +413,8 @@ class Run:
         """The student as lora.safetensors (kohya) and pytorch_lora_weights.safetensors (diffusers)."""
         from peft.utils import get_peft_model_state_dict
 
-        from stdtrt.io_utils import atomic_path
-        from stdtrt.lora import ADAPTER, save_kohya
+        from stdtrt.io.atomic import atomic_path
+        from stdtrt.models.lora import ADAPTER, save_kohya
 
         out = Path(self.cfg.out)
         meta = {

@@ -1,0 +1,1 @@
+"""Measurements: `stdtrt bench` (speed against diffusers) and the warp error (`stdtrt report`)."""

@@ -1,0 +1,1 @@
+"""Files in and out: video (PyAV), images, atomic outputs, hashes, sample media."""

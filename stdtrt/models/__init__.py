@@ -1,0 +1,1 @@
+"""Teachers and students: loading and placement, the presets, text conditioning, LoRA."""
