@@ -21,17 +21,40 @@ def is_onnxruntime_available() -> tuple[bool, str]:
     return True, f"onnxruntime {ort.__version__}, providers: {', '.join(ort.get_available_providers())}"
 
 
+# The TensorRT majors stdtrt builds and runs engines with (strongly typed networks: 10.x and 11.x); the
+# `tensorrt` extra in pyproject.toml names the same range (a test checks the two agree).
+TENSORRT_MAJORS = (10, 11)
+
+
+def tensorrt_version_problem(version: str) -> str | None:
+    """Why this TensorRT version cannot be used (None when it can)."""
+    try:
+        major = int(version.split(".")[0])
+    except ValueError:
+        return f"cannot read the TensorRT version {version!r}"
+    lo, hi = TENSORRT_MAJORS[0], TENSORRT_MAJORS[-1]
+    if major < lo:
+        return (
+            f"TensorRT {version} is too old: stdtrt needs {lo}.x or {hi}.x (pip install 'stdtrt[tensorrt]')"
+        )
+    if major > hi:
+        return f"TensorRT {version} is newer than the {lo}.x and {hi}.x stdtrt supports; pip install 'tensorrt<{hi + 1}'"
+    return None
+
+
 def is_tensorrt_available() -> tuple[bool, str]:
-    for module in ("tensorrt", "polygraphy"):
-        if importlib.util.find_spec(module) is None:
-            return False, f"{module} is not installed (pip install 'stdtrt[tensorrt]' on a CUDA machine)"
+    if importlib.util.find_spec("tensorrt") is None:
+        return False, "tensorrt is not installed (pip install 'stdtrt[tensorrt]' on a CUDA machine)"
     ok, why = is_cuda_available()
     if not ok:
         return False, f"TensorRT needs CUDA: {why}"
     try:
         import tensorrt as trt
     except Exception as exc:  # a broken install: missing libnvinfer, wrong CUDA
-        return False, f"tensorrt failed to import: {exc}"
+        return False, f"tensorrt failed to import: {str(exc).splitlines()[0][:200]}"
+    problem = tensorrt_version_problem(trt.__version__)
+    if problem:
+        return False, problem
     return True, f"TensorRT {trt.__version__}"
 
 

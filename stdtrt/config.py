@@ -13,7 +13,7 @@ from pathlib import Path
 from stdtrt.errors import StdtrtError
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # see models/load.py: the one precision rule
 # The folder `stdtrt export` writes and `stylize-*` / `bench` read when no --bundle is given.
 DEFAULT_BUNDLE = "stdtrt-engine"
 
@@ -30,9 +30,22 @@ def check_strength(strength: float) -> None:
         )
 
 
+# Width and height are multiples of 8, the VAE's downsampling in SD 1.x and SDXL. The UNet takes any latent
+# size (diffusers matches its skip connections' sizes), and so do the exported graphs: this is the one size
+# rule of every stage.
+SIZE_MULTIPLE = 8
+
+
 def check_size(name: str, value: int | None) -> None:
-    if value is not None and (value <= 0 or value % 8):
-        raise StdtrtError(f"{name} must be a positive multiple of 8 (the VAE downsamples by 8), got {value}")
+    if value is not None and (value <= 0 or value % SIZE_MULTIPLE):
+        raise StdtrtError(
+            f"{name} must be a positive multiple of {SIZE_MULTIPLE} (the VAE downsamples by 8), got {value}"
+        )
+
+
+def round_size(x: float) -> int:
+    """The nearest valid width or height."""
+    return max(SIZE_MULTIPLE, int(round(x / SIZE_MULTIPLE)) * SIZE_MULTIPLE)
 
 
 def check_nfe(nfe: int) -> None:
@@ -48,36 +61,63 @@ def check_student(cfg) -> None:
     check_size("height", cfg.height)
     if cfg.guidance < 0:
         raise StdtrtError(f"guidance must be >= 0, got {cfg.guidance}")
-    if cfg.precision not in ("auto", *PRECISIONS):
-        raise StdtrtError(f"precision must be auto, fp16 or fp32, got {cfg.precision!r}")
+    if cfg.precision not in PRECISIONS:
+        raise StdtrtError(f"precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
+
+
+def opt(
+    default, help: str = "", *, choices=None, short: str | None = None, flag: str | None = None, group=None
+):
+    """A config field with its help text: the reason for the default lives here, and the CLI generates
+    its option from it (cli.config_options). `choices` limit the values, `short` adds a one-letter flag,
+    `flag` renames the option, `group` ("video") puts it on the commands it belongs to."""
+    meta = {"help": help, "choices": choices, "short": short, "flag": flag, "group": group}
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
 class StylizeConfig:
     """How to stylize images and videos (the `stylize-image`, `stylize-video` and `demo` commands)."""
 
-    model: str | None = None  # diffusers folder, cached hub id, or a preset (tiny-sd, tiny-sdxl)
-    lora: str | None = None  # a distilled student (kohya or diffusers LoRA safetensors)
-    bundle: str | None = None  # an exported engine bundle folder (replaces model/lora/prompt)
-    prompt: str = ""  # the style prompt
-    negative_prompt: str = ""  # only used when guidance > 1
-    strength: float = 0.75  # eta: how far into the noise the content goes; 0.75 is what STD trains
-    nfe: int = 4  # student steps (UNet evaluations per frame, x2 with guidance > 1)
-    guidance: float = 1.0  # classifier-free guidance at inference; a distilled student wants 1
-    gamma: float = 0.0  # TCD stochasticity; 0 is deterministic (what the exported engine does)
-    seed: int = 0  # seeds the per-video noise
-    fresh_noise: bool = False  # new noise for every frame (flickers; only for comparisons)
-    width: int | None = None  # working size; None keeps the aspect near the model's native size
-    height: int | None = None
-    backend: str = "auto"  # auto|tensorrt|onnxruntime|torch (auto = the fastest that works)
-    device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (fp16 on CUDA, fp32 on CPU) | fp16 | fp32
-    batch_size: int = 1  # frames per UNet call on the torch path
-    queue_size: int = 8  # frames buffered between decode, stylize and encode
-    crf: int = 18  # H.264 quality of the output video (lower is better)
-    explicit: tuple[
-        str, ...
-    ] = ()  # options the user set (the CLI fills it): a bundle refuses those it contradicts
+    model: str | None = opt(
+        None,
+        "run this model on the torch path without a bundle: diffusers folder, hub id in the local HF "
+        "cache, single-file checkpoint, or a preset (tiny-sd, tiny-sdxl, random-sd15)",
+        short="-m",
+    )
+    lora: str | None = opt(None, "a distilled student LoRA (kohya or diffusers .safetensors)")
+    bundle: str | None = opt(
+        None, f"an exported engine bundle (stdtrt export) [./{DEFAULT_BUNDLE} unless --model is given]"
+    )
+    prompt: str = opt("", "the style prompt", short="-p")
+    negative_prompt: str = opt("", "the unconditional branch's prompt (only with --guidance > 1)")
+    strength: float = opt(0.75, "eta in (0, 1]: how far into the noise the content goes; STD trains 0.75")
+    nfe: int = opt(4, "student steps: UNet evaluations per frame (x2 with --guidance > 1)")
+    guidance: float = opt(1.0, "classifier-free guidance at inference; a distilled student wants 1 (off)")
+    gamma: float = opt(0.0, "TCD stochasticity in [0, 1); 0 is deterministic (what a bundle runs)")
+    seed: int = opt(0, "seeds the noise, drawn once per video so that a still scene stays still")
+    fresh_noise: bool = opt(False, "new noise for every frame (it flickers: for comparisons)", group="video")
+    width: int | None = opt(None, "working width, a multiple of 8 [the input's aspect near the native area]")
+    height: int | None = opt(None, "working height, a multiple of 8")
+    backend: str = opt(
+        "auto", "what runs a bundle; auto: tensorrt, then onnxruntime, then torch", choices=BACKENDS
+    )
+    device: str = opt("auto", "auto (the GPU when torch sees one), cpu, cuda or cuda:N")
+    precision: str = opt(
+        "auto",
+        "auto: fp16 on a GPU, fp32 on the CPU (half precision runs there too, slowly)",
+        choices=PRECISIONS,
+    )
+    batch_size: int = opt(1, "frames per UNet call on the sequential torch path (--gamma > 0)", group="video")
+    queue_size: int = opt(8, "frames buffered between decode, the networks and encode", group="video")
+    crf: int = opt(18, "H.264 quality of the output video (lower is better)", group="video")
+    cuda_graphs: bool = opt(
+        True, "torch on a GPU: capture the networks as CUDA graphs at load (static shapes)"
+    )
+    compile: bool = opt(False, "torch: torch.compile the networks (faster frames, minutes at the first load)")
+    channels_last: bool = opt(True, "torch on a GPU: channels_last memory format for the convolutions")
+    explicit: tuple[str, ...] = field(default=(), metadata={"cli": False})  # options the user set (the CLI
+    # fills it): a bundle refuses those it contradicts, even when set to their default
 
     def __post_init__(self) -> None:
         check_student(self)
@@ -90,10 +130,9 @@ class StylizeConfig:
         if not 0 <= self.crf <= 51:
             raise StdtrtError(f"crf must be in [0, 51], got {self.crf}")
 
-
-def opt(default, help: str = ""):
-    """A config field with its help text (the CLI shows it; the reason for the default lives here)."""
-    return field(default=default, metadata={"help": help})
+    def torch_speedups(self) -> dict:
+        """The torch backend's switches (runtime/backends/torch.py)."""
+        return {"cuda_graphs": self.cuda_graphs, "compile": self.compile, "channels_last": self.channels_last}
 
 
 @dataclass(frozen=True)
@@ -139,10 +178,16 @@ class DistillConfig:
     grad_clip: float = opt(10.0, "gradient norm clip (the authors: 10)")
     resolution: int = opt(512, "training crop side (the authors train SDXL at 512 px too)")
     crop_zoom: float = opt(1.25, "random zoom in [1, crop_zoom] before the random crop (1: none)")
-    mixed_precision: str = opt("auto", "auto (fp16 on CUDA, none on CPU) | no | fp16 | bf16")
+    mixed_precision: str = opt(
+        "auto",
+        "auto: bf16 on a GPU that has it, else fp16; none on the CPU",
+        choices=("auto", "no", "fp16", "bf16"),
+    )
     gradient_checkpointing: bool = opt(False, "trade compute for memory on large UNets")
     teacher: str = opt("shared", "'shared': one UNet, adapters off for the teacher; 'copy': a second UNet")
-    compile_loss: bool = opt(True, "fuse the jump + pseudo-Huber with torch.compile (eager fallback)")
+    compile_loss: bool = opt(
+        True, "fuse the jump + pseudo-Huber with torch.compile (eager fallback)", flag="--compile"
+    )
     frames_per_video: int = opt(8, "frames sampled evenly from each video in the data folder")
     checkpoint_every: int = opt(250, "steps between checkpoints (one is always written at the end)")
     keep_checkpoints: int = opt(2, "checkpoints kept; older ones are deleted")
@@ -218,23 +263,33 @@ class DistillConfig:
 class ExportConfig:
     """What to export (the `export` command): a fused, fixed-timestep student as an engine bundle."""
 
-    model: str | None = None  # required: diffusers folder, cached hub id, or a preset
-    lora: str | None = None  # the distilled student; None exports the plain teacher at NFE steps
-    prompt: str = ""  # the style prompt: its embeddings become constants of the UNet graph
-    negative_prompt: str = ""  # the unconditional branch's prompt (only with guidance > 1)
-    strength: float = 0.75  # eta; the start timestep is baked into the graph
-    nfe: int = 4  # student steps = slots of the stream-form UNet graph
-    guidance: float = 1.0  # > 1 bakes both CFG branches into the graph (UNet batch 2 x NFE)
-    width: int | None = None  # working size; None = the model's native size (square)
-    height: int | None = None
-    precision: str = "auto"  # auto (fp16 where TensorRT builds engines here, else fp32) | fp16 | fp32
-    out: str = DEFAULT_BUNDLE  # the bundle folder
-    tensorrt: bool | None = None  # None: build .plan engines when CUDA and TensorRT are here; True: must
-    overwrite: bool = False  # replace a folder that holds a different bundle
-    opset: int = 18  # ONNX opset: 17+ has LayerNormalization; TensorRT 10 parses up to 20
-    workspace_gb: float = 8.0  # TensorRT builder workspace limit
-    validate: bool = True  # onnxruntime vs torch per graph and for one frame (fails over tolerance)
-    seed: int = 0  # seeds the validation inputs
+    model: str | None = opt(
+        None,
+        "diffusers folder, hub id in the local HF cache, single-file checkpoint, or a preset",
+        short="-m",
+    )
+    lora: str | None = opt(None, "the student LoRA to fuse (none: the plain teacher at --nfe steps)")
+    prompt: str = opt("", "the style prompt: its embeddings become constants of the UNet graph", short="-p")
+    negative_prompt: str = opt("", "the unconditional branch's prompt (baked in only with --guidance > 1)")
+    strength: float = opt(0.75, "eta; the start timestep and x_start's coefficients are baked into the graph")
+    nfe: int = opt(4, "student steps = slots of the stream-form UNet graph")
+    guidance: float = opt(1.0, "> 1 bakes both CFG branches into the graph (UNet batch 2 x NFE)")
+    width: int | None = opt(None, "working width, a multiple of 8 [the model's native size]")
+    height: int | None = opt(None, "working height, a multiple of 8 [the model's native size]")
+    precision: str = opt(
+        "auto",
+        "the graphs' precision; auto: fp16 where TensorRT builds engines here, else fp32",
+        choices=PRECISIONS,
+    )
+    out: str = opt(DEFAULT_BUNDLE, "the bundle folder", short="-o")
+    tensorrt: bool | None = opt(
+        None, "build TensorRT engines [when CUDA and TensorRT are here]; --tensorrt fails without them"
+    )
+    overwrite: bool = opt(False, "replace a folder that holds a different bundle")
+    opset: int = opt(18, "ONNX opset: 17+ has LayerNormalization; TensorRT parses up to 20")
+    workspace_gb: float = opt(8.0, "TensorRT builder workspace limit (GB)")
+    validate: bool = opt(True, "check every graph and one frame against torch (fails over tolerance)")
+    seed: int = opt(0, "seeds the validation inputs")
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -254,13 +309,17 @@ class ExportConfig:
 class BenchConfig:
     """What `stdtrt bench` measures: every usable backend on one bundle, and diffusers' img2img pipeline."""
 
-    bundle: str | None = None  # None = the default bundle folder
-    frames: int = 12  # frames of the generated test clip at the bundle's size (> NFE for a steady state)
-    backends: tuple[str, ...] = ()  # empty = every backend that loads here
-    baseline: bool = True  # also time diffusers' own img2img pipeline (TCD scheduler) on the same frames
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    plot: str | None = None  # write a PNG chart here
-    json: str | None = None  # write the results as JSON here
+    bundle: str | None = opt(None, f"the bundle to time [./{DEFAULT_BUNDLE}]")
+    frames: int = opt(12, "frames of the generated test clip at the bundle's size (> NFE for a steady state)")
+    backends: tuple[str, ...] = opt(
+        (),
+        "backends to time (comma-separated: tensorrt, onnxruntime, torch) [every one that loads]",
+        flag="--backend",
+    )
+    baseline: bool = opt(True, "also time diffusers' own img2img pipeline (TCD scheduler) on the same frames")
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    plot: str | None = opt(None, "write a PNG chart here")
+    json: str | None = opt(None, "write the results as JSON here")
 
     def __post_init__(self) -> None:
         if self.frames < 2:

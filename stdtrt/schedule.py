@@ -108,6 +108,7 @@ class StudentPlan:
     eta: float
     nfe: int
     gamma: float
+    num_steps: int  # N, the teacher grid the student was distilled on (the LoRA's metadata says which)
     timesteps: tuple[int, ...]  # t_i the UNet sees, descending
     targets: tuple[int, ...]  # where each step ends: timesteps[i + 1], and 0 after the last
     landing: tuple[int, ...]  # where the DDIM jump lands before re-noising
@@ -153,6 +154,7 @@ def plan_from_indices(
         eta=eta,
         nfe=nfe,
         gamma=gamma,
+        num_steps=num_steps,
         timesteps=tuple(timesteps),
         targets=tuple(targets),
         landing=tuple(landing),

@@ -144,11 +144,11 @@ def start_run(cfg):
     """A training Run (one process, CPU) for tests that drive single steps."""
     from accelerate import Accelerator
 
-    from stdtrt.distill.trainer import Run, prepare_out_dir
+    from stdtrt.distill.trainer import Run, mixed_precision, prepare_out_dir
 
     prepare_out_dir(cfg, False, False)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    return Run(cfg, Accelerator(cpu=True))
+    return Run(cfg, Accelerator(cpu=True, mixed_precision=mixed_precision(cfg.mixed_precision)))
 
 
 # -- exported bundles (tests of `stdtrt export` and of the runtime that reads them) --------------------------

@@ -71,11 +71,36 @@ def test_not_a_lora(tmp_path):
 
 
 def test_a_lora_for_another_strength_is_flagged(lora_file, caplog):
-    from stdtrt.models.lora import check_strength_matches
+    from stdtrt.models.lora import student_grid
 
     _, path, *_ = lora_file
     with caplog.at_level("WARNING"):
-        check_strength_matches(path, 0.75)
+        assert student_grid(path, 0.75) == 50  # no teacher_steps in this file: the default grid
         assert not caplog.records
-        check_strength_matches(path, 0.5)
+        student_grid(path, 0.5)
     assert "distilled for strength 0.75" in caplog.text
+
+
+def test_inference_starts_on_the_grid_the_student_was_distilled_on(tmp_path, video):
+    """--teacher-steps N is in the LoRA's metadata; stylize and export start at that grid's x_start."""
+    from stdtrt import schedule
+    from stdtrt.config import ExportConfig, StylizeConfig
+    from stdtrt.export.export import export_bundle
+    from stdtrt.models.lora import add_lora, save_kohya, student_grid
+    from stdtrt.runtime.stylize import load_model_backend
+
+    model = load_model("tiny-sd")
+    add_lora(model.unet, rank=2, alpha=2.0)
+    path = save_kohya(model.unet, tmp_path / "n20.safetensors", {"eta": 0.75, "teacher_steps": 20})
+    assert student_grid(path, 0.75) == 20
+    n20 = schedule.student_plan(model.alphas_cumprod(), 0.75, 4, num_steps=20)
+    # N = 20: k = 50, n_eta = ceil(20 * 0.75) = 15, t = 50 * 16 - 1 = 799 (not the N = 50 grid's 779)
+    assert n20.timesteps[0] == 799 and n20.num_steps == 20
+    backend = load_model_backend(StylizeConfig(model="tiny-sd", lora=str(path), width=64, height=64), 64, 64)
+    assert backend.plan == n20
+    cfg = ExportConfig(model="tiny-sd", lora=str(path), width=64, height=64, out=str(tmp_path / "b"),
+                       tensorrt=False, precision="fp32", validate=False)  # fmt: skip
+    from stdtrt.bundle.manifest import read_bundle
+
+    bundle = read_bundle(export_bundle(cfg, progress=False).path)
+    assert bundle.plan() == n20 and bundle.manifest["schedule"]["num_steps"] == 20

@@ -14,11 +14,12 @@ pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 BASE = dict(
     model_hash="a" * 64, lora_hash="b" * 64, prompt="oil", negative_prompt="", eta=0.75, nfe=4, guidance=1.0,
     width=512, height=512, batch=1, precision="fp16", opset=18, plan={"timesteps": [779, 599, 399, 219]},
-    conditioning_hash="d" * 64,
+    conditioning_hash="d" * 64, placement={"unet": "fp16", "vae": "fp16"},
 )  # fmt: skip
 CHANGED = dict(
     model_hash="c" * 64, lora_hash=None, prompt="ink", eta=0.65, nfe=8, guidance=3.0, width=576, height=448,
     batch=2, precision="fp32", opset=19, plan={"timesteps": [759, 599, 399, 219]}, conditioning_hash="e" * 64,
+    placement={"unet": "fp16", "vae": "fp32"},
 )  # fmt: skip
 
 
@@ -35,10 +36,10 @@ def test_negative_prompt_counts_only_when_guidance_bakes_it_in():
     assert key(guidance=3.0, negative_prompt="blurry") != key(guidance=3.0)
 
 
-def test_tensorrt_key_depends_on_version_gpu_and_precision():
-    k = mf.tensorrt_key("k", "10.3.0", "sm_90", True)
-    assert len({k, mf.tensorrt_key("k", "10.4.0", "sm_90", True), mf.tensorrt_key("k", "10.3.0", "sm_89", True),
-                mf.tensorrt_key("k", "10.3.0", "sm_90", False), mf.tensorrt_key("j", "10.3.0", "sm_90", True)}) == 5  # fmt: skip
+def test_tensorrt_key_depends_on_graphs_version_and_gpu():
+    k = mf.tensorrt_key("k", "10.3.0", "sm_90")
+    assert len({k, mf.tensorrt_key("k", "10.4.0", "sm_90"), mf.tensorrt_key("k", "10.3.0", "sm_89"),
+                mf.tensorrt_key("j", "10.3.0", "sm_90")}) == 4  # fmt: skip
 
 
 def test_manifest_round_trip_and_plan(sd_bundle, tmp_path):

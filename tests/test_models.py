@@ -1,5 +1,6 @@
 """Model loading: presets, folders, the local HF cache (offline), and clear errors."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -95,16 +96,83 @@ def test_single_file_kind_comes_from_its_keys_not_its_size(tmp_path):
     assert _single_file_is_sdxl(xl) and not _single_file_is_sdxl(sd)
 
 
-def test_fp16_keeps_a_vae_that_asks_for_fp32_in_fp32():
-    """models.place is the one way a loaded model moves (load_model, the bundle's torch backend): under fp16
-    the UNet and text encoders halve, and a VAE whose config says force_upcast (SDXL's) stays float32."""
-    from stdtrt.models.load import place
+def test_the_precision_rule_follows_diffusers():
+    """One placement per run: SDXL's VAE is upcast under fp16 when its config says force_upcast (the
+    fp16-fix VAEs say false); SD 1.x VAEs run in fp16 (diffusers' SD pipelines never upcast); bf16 has
+    fp32's range, so nothing is upcast; auto is fp32 on the CPU."""
+    from types import SimpleNamespace
 
+    from stdtrt.models.load import resolve_placement, vae_dtype
+
+    up, fix = SimpleNamespace(force_upcast=True), SimpleNamespace(force_upcast=False)
+    assert vae_dtype(torch.float16, "sdxl", up) == torch.float32
+    assert vae_dtype(torch.float16, "sdxl", fix) == torch.float16
+    assert vae_dtype(torch.float16, "sd", up) == torch.float16
+    assert vae_dtype(torch.bfloat16, "sdxl", up) == torch.bfloat16
+    p = resolve_placement("cpu", "auto", "sdxl", up)
+    assert (p.device.type, p.unet, p.vae, p.precision) == ("cpu", torch.float32, torch.float32, "fp32")
+
+
+def test_load_model_places_every_network(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="stdtrt"):
+        xl = load_model("tiny-sdxl", device="cpu", precision="fp16")
+    assert "fp16 on the CPU runs, but slowly" in caplog.text  # allowed on the CPU (for tests), said once
+    assert xl.unet.dtype == xl.pipe.text_encoder.dtype == xl.pipe.text_encoder_2.dtype == torch.float16
+    assert xl.vae.dtype == torch.float32 and xl.placement.dtypes() == {"unet": "fp16", "vae": "fp32"}
+    sd = load_model("tiny-sd", device="cpu", precision="bf16")
+    assert sd.unet.dtype == sd.vae.dtype == sd.pipe.text_encoder.dtype == torch.bfloat16
+
+
+def test_bf16_on_a_gpu_without_it_is_one_line(monkeypatch):
+    from stdtrt.models.load import resolve_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla T4")
+    with pytest.raises(StdtrtError, match="Tesla T4 does not support bf16; use --precision fp16"):
+        resolve_dtype("bf16", torch.device("cuda", 0))
+
+
+def test_a_gpu_that_is_not_there_is_one_line():
+    from stdtrt.models.load import resolve_device
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: cuda is a fine ask")
+    with pytest.raises(StdtrtError, match="CUDA is not available"):
+        resolve_device("cuda:1")
+    with pytest.raises(StdtrtError, match="not one of auto, cpu, cuda"):
+        resolve_device("tpu")
+
+
+def _saved(model, folder: Path, **unet_changes) -> Path:
+    """The preset saved as a diffusers folder, its UNet rebuilt with some config changed."""
+    from diffusers import UNet2DConditionModel
+
+    if unet_changes:
+        config = {**model.unet.config, **unet_changes}
+        model.pipe.unet = UNet2DConditionModel.from_config(config)
+    model.pipe.save_pretrained(folder)
+    return folder
+
+
+def test_unets_of_other_tasks_are_refused(tmp_path):
+    """Inpainting (9 input channels), InstructPix2Pix (8), depth-to-image (5), upscalers (7): one line,
+    before any weight is read."""
+    folder = _saved(load_model("tiny-sd"), tmp_path / "inpaint", in_channels=9)
+    with pytest.raises(StdtrtError, match="takes 9 input channels .*inpainting.*4-channel text-to-image"):
+        load_model(str(folder))
+
+
+def test_the_sdxl_refiner_is_refused(tmp_path):
+    """The refiner: no first text encoder, 5 micro-conditioning time ids (aesthetic score)."""
     model = load_model("tiny-sdxl")
-    assert model.vae.config.force_upcast
-    place(model.pipe, "cpu", torch.float16)
-    assert model.unet.dtype == torch.float16 and model.pipe.text_encoder_2.dtype == torch.float16
-    assert model.vae.dtype == torch.float32
-    model.vae.register_to_config(force_upcast=False)  # a VAE that is fine in fp16 (e.g. sdxl-vae-fp16-fix)
-    place(model.pipe, "cpu", torch.float16)
-    assert model.vae.dtype == torch.float16
+    dims = model.unet.config.addition_time_embed_dim
+    folder = _saved(model, tmp_path / "refiner", projection_class_embeddings_input_dim=5 * dims + 32)
+    index = json.loads((folder / "model_index.json").read_text())
+    index.update(text_encoder=[None, None], tokenizer=[None, None], requires_aesthetics_score=True)
+    index["_class_name"] = "StableDiffusionXLImg2ImgPipeline"
+    (folder / "model_index.json").write_text(json.dumps(index))
+    shutil.rmtree(folder / "text_encoder")
+    with pytest.raises(StdtrtError, match="no first text encoder: it is the SDXL refiner"):
+        load_model(str(folder))

@@ -49,7 +49,7 @@ def test_stream_equals_sequential_student_steps(kind, fixture, request):
     )
     student = Student(model, bundle.plan(), m["prompt"], 64, 64, m["negative_prompt"], m["guidance"])
     noise = make_noise(bundle.latent_shape, seed=3)
-    images = [to_tensor(f[None], "cpu", torch.float32) for f in _frames(5)]
+    images = [to_tensor(f[None], "cpu") for f in _frames(5)]
     z0s = [student.encode(x) for x in images]
     latents, tags, calls = _stream(backend, z0s, noise)
     assert tags == [0, 1, 2, 3, 4] and calls == 5 + bundle.nfe - 1  # in order; one call per frame + flush

@@ -20,11 +20,22 @@ from pathlib import Path
 from stdtrt.errors import StdtrtError
 
 FORMAT = "stdtrt-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the placement (graph dtypes) and the teacher grid are recorded
 MANIFEST = "manifest.json"
 # Bump when the graphs' meaning changes (inputs, outputs, what is baked in): old bundles stop matching.
-GRAPH_VERSION = 1
-REQUIRED = ("key", "model", "schedule", "width", "height", "batch", "precision", "graphs", "files")
+GRAPH_VERSION = 2  # 2: fp16 graphs are the fp16 modules traced, with float32 islands
+REQUIRED = (
+    "key",
+    "model",
+    "schedule",
+    "width",
+    "height",
+    "batch",
+    "precision",
+    "placement",
+    "graphs",
+    "files",
+)
 
 
 def cache_key(fields: dict) -> str:
@@ -46,6 +57,7 @@ def onnx_key_fields(
     height: int,
     batch: int,
     precision: str,
+    placement: dict,
     opset: int,
     plan: dict | None = None,
     conditioning_hash: str | None = None,
@@ -68,13 +80,14 @@ def onnx_key_fields(
         "height": int(height),
         "batch": int(batch),
         "precision": precision,
+        "placement": placement,
         "opset": int(opset),
     }
 
 
-def tensorrt_key(onnx_key: str, trt_version: str, arch: str, fp16: bool) -> str:
+def tensorrt_key(onnx_key: str, trt_version: str, arch: str) -> str:
     """A .plan is valid for one set of graphs, one TensorRT version and one GPU architecture."""
-    return cache_key({"onnx_key": onnx_key, "tensorrt": trt_version, "arch": arch, "fp16": fp16})
+    return cache_key({"onnx_key": onnx_key, "tensorrt": trt_version, "arch": arch})
 
 
 def file_entries(folder: Path, names) -> dict:
@@ -130,6 +143,11 @@ class Bundle:
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         return tuple(self.manifest["graphs"]["vae_encoder"]["outputs"][0]["shape"][1:])
+
+    @property
+    def placement(self) -> dict:
+        """The graphs' dtypes: {"unet": "fp16", "vae": "fp16"} (the torch backend runs the same)."""
+        return self.manifest["placement"]
 
     @property
     def tensorrt(self) -> dict | None:

@@ -40,26 +40,15 @@ def source_of(name: str) -> str:
     return str(path.resolve()) if path.exists() else name
 
 
-def check_size(model, width: int, height: int) -> None:
-    """The UNet halves the latent once per down block: the size must survive that."""
-    factor = model.vae_scale * 2 ** (len(model.unet.config.block_out_channels) - 1)
-    if width % factor or height % factor:
-        raise StdtrtError(
-            f"{width}x{height} cannot be served by {model.name}: its UNet needs width and height in "
-            f"multiples of {factor}"
-        )
-
-
 def load_fused_model(bundle, device: str = "auto"):
-    """The bundle's model with its LoRA fused, refused when either hashes differently from the manifest."""
-    import torch
-
+    """The bundle's model with its LoRA fused, refused when either hashes differently from the manifest,
+    placed in the bundle's own dtypes (its graphs') on `device`."""
     from stdtrt.io.hashing import file_hash
-    from stdtrt.models.load import load_model, place, resolve_device
+    from stdtrt.models.load import load_model, recorded_placement
     from stdtrt.models.lora import fuse_lora, load_lora
 
     m = bundle.manifest
-    model = load_model(m["model"]["source"])
+    model = load_model(m["model"]["source"])  # float32 on the CPU: fused there, then placed
     if model_hash(model) != m["model"]["hash"]:
         raise StdtrtError(
             f"{m['model']['source']} is not the model bundle {bundle.path} was exported from (hash differs)"
@@ -76,7 +65,5 @@ def load_fused_model(bundle, device: str = "auto"):
             )
         load_lora(model, lora["path"])
         fuse_lora(model)
-    dev = resolve_device(device)
-    dtype = torch.float16 if m["precision"] == "fp16" and dev.type == "cuda" else torch.float32
-    place(model.pipe, dev, dtype)
+    model.place(recorded_placement(device, bundle.placement))
     return model

@@ -23,13 +23,14 @@ GRAPHS = ("vae_encoder", "unet", "vae_decoder")  # bundle file stems, in pipelin
 
 
 def vae_encode(vae, images: torch.Tensor, scaling_factor: float) -> torch.Tensor:
-    """Images in [-1, 1] -> scaled content latents z0 (the posterior mean).  # (B, 4, H/8, W/8)"""
-    return vae.encode(images.to(vae.dtype)).latent_dist.mean * scaling_factor
+    """Images in [-1, 1] -> scaled content latents z0 (the posterior mean), float32.  # (B, 4, H/8, W/8)
+    The VAE runs in its own dtype: the images are cast to it here."""
+    return vae.encode(images.to(vae.dtype)).latent_dist.mean.float() * scaling_factor
 
 
 def vae_decode(vae, z: torch.Tensor, scaling_factor: float) -> torch.Tensor:
-    """Scaled latents -> images in [-1, 1] (not clamped).  # (B, 3, H, W)"""
-    return vae.decode((z / scaling_factor).to(vae.dtype), return_dict=False)[0]
+    """Scaled latents -> images in [-1, 1] (not clamped), float32.  # (B, 3, H, W)"""
+    return vae.decode((z.float() / scaling_factor).to(vae.dtype), return_dict=False)[0].float()
 
 
 class VaeGraph(torch.nn.Module):
@@ -83,7 +84,8 @@ class StreamUNet(torch.nn.Module):
         return Conditioning(embeds, getattr(self, f"{prefix}_pooled"), getattr(self, f"{prefix}_time_ids"))
 
     def forward(self, slots: torch.Tensor) -> torch.Tensor:
-        """slots (NFE, 4, h, w), slot i at timesteps[i] -> every slot one jump further."""
+        """slots (NFE, 4, h, w) float32, slot i at timesteps[i] -> every slot one jump further (float32:
+        the UNet runs in its dtype inside predict_eps, the jump in float32)."""
         eps = predict_eps(
             self.unet, slots, self.timesteps, self._cond("cond"), self._cond("uncond"), self.guidance
         )
@@ -110,8 +112,7 @@ def build_networks(
     """The three bundle networks of a loaded (fused) model for one prompt and size, on its device/dtype."""
     cond = encode_prompt(model.pipe, prompt, height, width)
     uncond = encode_prompt(model.pipe, negative_prompt, height, width) if guidance > 1 else None
-    unet = StreamUNet(model.unet, plan, cond, uncond, guidance).to(model.device)
-    unet.to(dtype=model.dtype)  # the coefficients follow the model's precision, as in Student
+    unet = StreamUNet(model.unet, plan, cond, uncond, guidance).to(model.device)  # coefficients: float32
     return Networks(
         VaeGraph(vae_encode, model.vae, model.scaling_factor).eval(),
         unet.eval(),

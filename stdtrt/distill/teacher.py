@@ -31,7 +31,7 @@ class Teacher:
 
     @torch.no_grad()
     def eps(self, x, t, cond: Conditioning, uncond: Conditioning, w: torch.Tensor) -> torch.Tensor:
-        guidance = (1 + w).view(-1, 1, 1, 1).to(x.device, x.dtype)
+        guidance = (1 + w).view(-1, 1, 1, 1).to(x.device, torch.float32)  # the combine runs in float32
         context = adapters_off(self.unet) if self.shared else contextlib.nullcontext()
         with context:
             self.calls += 1

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from stdtrt import schedule
+from stdtrt.bundle.networks import vae_encode
 from stdtrt.config import DistillConfig
 from stdtrt.distill import data as data_mod
 from stdtrt.distill.bank import TrajectoryBank
@@ -102,14 +103,14 @@ class Run:
         self.cfg, self.acc = cfg, accelerator
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         self.device = accelerator.device
-        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
-            accelerator.mixed_precision, torch.float32
-        )
         torch.manual_seed(cfg.seed + self.rank)
 
-        # a LoadedModel may be passed in (the fidelity benchmark's own teacher); else cfg.model is loaded
-        self.model = model or load_model(cfg.model, device=self.device, dtype=self.weight_dtype)
-        self.model.vae.to(torch.float32)  # the VAE stays fp32 (SDXL's VAE overflows in fp16)
+        # a LoadedModel may be passed in (the fidelity benchmark's own teacher); else cfg.model is loaded,
+        # placed by the one precision rule: the frozen UNet and text encoders in the mixed-precision dtype,
+        # the VAE likewise unless it is SDXL's upcast one (the trainable LoRA weights stay float32)
+        precision = {"no": "fp32"}.get(accelerator.mixed_precision, accelerator.mixed_precision)
+        self.model = model or load_model(cfg.model, device=self.device, precision=precision, training=True)
+        self.weight_dtype = self.model.dtype
         self.abar = self.model.alphas_cumprod().to(self.device)
         self.T = self.abar.shape[0]
         self.n_eta = schedule.start_index(cfg.strength, cfg.teacher_steps)
@@ -203,7 +204,7 @@ class Run:
                 for i in idx
             ]
         )
-        z0 = self.model.vae.encode(images.to(self.device)).latent_dist.mean * self.model.scaling_factor
+        z0 = vae_encode(self.model.vae, images.to(self.device), self.model.scaling_factor)  # float32
         noise = torch.randn(z0.shape, generator=self.generator).to(self.device)
         if self.cfg.mode == "lcm":
             n = torch.randint(1, self.cfg.teacher_steps, (count,), generator=self.generator)
@@ -419,6 +420,7 @@ class Run:
         out = Path(self.cfg.out)
         meta = {
             "eta": self.cfg.strength,
+            "teacher_steps": self.cfg.teacher_steps,  # inference starts on this grid's x_start
             "nfe_hint": self.cfg.nfe_hint,
             "base_model": self.cfg.model,
             "kind": self.model.kind,
@@ -445,6 +447,17 @@ class NonFinite(Exception):
         self.value, self.what = value, what
 
 
+def mixed_precision(requested: str) -> str:
+    """accelerate's mixed precision for --mixed-precision: auto is bf16 on a GPU that has it (no loss
+    scaling), fp16 on other GPUs, none on the CPU; bf16 asked of a GPU without it is one line."""
+    from stdtrt.models.load import DTYPE_NAMES, resolve_device, resolve_dtype
+
+    if requested == "no":
+        return "no"
+    dtype = resolve_dtype("auto" if requested == "auto" else requested, resolve_device("auto"), training=True)
+    return {"fp32": "no"}.get(DTYPE_NAMES[dtype], DTYPE_NAMES[dtype])
+
+
 # -- the command -------------------------------------------------------------------------------------------
 def distill(
     cfg: DistillConfig, resume: bool = False, overwrite: bool = False, progress: bool = True, model=None
@@ -457,9 +470,7 @@ def distill(
 
     out = Path(cfg.out)
     checkpoint = prepare_out_dir(cfg, resume, overwrite)
-    mp = cfg.mixed_precision
-    if mp == "auto":
-        mp = "fp16" if torch.cuda.is_available() else "no"
+    mp = mixed_precision(cfg.mixed_precision)
     data_mod.check_readable(data_mod.list_files(cfg.data))  # before anything is written
     # cpu=True without CUDA: under a multi-process launcher that means several CPU processes over gloo
     acc = Accelerator(
@@ -478,7 +489,9 @@ def distill(
         raise
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        (out / CONFIG_FILE).write_text(json.dumps(asdict(cfg), indent=2))
+        (out / CONFIG_FILE).write_text(
+            json.dumps({**asdict(cfg), "placement": run.model.placement.as_dict()}, indent=2)
+        )
     acc.wait_for_everyone()
     if checkpoint is not None:
         run.load_checkpoint(checkpoint)

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from stdtrt.bundle import manifest as mf
-from stdtrt.bundle.model import check_size, conditioning_hash, model_hash, source_of
+from stdtrt.bundle.model import conditioning_hash, model_hash, source_of
 from stdtrt.config import ExportConfig, to_dict
 from stdtrt.errors import StdtrtError
 
@@ -66,7 +66,7 @@ def _engines_fit(bundle, key: str) -> bool:
     if not built:
         return False
     here = tensorrt_identity()
-    return built.get("key") == mf.tensorrt_key(key, here["version"], here["arch"], built["fp16"])
+    return built.get("key") == mf.tensorrt_key(key, here["version"], here["arch"])
 
 
 def _files(folder: Path, known: dict) -> dict:
@@ -84,34 +84,50 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+def export_precision(requested: str, build_trt: bool) -> str:
+    """The graphs' precision: fp16 where TensorRT builds engines here (auto), else fp32; bf16 bundles are
+    not made (onnxruntime on a CPU cannot run, hence cannot validate, bf16 convolutions)."""
+    if requested == "bf16":
+        raise StdtrtError(
+            "export makes fp32 or fp16 bundles (bf16 graphs cannot be validated by onnxruntime here); "
+            "use --precision fp16 for TensorRT, or run bf16 with --model on the torch path"
+        )
+    if requested == "auto":
+        return "fp16" if build_trt else "fp32"
+    return requested
+
+
 def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
     """Export (or reuse) the bundle cfg describes; see the module doc."""
+    import torch
+
     from stdtrt import schedule
     from stdtrt.export import tensorrt
     from stdtrt.io.atomic import atomic_dir
     from stdtrt.io.hashing import file_hash
-    from stdtrt.models.load import load_model
-    from stdtrt.models.lora import check_strength_matches, load_lora
+    from stdtrt.models.load import DTYPES, Placement, load_model, vae_dtype
+    from stdtrt.models.lora import load_lora, student_grid
 
     start, stages = time.perf_counter(), {}
     out = Path(cfg.out)
-    model = load_model(cfg.model)  # fp32 on the CPU: what is traced and the reference for validation
+    build_trt, trt_line = tensorrt.decide(cfg.tensorrt)
+    precision = export_precision(cfg.precision, build_trt)
+    grid = student_grid(cfg.lora, cfg.strength)
+    model = load_model(cfg.model)  # float32 on the CPU: the validation reference, then what is traced
     width = cfg.width or cfg.height or model.native_size
     height = cfg.height or cfg.width or model.native_size
-    check_size(model, width, height)
-    plan = schedule.student_plan(model.alphas_cumprod(), cfg.strength, cfg.nfe, 0.0)
-    build_trt, trt_line = tensorrt.decide(cfg.tensorrt)
-    precision = cfg.precision if cfg.precision != "auto" else ("fp16" if build_trt else "fp32")
+    plan = schedule.student_plan(model.alphas_cumprod(), cfg.strength, cfg.nfe, 0.0, grid)
+    dtype = DTYPES[precision]
+    graphs_at = Placement(torch.device("cpu"), dtype, vae_dtype(dtype, model.kind, model.vae.config))
     base_hash = model_hash(model)
     lora_hash = None
     if cfg.lora:
         load_lora(model, cfg.lora)  # refuses a LoRA of another UNet
-        check_strength_matches(cfg.lora, cfg.strength)
         lora_hash = file_hash(cfg.lora)
     fields = mf.onnx_key_fields(
         model_hash=base_hash, lora_hash=lora_hash, prompt=cfg.prompt, negative_prompt=cfg.negative_prompt,
         eta=cfg.strength, nfe=cfg.nfe, guidance=cfg.guidance, width=width, height=height, batch=1,
-        precision=precision, opset=cfg.opset, plan=plan.as_dict(),
+        precision=precision, placement=graphs_at.dtypes(), opset=cfg.opset, plan=plan.as_dict(),
         conditioning_hash=conditioning_hash(model, cfg, width, height),
     )  # fmt: skip
     key = mf.cache_key(fields)
@@ -123,24 +139,31 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
         trt_line = "TensorRT engines reused" if build_trt else trt_line
         return ExportResult(out, True, time.perf_counter() - start, sizes, None, trt_line)
     with atomic_dir(out) as tmp:
+        t = time.perf_counter()
+        networks, ref, fused = _reference(cfg, model, plan, width, height)
+        stages["reference"] = time.perf_counter() - t
         if existing is None:
-            manifest, table = _export_onnx(
-                cfg, model, plan, fields, key, width, height, precision, tmp, stages
+            manifest, rows = _export_onnx(
+                cfg, model, networks, ref, fused, plan, fields, key, graphs_at, tmp, stages
             )
         else:
-            manifest, table = dict(existing.manifest), None
+            manifest = dict(existing.manifest)
+            rows = list((manifest.get("validation") or {}).get("rows", []))
             for name in existing.manifest["files"]:
                 if not name.endswith(".plan"):
                     _link_or_copy(existing.path / name, tmp / name)
         if build_trt:
             t = time.perf_counter()
             built = tensorrt.build_engines(tmp, manifest["graphs"], cfg.workspace_gb, progress)
-            built["key"] = mf.tensorrt_key(key, built["version"], built["arch"], built["fp16"])
+            built["key"] = mf.tensorrt_key(key, built["version"], built["arch"])
             manifest["tensorrt"] = built
             stages["tensorrt"] = time.perf_counter() - t
             trt_line = (
                 f"TensorRT engines built (TensorRT {built['version']}, {built['arch']}, {built['gpu']})"
             )
+            if ref is not None:
+                rows = _validate_engines(tmp, manifest, rows, ref, cfg, stages)
+        table = _finish_validation(tmp, manifest, rows, cfg)
         manifest["files"] = _files(tmp, manifest["files"])
         manifest["export_seconds"] = {k: round(v, 1) for k, v in stages.items()}
         mf.write_manifest(tmp, manifest)
@@ -150,46 +173,86 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
     )
 
 
-def _export_onnx(
-    cfg, model, plan, fields, key, width, height, precision, tmp: Path, stages
-) -> tuple[dict, str | None]:
-    """Fuse, trace the three graphs, write a first manifest, validate them; return (manifest, table)."""
+def _reference(cfg, model, plan, width, height):
+    """Fuse the LoRA and build the float32 networks; with validation on, run the reference on them.
+    Returns (networks, reference or None, the fuse report or None)."""
     from stdtrt.bundle.networks import build_networks
-    from stdtrt.export.onnx import export_networks
-    from stdtrt.export.validate import check, format_table, validate_bundle
+    from stdtrt.export.validate import reference
     from stdtrt.models.lora import fuse_lora
 
-    t = time.perf_counter()
     fused = fuse_lora(model)
     networks = build_networks(model, plan, cfg.prompt, cfg.negative_prompt, cfg.guidance, width, height)
-    vae16 = precision == "fp16" and model.kind != "sdxl"  # SDXL's VAE overflows in fp16: it stays fp32
-    fp16 = {"vae_encoder": vae16, "unet": precision == "fp16", "vae_decoder": vae16}
-    graphs = export_networks(networks, tmp, width, height, model.vae_scale, cfg.opset, fp16)
+    if not cfg.validate:
+        return networks, None, fused
+    return networks, reference(networks, model, plan, cfg, width, height), fused
+
+
+def _export_onnx(cfg, model, networks, ref, fused, plan, fields, key, graphs_at, tmp: Path, stages):
+    """Trace the three graphs in the graphs' placement, write a first manifest, validate them on
+    onnxruntime; return (manifest, rows)."""
+    from stdtrt.bundle.networks import build_networks
+    from stdtrt.export.onnx import export_networks
+    from stdtrt.export.validate import onnxruntime_rows
+
+    t = time.perf_counter()
+    if graphs_at.half:  # trace the modules as they will run: half-precision weights and compute
+        model.place(graphs_at)
+        networks = build_networks(
+            model, plan, cfg.prompt, cfg.negative_prompt, cfg.guidance, fields["width"], fields["height"]
+        )
+    dtypes = graphs_at.dtypes()
+    precision = {"vae_encoder": dtypes["vae"], "unet": dtypes["unet"], "vae_decoder": dtypes["vae"]}
+    graphs = export_networks(
+        networks, tmp, fields["width"], fields["height"], model.vae_scale, cfg.opset, precision
+    )
     stages["onnx"] = time.perf_counter() - t
-    manifest = _manifest(cfg, model, plan, fields, key, width, height, precision, graphs, fused)
+    manifest = _manifest(cfg, model, fused, plan, fields, key, graphs)
     manifest["files"] = _files(tmp, {})
     mf.write_manifest(tmp, manifest)
-    if not cfg.validate:
+    if ref is None:
         log.warning("validation skipped (--no-validate): the graphs were not compared with torch")
-        return manifest, None
+        return manifest, []
     t = time.perf_counter()
-    rows = validate_bundle(mf.read_bundle(tmp, verify=False), networks, model, cfg.seed)  # hashed just now
+    rows = onnxruntime_rows(mf.read_bundle(tmp, verify=False), ref)  # hashed just now
+    stages["validate"] = time.perf_counter() - t
+    return manifest, rows
+
+
+def _validate_engines(tmp: Path, manifest: dict, rows: list, ref, cfg, stages) -> list:
+    """Run the fresh .plan engines on the GPU against the same reference; their rows join the table."""
+    from stdtrt.export.validate import tensorrt_rows
+
+    t = time.perf_counter()
+    manifest["files"] = _files(tmp, manifest["files"])
+    mf.write_manifest(tmp, manifest)
+    rows = [r for r in rows if (r["backend"] if isinstance(r, dict) else r.backend) != "tensorrt"]
+    rows += tensorrt_rows(mf.read_bundle(tmp, verify=False), ref, "cuda")
+    stages["validate_tensorrt"] = time.perf_counter() - t
+    return rows
+
+
+def _finish_validation(tmp: Path, manifest: dict, rows: list, cfg) -> str | None:
+    """Print, check and save the validation table; a row over its tolerance fails the export."""
+    from stdtrt.export.validate import Row, check, format_table
+
+    if not rows:
+        return None
+    rows = [r if isinstance(r, Row) else Row(**{k: v for k, v in r.items() if k != "ok"}) for r in rows]
     table = format_table(rows)
     log.debug("%s", table)
     if not all(r.ok for r in rows):
-        log.error("export validation, onnxruntime against torch:\n%s", table)
-    stages["validate"] = time.perf_counter() - t
+        log.error("export validation, against torch:\n%s", table)
     check(rows)
     (tmp / "validation.txt").write_text(table + "\n")
     manifest["validation"] = {
         "rows": [r.as_dict() for r in rows],
         "seed": cfg.seed,
-        "provider": "CPUExecutionProvider",
+        "reference": "the fused model's torch modules in float32 on the CPU",
     }
-    return manifest, table
+    return table
 
 
-def _manifest(cfg, model, plan, fields, key, width, height, precision, graphs, fused) -> dict:
+def _manifest(cfg, model, fused, plan, fields, key, graphs) -> dict:
     return {
         "format": mf.FORMAT,
         "format_version": mf.FORMAT_VERSION,
@@ -217,10 +280,11 @@ def _manifest(cfg, model, plan, fields, key, width, height, precision, graphs, f
         "negative_prompt": cfg.negative_prompt,
         "guidance": cfg.guidance,
         "schedule": {**plan.as_dict(), "num_train_timesteps": int(model.alphas_cumprod().shape[0])},
-        "width": width,
-        "height": height,
+        "width": fields["width"],
+        "height": fields["height"],
         "batch": 1,
-        "precision": precision,
+        "precision": fields["precision"],
+        "placement": fields["placement"],
         "graphs": graphs,
         "versions": mf.library_versions(),
         "validation": None,

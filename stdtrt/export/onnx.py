@@ -1,4 +1,4 @@
-"""Trace the bundle's torch modules (runtime/networks.py) to ONNX.
+"""Trace the bundle's torch modules (bundle/networks.py) to ONNX.
 
 Exporter: torch 2.13's default `torch.onnx.export(..., dynamo=True)` (torch.export + onnxscript). For a
 diffusers UNet it is the better of the two paths measured here (SD-1.5-sized UNet, stream form at 256x256,
@@ -6,9 +6,9 @@ diffusers UNet it is the better of the two paths measured here (SD-1.5-sized UNe
 instead of ~390 loose tensor files when the model passes 2 GB, and a graph onnxruntime runs in 2.0 s
 against 4.7 s per call. The TorchScript path is deprecated in torch 2.9+ as well.
 
-fp16: the fp32 graph is converted with onnxruntime's float16 converter (weights and compute in fp16,
-inputs and outputs kept float32), as the ORT and NVIDIA SD pipelines do; TensorRT builds its fp16 engines
-from it with the FP16 flag.
+fp16: the module is traced in the dtypes it runs in (the placement: fp16 weights and compute, its own
+casts to float32 at the inputs, outputs, jumps and guidance combine), then export/fp16.py casts what must
+stay float32 (normalisation statistics, softmax). TensorRT builds a strongly typed network from it.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from stdtrt.errors import StdtrtError
+from stdtrt.export.fp16 import keep_file_in_fp32
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +32,9 @@ _DTYPES = {1: "float32", 10: "float16", 7: "int64", 6: "int32"}  # onnx.TensorPr
 
 
 def tensor_bytes(module: torch.nn.Module) -> int:
-    """The size of a module's weights and buffers once exported (floats as float32)."""
+    """The size of a module's weights and buffers once exported."""
     tensors = [*module.parameters(), *(b for b in module.buffers() if b is not None)]
-    return sum(t.numel() * (4 if t.is_floating_point() else t.element_size()) for t in tensors)
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 @contextlib.contextmanager
@@ -65,33 +66,6 @@ def _io_spec(values) -> list[dict]:
     ]
 
 
-def _to_fp16(path: Path) -> None:
-    """Rewrite an fp32 graph file in place as fp16 (float32 inputs and outputs kept)."""
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    model = onnx.load(str(path))  # with its external data, if any
-    big = sum(t.ByteSize() for t in model.graph.initializer) > 2 * EXTERNAL_DATA_BYTES
-    model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=big)
-    _save(model, path)
-
-
-def _save(model, path: Path) -> None:
-    import onnx
-
-    data = path.with_name(path.name + ".data")
-    data.unlink(missing_ok=True)
-    large = sum(t.ByteSize() for t in model.graph.initializer) > EXTERNAL_DATA_BYTES
-    onnx.save_model(
-        model,
-        str(path),
-        save_as_external_data=large,
-        all_tensors_to_one_file=True,
-        location=data.name,
-        size_threshold=1024,
-    )
-
-
 def export_graph(
     module: torch.nn.Module,
     example: torch.Tensor,
@@ -99,9 +73,11 @@ def export_graph(
     input_name: str,
     output_name: str,
     opset: int,
-    fp16: bool = False,
+    precision: str = "fp32",
 ) -> dict:
-    """Export `module(example)` to `path` (static shapes); return its manifest entry."""
+    """Export `module(example)` to `path` (static shapes); return its manifest entry. `precision` is the
+    module's own (fp32 or fp16: it is traced as it runs); an fp16 graph then keeps in float32 what must
+    stay there (export/fp16.py)."""
     import onnx
 
     path = Path(path)
@@ -124,14 +100,14 @@ def export_graph(
         raise StdtrtError(
             f"ONNX export of {path.stem} failed: {type(exc).__name__}: {str(exc)[:300]}"
         ) from exc
-    if fp16:
-        _to_fp16(path)
+    kept = keep_file_in_fp32(path) if precision == "fp16" else 0
     data = path.with_name(path.name + ".data")
     proto = onnx.load(str(path), load_external_data=False)
     return {
         "onnx": path.name,
         "external_data": data.name if data.exists() else None,
-        "precision": "fp16" if fp16 else "fp32",
+        "precision": precision,
+        "fp32_nodes": kept,  # nodes of an fp16 graph kept in float32 (export/fp16.py)
         "opset": max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
         "inputs": _io_spec(proto.graph.input),
         "outputs": _io_spec(proto.graph.output),
@@ -139,9 +115,10 @@ def export_graph(
 
 
 def export_networks(
-    networks, folder: Path, width: int, height: int, vae_scale: int, opset: int, fp16: dict[str, bool]
+    networks, folder: Path, width: int, height: int, vae_scale: int, opset: int, precision: dict[str, str]
 ) -> dict:
-    """Export the three bundle graphs into `folder`; return graph name -> manifest entry."""
+    """Export the three bundle graphs into `folder`; return graph name -> manifest entry. `precision`:
+    graph name -> the dtype its module runs in (the placement's)."""
     unet = networks.unet
     latent = torch.zeros(1, 4, height // vae_scale, width // vae_scale)
     examples = {
@@ -151,6 +128,8 @@ def export_networks(
     }
     graphs = {}
     for name, (module, example, inp, out) in examples.items():
-        log.info("exporting %s to ONNX (opset %d%s)", name, opset, ", fp16" if fp16[name] else "")
-        graphs[name] = export_graph(module, example, folder / f"{name}.onnx", inp, out, opset, fp16[name])
+        log.info("exporting %s to ONNX (opset %d, %s)", name, opset, precision[name])
+        graphs[name] = export_graph(
+            module, example, folder / f"{name}.onnx", inp, out, opset, precision[name]
+        )
     return graphs

@@ -1,9 +1,16 @@
-"""TensorRT engines (.plan) from the bundle's ONNX graphs, with the TensorRT Python API.
+"""TensorRT engines (.plan) from the bundle's ONNX graphs, with the TensorRT Python API (10.x and 11.x).
 
-Static shapes (the graphs have no dynamic axes, so no optimization profile), FP16 where the graph is fp16,
-a workspace limit, a timing cache shared by builds on this machine (a rebuild takes seconds instead of
-minutes), and a progress bar per build phase. Needs CUDA and the `tensorrt` package; without them the
-export skips this step with one line, and `--tensorrt` fails instead.
+Every network is strongly typed: each layer runs in the types the ONNX graph gives it (fp16 weights and
+compute in an fp16 graph, with the float32 islands export/fp16.py kept; float32 inputs and outputs), never
+in a precision a builder flag picks. TensorRT 11 has nothing else (BuilderFlag.FP16 and every weak-typing
+API are gone); TensorRT 10 is asked for it with the STRONGLY_TYPED creation flag, read from its enum (its
+bit differs between 10.x and 11.x). TF32 is switched off, so a float32 graph computes in float32.
+
+Static shapes (the graphs have no dynamic axes, so no optimization profile), a workspace limit, a timing
+cache shared by builds on this machine (a rebuild takes seconds instead of minutes), and a progress bar
+per build phase. Needs CUDA and the `tensorrt` package; without them the export skips this step with one
+line, and `--tensorrt` fails instead. Any TensorRT failure is one line; the bundle folder is only renamed
+into place when everything, the engines' validation included, succeeded.
 """
 
 from __future__ import annotations
@@ -20,13 +27,43 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class NetworkPlan:
+    """How a graph becomes a TensorRT network: the create_network flags and whether TF32 is allowed."""
+
+    creation_flags: int
+    tf32: bool
+
+
+def network_plan(version: str, creation_flag_enum) -> NetworkPlan:
+    """The builder settings for TensorRT `version` (its NetworkDefinitionCreationFlag enum passed in): a
+    strongly typed network, whatever the graph's precision (the precision is the graph's own).
+
+    - 10.x: weak typing is the default, so the STRONGLY_TYPED creation flag is set (1 << its value; the
+      value is read from the enum, never hard-coded: 1 in 10.x, where 0 is EXPLICIT_BATCH, and 0 in 11.x).
+    - 11.x: every network is strongly typed and the flag is deprecated and ignored: no flag is passed.
+    - TF32 stays off in both: a float32 graph computes in float32, as validated.
+    """
+    try:
+        major = int(version.split(".")[0])
+    except ValueError:
+        raise StdtrtError(f"cannot read the TensorRT version {version!r}") from None
+    if major >= 11:
+        return NetworkPlan(creation_flags=0, tf32=False)
+    flag = getattr(creation_flag_enum, "STRONGLY_TYPED", None)
+    if flag is None:
+        raise StdtrtError(
+            f"TensorRT {version} cannot build strongly typed networks; stdtrt needs TensorRT 10 or 11"
+        )
+    return NetworkPlan(creation_flags=1 << int(flag), tf32=False)
+
+
+@dataclass(frozen=True)
 class BuildSpec:
     """One engine build: everything the builder is told."""
 
     graph: str
     onnx: Path
     plan: Path
-    fp16: bool
     workspace_bytes: int
     timing_cache: Path
 
@@ -52,13 +89,12 @@ def timing_cache_path(ident: dict) -> Path:
 
 
 def build_specs(folder: Path, graphs: dict, workspace_gb: float, timing_cache: Path) -> list[BuildSpec]:
-    """The builds for a bundle's graphs: fp16 engines for fp16 graphs, fp32 (TF32) for the rest."""
+    """The builds for a bundle's graphs (each graph's precision is its own: nothing to tell the builder)."""
     return [
         BuildSpec(
             graph=name,
             onnx=Path(folder) / entry["onnx"],
             plan=Path(folder) / f"{name}.plan",
-            fp16=entry["precision"] == "fp16",
             workspace_bytes=int(workspace_gb * 2**30),
             timing_cache=timing_cache,
         )
@@ -92,32 +128,46 @@ def _progress_monitor(trt, title: str):
     return Monitor()
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
 def build_engine(spec: BuildSpec, progress: bool = True) -> float:
-    """Parse spec.onnx, build and write spec.plan; returns the build seconds."""
+    """Parse spec.onnx, build and write spec.plan; returns the build seconds. Failures are one line."""
     import tensorrt as trt
 
     from stdtrt.io.atomic import atomic_path
 
     start = time.perf_counter()
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch: the only mode in TensorRT 10
-    parser = trt.OnnxParser(network, logger)
+    plan = network_plan(trt.__version__, trt.NetworkDefinitionCreationFlag)
+    try:
+        logger = trt.Logger(trt.Logger.WARNING)
+        builder = trt.Builder(logger)
+        network = builder.create_network(plan.creation_flags)
+        parser = trt.OnnxParser(network, logger)
+    except Exception as exc:  # no driver, a CUDA mismatch, a broken install
+        raise StdtrtError(
+            f"TensorRT {trt.__version__} could not start a builder: {_first_line(exc)}"
+        ) from None
     if not parser.parse_from_file(str(spec.onnx)):  # reads external data beside the file
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise StdtrtError(f"TensorRT cannot parse {spec.onnx.name}: {errors[:400]}")
+        raise StdtrtError(f"TensorRT {trt.__version__} cannot parse {spec.onnx.name}: {errors[:400]}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, spec.workspace_bytes)
-    if spec.fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
+    if not plan.tf32:
+        config.clear_flag(trt.BuilderFlag.TF32)
     cache = config.create_timing_cache(spec.timing_cache.read_bytes() if spec.timing_cache.exists() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    config.set_timing_cache(cache, ignore_mismatch=True)  # a stale cache is rebuilt, never an error
     if progress:
         config.progress_monitor = _progress_monitor(trt, spec.graph)
-    serialized = builder.build_serialized_network(network, config)
+    try:
+        serialized = builder.build_serialized_network(network, config)
+    except Exception as exc:
+        raise StdtrtError(f"TensorRT failed to build {spec.graph}: {_first_line(exc)}") from None
     if serialized is None:
         raise StdtrtError(
-            f"TensorRT failed to build {spec.graph} (see its log above); try a larger --workspace-gb"
+            f"TensorRT failed to build {spec.graph} (its log is above); try a larger --workspace-gb"
         )
     with atomic_path(spec.plan) as tmp:
         tmp.write_bytes(bytes(serialized))
@@ -136,9 +186,4 @@ def build_engines(folder: Path, graphs: dict, workspace_gb: float, progress: boo
     seconds = {s.graph: round(build_engine(s, progress), 1) for s in specs}
     for spec in specs:
         graphs[spec.graph]["plan"] = spec.plan.name
-    return {
-        **ident,
-        "fp16": any(s.fp16 for s in specs),
-        "workspace_gb": workspace_gb,
-        "build_seconds": seconds,
-    }
+    return {**ident, "strongly_typed": True, "workspace_gb": workspace_gb, "build_seconds": seconds}

@@ -93,20 +93,32 @@ def pooled_text(pipe, prompts: list[str]) -> torch.Tensor:
     return pipe.text_encoder(tok.input_ids.to(pipe.text_encoder.device)).pooler_output
 
 
-def predict_eps(unet, x, t, cond: Conditioning, uncond: Conditioning | None = None, guidance: float = 1.0):
+def compute_dtype(unet) -> torch.dtype:
+    """The dtype a UNet computes in: its base weights' (a LoRA may keep its own weights in float32)."""
+    return unet.conv_in.weight.dtype
+
+
+def predict_eps(unet, x, t, cond: Conditioning, uncond: Conditioning | None = None, guidance=1.0):
     """The UNet's noise estimate, with classifier-free guidance e_u + g (e_c - e_u) when uncond is given.
 
-    x: (B, 4, h, w); t: scalar or (B,) timesteps; cond/uncond: batch B (or 1, broadcast here).
+    x: (B, 4, h, w), any float dtype: cast to the UNet's dtype here (so are the conditionings); t: scalar or
+    (B,) timesteps; cond/uncond: batch B (or 1, broadcast here); guidance: a float or a (B, 1, 1, 1) tensor.
+    The estimate comes back float32, and the guidance combine runs in float32.
     """
+    dtype = compute_dtype(unet)
     batch = x.shape[0]
+    x = x.to(dtype)
     if cond.batch != batch:
         cond = cond.repeat(batch)
+    cond = cond.to(dtype=dtype)
     if uncond is None:
-        return unet(x, t, **cond.unet_kwargs(), return_dict=False)[0]
+        return unet(x, t, **cond.unet_kwargs(), return_dict=False)[0].float()
     if uncond.batch != batch:
         uncond = uncond.repeat(batch)
     t = torch.as_tensor(t, device=x.device)
     t2 = t.repeat(2) if t.ndim else t
-    both = Conditioning.cat([uncond, cond])
-    e_u, e_c = unet(torch.cat([x, x]), t2, **both.unet_kwargs(), return_dict=False)[0].chunk(2)
+    both = Conditioning.cat([uncond.to(dtype=dtype), cond])
+    e_u, e_c = unet(torch.cat([x, x]), t2, **both.unet_kwargs(), return_dict=False)[0].float().chunk(2)
+    if isinstance(guidance, torch.Tensor):
+        guidance = guidance.float()
     return e_u + guidance * (e_c - e_u)

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from stdtrt import schedule
+from stdtrt.config import round_size
 from stdtrt.errors import StdtrtError
 from stdtrt.models import presets
 
@@ -26,6 +27,7 @@ class LoadedModel:
     pipe: object  # diffusers StableDiffusionPipeline or StableDiffusionXLPipeline
     name: str  # what the user passed
     kind: str  # "sd" or "sdxl"
+    placement: Placement  # the device and dtypes it runs in (models.load.place moves it)
     lora: str | None = None  # the LoRA file loaded onto the UNet, if any
 
     @property
@@ -38,11 +40,16 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return self.pipe.unet.device
+        return self.placement.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.pipe.unet.dtype
+        """The UNet's (and text encoders') dtype."""
+        return self.placement.unet
+
+    def place(self, placement: Placement) -> None:
+        place(self.pipe, placement)
+        self.placement = placement
 
     @property
     def vae_scale(self) -> int:
@@ -64,19 +71,15 @@ class LoadedModel:
         self, image_w: int, image_h: int, width: int | None, height: int | None
     ) -> tuple[int, int]:
         """The size frames are stylized at: as given, or the input's aspect at about the native area,
-        rounded to multiples of 8."""
+        rounded to the one size rule (config.round_size)."""
         if width and height:
             return width, height
         if width:
-            return width, _round8(width * image_h / image_w)
+            return width, round_size(width * image_h / image_w)
         if height:
-            return _round8(height * image_w / image_h), height
+            return round_size(height * image_w / image_h), height
         scale = math.sqrt(self.native_size**2 / (image_w * image_h))
-        return _round8(image_w * scale), _round8(image_h * scale)
-
-
-def _round8(x: float) -> int:
-    return max(8, int(round(x / 8)) * 8)
+        return round_size(image_w * scale), round_size(image_h * scale)
 
 
 def resolve(name: str) -> Path:
@@ -122,63 +125,182 @@ def _pipeline_class(path: Path):
     )
 
 
+# -- placement: the one precision rule ---------------------------------------------------------------------
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a model runs and in which dtypes: resolved once per run (`resolve_placement`), recorded in the
+    manifest and the run config, and passed to every path. The UNet and the text encoders share a dtype;
+    the VAE may differ (SDXL's upcast VAE). Latents between the networks are always float32."""
+
+    device: torch.device
+    unet: torch.dtype  # the UNet and the text encoders
+    vae: torch.dtype
+
+    @property
+    def precision(self) -> str:
+        """fp32, fp16 or bf16: the UNet's (what --precision named)."""
+        return DTYPE_NAMES[self.unet]
+
+    @property
+    def half(self) -> bool:
+        return self.unet != torch.float32
+
+    def dtypes(self) -> dict:
+        """{"unet": "fp16", "vae": "fp32"}: what a manifest and a run config record."""
+        return {"unet": DTYPE_NAMES[self.unet], "vae": DTYPE_NAMES[self.vae]}
+
+    def as_dict(self) -> dict:
+        return {"device": str(self.device), **self.dtypes()}
+
+
 def resolve_device(name: str = "auto") -> torch.device:
+    """auto (CUDA when torch sees a GPU, else the CPU), cpu, cuda or cuda:N; a GPU that is not there is one
+    clear line."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise StdtrtError(f"device {name} requested but CUDA is not available (torch {torch.__version__})")
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise StdtrtError(f"device {name!r} is not one of auto, cpu, cuda, cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise StdtrtError(f"device {name!r} is not one of auto, cpu, cuda, cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise StdtrtError(
+                f"device {name} requested but CUDA is not available (torch {torch.__version__})"
+            )
+        index = device.index or 0
+        if index >= torch.cuda.device_count():
+            raise StdtrtError(f"device {name} requested but torch sees {torch.cuda.device_count()} GPU(s)")
+        device = torch.device("cuda", index)
     return device
 
 
-def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+def resolve_dtype(precision: str, device: torch.device, training: bool = False) -> torch.dtype:
+    """--precision on a device: auto is fp16 on CUDA for inference (bf16 for training where the GPU has
+    it: no loss scaling) and fp32 on the CPU. Half precision on the CPU runs, slowly (it is for tests)."""
     if precision == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if precision == "fp16" and device.type == "cpu":
-        raise StdtrtError("fp16 is not supported on the CPU; use --precision fp32")
-    return {"fp16": torch.float16, "fp32": torch.float32}[precision]
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if training and torch.cuda.is_bf16_supported() else torch.float16
+    if precision not in DTYPES:
+        raise StdtrtError(f"precision must be auto, fp32, fp16 or bf16, got {precision!r}")
+    dtype = DTYPES[precision]
+    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        name = torch.cuda.get_device_name(device)
+        raise StdtrtError(f"{name} does not support bf16; use --precision fp16")
+    if dtype != torch.float32 and device.type == "cpu":
+        log.warning("%s on the CPU runs, but slowly (it is there for tests): use --precision fp32", precision)
+    return dtype
 
 
-def place(pipe, device: str | torch.device, dtype: torch.dtype) -> None:
-    """Move a pipeline to a device and dtype; under fp16 a VAE whose config asks for it (force_upcast:
-    SDXL's overflows in fp16) stays fp32. Every place that moves a loaded model goes through here."""
-    pipe.to(device=device, dtype=dtype)
-    if dtype == torch.float16 and getattr(pipe.vae.config, "force_upcast", False):
-        pipe.vae.to(torch.float32)
+def vae_dtype(dtype: torch.dtype, kind: str, vae_config) -> torch.dtype:
+    """diffusers' rule: SDXL's VAE overflows in fp16, so an SDXL pipeline upcasts it when its config says
+    force_upcast (sdxl-vae-fp16-fix says false); SD 1.x pipelines run their VAE in fp16. bf16 has fp32's
+    range: nothing is upcast."""
+    if dtype == torch.float16 and kind == "sdxl" and getattr(vae_config, "force_upcast", False):
+        return torch.float32
+    return dtype
+
+
+def resolve_placement(device: str | torch.device, precision: str, kind: str, vae_config, training=False):
+    """The Placement of a model of `kind` ("sd", "sdxl") with this VAE config on a device at a precision."""
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    dtype = resolve_dtype(precision, dev, training)
+    return Placement(dev, dtype, vae_dtype(dtype, kind, vae_config))
+
+
+def recorded_placement(device: str | torch.device, dtypes: dict) -> Placement:
+    """A placement recorded by name ({"unet": "fp16", "vae": "fp32"}: a bundle's) on `device`."""
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    return Placement(dev, resolve_dtype(dtypes["unet"], dev), DTYPES[dtypes["vae"]])
+
+
+def place(pipe, placement: Placement) -> None:
+    """Move a pipeline's networks to their device and dtypes. Every place that moves a model goes here."""
+    for module in (pipe.unet, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
+        if module is not None:
+            module.to(device=placement.device, dtype=placement.unet)
+    pipe.vae.to(device=placement.device, dtype=placement.vae)
+
+
+def check_supported(name: str, unet_config, has_text_encoder: bool) -> None:
+    """Refuse the UNets stdtrt cannot stylize with: other input channels (inpainting: 9, InstructPix2Pix:
+    8, upscalers: 7, depth-to-image: 5) and the SDXL refiner (no first text encoder, 5 time ids)."""
+    channels = unet_config.get("in_channels", 4) if isinstance(unet_config, dict) else unet_config.in_channels
+    if channels != 4:
+        raise StdtrtError(
+            f"{name}: its UNet takes {channels} input channels (an inpainting, InstructPix2Pix, depth-to-image "
+            f"or upscaler model); stdtrt stylizes with a 4-channel text-to-image UNet (SD 1.x, SDXL base)"
+        )
+    if not has_text_encoder:
+        raise StdtrtError(
+            f"{name} has no first text encoder: it is the SDXL refiner, which works on the base model's "
+            f"latents only; pass an SDXL base model (e.g. stabilityai/stable-diffusion-xl-base-1.0)"
+        )
+
+
+def _check_folder(path: Path) -> None:
+    """check_supported from the folder's files alone, before any weight is read."""
+    index = json.loads((path / "model_index.json").read_text())
+    unet = path / "unet" / "config.json"
+    unet_config = json.loads(unet.read_text()) if unet.is_file() else {}
+    text = index.get("text_encoder")
+    check_supported(str(path), unet_config, bool(text and text[0]))
 
 
 def load_model(
     name: str,
     *,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    precision: str = "fp32",
     lora: str | None = None,
+    fuse: bool = False,
+    training: bool = False,
 ) -> LoadedModel:
-    """Load a teacher by name (folder, hub id in the local cache, single file, or preset)."""
+    """Load a teacher by name (folder, hub id in the local cache, single file, or preset) and place it
+    (resolve_placement: the device, --precision, the model's kind and VAE config). With `fuse`, the LoRA
+    is merged into the UNet weights in float32 on the CPU first, then the model is placed."""
     from diffusers.utils import logging as dlogging
 
     dlogging.set_verbosity_error()
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    load_dtype = resolve_dtype(precision, dev, training)
+    if fuse and lora:
+        from stdtrt.models.lora import fuse_lora
+
+        model = load_model(name, lora=lora)
+        fuse_lora(model)
+        model.place(Placement(dev, load_dtype, vae_dtype(load_dtype, model.kind, model.vae.config)))
+        return model
     if name in presets.PRESETS:
         pipe, kind = presets.build(name), ("sdxl" if "sdxl" in name else "sd")
     else:
         path = resolve(name)
         try:
             if path.is_file():
-                pipe, kind = _load_single_file(path, dtype)
+                pipe, kind = _load_single_file(path, load_dtype)
             else:
+                _check_folder(path)
                 cls, kind = _pipeline_class(path)
                 extra = {"safety_checker": None, "requires_safety_checker": False} if kind == "sd" else {}
-                pipe = cls.from_pretrained(path, torch_dtype=dtype, local_files_only=True, **extra)
+                pipe = cls.from_pretrained(path, torch_dtype=load_dtype, local_files_only=True, **extra)
         except StdtrtError:
             raise
         except Exception as exc:
             raise StdtrtError(f"could not load model from {path}: {exc}") from None
+    check_supported(name, pipe.unet.config, getattr(pipe, "text_encoder", None) is not None)
     pipe.set_progress_bar_config(disable=True)
-    place(pipe, device, dtype)
+    placement = Placement(dev, load_dtype, vae_dtype(load_dtype, kind, pipe.vae.config))
+    place(pipe, placement)
     for module in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
         if module is not None:
             module.requires_grad_(False).eval()
-    model = LoadedModel(pipe=pipe, name=name, kind=kind)
+    model = LoadedModel(pipe=pipe, name=name, kind=kind, placement=placement)
     model.alphas_cumprod()  # fails early for v-prediction models
     if lora:
         from stdtrt.models.lora import load_lora

@@ -116,10 +116,17 @@ def read_metadata(path: str | Path) -> dict:
     return out
 
 
-def check_strength_matches(path: str | Path, strength: float) -> None:
-    """Warn when a student LoRA was distilled for another strength (eta) than the one asked for: STD trains
-    one LoRA per eta, and another start state is outside what it learned."""
-    eta = read_metadata(path).get("eta")
+def student_grid(path: str | Path | None, strength: float) -> int:
+    """The teacher grid N a student LoRA was distilled on (its metadata's `teacher_steps`; 50 for a file
+    without it, or for no LoRA), so that inference starts at exactly the x_start it was trained from.
+    Warns when the LoRA was distilled for another strength (eta) than the one asked for: STD trains one
+    LoRA per eta, and another start state is outside what it learned."""
+    from stdtrt.schedule import TEACHER_STEPS
+
+    if path is None:
+        return TEACHER_STEPS
+    meta = read_metadata(path)
+    eta = meta.get("eta")
     if isinstance(eta, int | float) and abs(eta - strength) > 1e-6:
         log.warning(
             "%s was distilled for strength %g; running it at %g leaves the trajectory it learned",
@@ -127,6 +134,10 @@ def check_strength_matches(path: str | Path, strength: float) -> None:
             eta,
             strength,
         )
+    steps = meta.get("teacher_steps", TEACHER_STEPS)
+    if not isinstance(steps, int) or steps < 2 or 1000 % steps:
+        raise StdtrtError(f"LoRA {path} records teacher_steps {steps!r}, which is not a divisor of 1000")
+    return steps
 
 
 def _unet_pairs(keys) -> int:

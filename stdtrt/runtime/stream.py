@@ -93,7 +93,7 @@ class StreamRunner:
 
     def encode(self, items: Iterator) -> Iterator:
         for rgb, tag in items:
-            x = to_tensor(np.asarray(rgb)[None], self.backend.device, torch.float32)
+            x = to_tensor(np.asarray(rgb)[None], self.backend.device)
             yield self.times.timed("vae_encode", self.backend.encode, x), tag
 
     def unet(self, items: Iterator) -> Iterator:

@@ -13,10 +13,10 @@ from stdtrt.bundle.networks import vae_decode, vae_encode
 from stdtrt.models.conditioning import Conditioning, encode_prompt, predict_eps
 
 
-def to_tensor(frames: np.ndarray, device, dtype) -> torch.Tensor:
-    """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [-1, 1]."""
+def to_tensor(frames: np.ndarray, device) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> float32 (B, 3, H, W) in [-1, 1]."""
     x = torch.from_numpy(np.ascontiguousarray(frames)).to(device)
-    return (x.permute(0, 3, 1, 2).to(dtype) / 127.5 - 1.0).contiguous()
+    return (x.permute(0, 3, 1, 2).float() / 127.5 - 1.0).contiguous()
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -26,7 +26,12 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 class Student:
-    """The few-step img2img student of a loaded model (with its LoRA, if any) for one prompt and size."""
+    """The few-step img2img student of a loaded model (with its LoRA, if any) for one prompt and size.
+
+    Its state (latents, noise, the jumps) is float32 on the model's device; each network casts at its own
+    boundary (predict_eps, vae_encode, vae_decode), so a half-precision placement changes only what runs
+    inside the networks.
+    """
 
     def __init__(
         self,
@@ -50,14 +55,10 @@ class Student:
     def device(self):
         return self.model.device
 
-    @property
-    def dtype(self):
-        return self.model.dtype
-
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] (B, 3, H, W) -> scaled content latents z0 (B, 4, H/8, W/8) (the posterior mean)."""
-        return vae_encode(self.model.vae, images.to(self.device, self.dtype), self.model.scaling_factor)
+        return vae_encode(self.model.vae, images.to(self.device), self.model.scaling_factor)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -72,17 +73,19 @@ class Student:
     def step(self, x: torch.Tensor, i: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Student step i: UNet at timesteps[i], DDIM jump to landing[i] (re-noised to targets[i] if gamma)."""
         p = self.plan
+        x = x.float()
         e = self.eps(x, p.timesteps[i])
         x = schedule.ddim_jump(x, e, p.a_t[i], p.b_t[i], p.a_s[i], p.b_s[i])
         if p.gamma > 0 and i < p.nfe - 1:
-            noise = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
+            noise = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device)
             x = schedule.renoise(x, noise, p.abar_landing[i], p.abar_target[i])
         return x
 
     @torch.no_grad()
     def sample(self, z0: torch.Tensor, noise: torch.Tensor, generator: torch.Generator | None = None):
-        """x_start = a z0 + b noise, then the NFE student steps: the clean latent."""
-        x = schedule.x_start(z0, noise.to(z0.device, z0.dtype), self.plan.a_start, self.plan.b_start)
+        """x_start = a z0 + b noise, then the NFE student steps: the clean latent (float32)."""
+        z0 = z0.float()
+        x = schedule.x_start(z0, noise.to(z0.device, torch.float32), self.plan.a_start, self.plan.b_start)
         for i in range(self.plan.nfe):
             x = self.step(x, i, generator)
         return x
@@ -90,7 +93,7 @@ class Student:
     @torch.no_grad()
     def __call__(self, frames: np.ndarray, noise: torch.Tensor, generator=None) -> np.ndarray:
         """uint8 frames (B, H, W, 3) at the working size -> stylized uint8 frames."""
-        z0 = self.encode(to_tensor(frames, self.device, self.dtype))
+        z0 = self.encode(to_tensor(frames, self.device))
         if noise.shape[0] != z0.shape[0]:
             noise = noise.expand(z0.shape[0], *noise.shape[1:])
         return to_uint8(self.decode(self.sample(z0, noise, generator)))

@@ -47,23 +47,39 @@ class VideoResult:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
-def load_student(cfg: StylizeConfig, image_w: int, image_h: int):
-    """Load the model (and LoRA) named by cfg and build the torch student at the working size."""
+def _load(cfg: StylizeConfig, image_w: int, image_h: int, fuse: bool):
+    """(model, plan, width, height) for --model: the model (its LoRA fused when `fuse`) placed by the
+    precision rule, and the student's plan on the grid its LoRA was distilled on."""
     from stdtrt import schedule
-    from stdtrt.models.load import load_model, resolve_device, resolve_dtype
-    from stdtrt.runtime.student import Student
+    from stdtrt.models.load import load_model
+    from stdtrt.models.lora import student_grid
 
     if cfg.model is None:
         raise StdtrtError("no model given: pass --model PATH_OR_ID (or --model tiny-sd to try it offline)")
-    device = resolve_device(cfg.device)
-    model = load_model(cfg.model, device=device, dtype=resolve_dtype(cfg.precision, device), lora=cfg.lora)
-    if cfg.lora:
-        from stdtrt.models.lora import check_strength_matches
-
-        check_strength_matches(cfg.lora, cfg.strength)
+    grid = student_grid(cfg.lora, cfg.strength)
+    model = load_model(cfg.model, device=cfg.device, precision=cfg.precision, lora=cfg.lora, fuse=fuse)
     width, height = model.working_size(image_w, image_h, cfg.width, cfg.height)
-    plan = schedule.student_plan(model.alphas_cumprod(), cfg.strength, cfg.nfe, cfg.gamma)
+    plan = schedule.student_plan(model.alphas_cumprod(), cfg.strength, cfg.nfe, cfg.gamma, grid)
+    return model, plan, width, height
+
+
+def load_student(cfg: StylizeConfig, image_w: int, image_h: int):
+    """The sequential torch student (the reference: NFE steps per frame) for --model at the working size."""
+    from stdtrt.runtime.student import Student
+
+    model, plan, width, height = _load(cfg, image_w, image_h, fuse=False)
     return Student(model, plan, cfg.prompt, width, height, cfg.negative_prompt, cfg.guidance)
+
+
+def load_model_backend(cfg: StylizeConfig, image_w: int, image_h: int):
+    """--model without a bundle: the torch backend in stream form on the model itself (its LoRA fused at
+    load), the same modules a bundle's torch backend runs, with its CUDA speed-ups."""
+    from stdtrt.runtime.backends.torch import TorchBackend
+
+    model, plan, width, height = _load(cfg, image_w, image_h, fuse=True)
+    return TorchBackend.from_model(
+        model, plan, cfg.prompt, cfg.negative_prompt, cfg.guidance, width, height, **cfg.torch_speedups()
+    )
 
 
 class StudentRunner:
@@ -91,9 +107,8 @@ class StudentRunner:
         if self.cfg.fresh_noise:
             return torch.randn((n, *self.student.latent_shape), generator=self.noise_gen)
         if self._fixed is None:  # drawn once per video
-            self._fixed = make_noise(self.student.latent_shape, self.cfg.seed).to(
-                self.student.device, self.student.dtype
-            )  # on the device once, not per batch
+            self._fixed = make_noise(self.student.latent_shape, self.cfg.seed).to(self.student.device)
+            # on the device once, not per batch
         return self._fixed
 
     def _run(self, batch: list):
@@ -186,15 +201,19 @@ def _refuse(bundle, option: str, baked, asked) -> None:
 
 
 def load_runner(cfg: StylizeConfig, image_w: int, image_h: int):
-    """What stylizes frames for this run: a bundle's backend in stream form, or the torch student."""
-    bundle = resolve_bundle(cfg)
-    if bundle is None:
-        return StudentRunner(load_student(cfg, image_w, image_h), cfg)
-    from stdtrt.runtime.backends import load_backend
+    """What stylizes frames for this run: a bundle's backend, or (--model) the torch backend on the model,
+    both in stream form; the sequential torch student for what the stream form cannot do."""
     from stdtrt.runtime.stream import StreamRunner
 
+    bundle = resolve_bundle(cfg)
+    if bundle is None:
+        if cfg.gamma > 0 or cfg.batch_size > 1:  # what the stream form cannot do: the sequential student
+            return StudentRunner(load_student(cfg, image_w, image_h), cfg)
+        return StreamRunner(load_model_backend(cfg, image_w, image_h), cfg.seed, cfg.fresh_noise)
+    from stdtrt.runtime.backends import load_backend
+
     check_request(cfg, bundle)
-    backend = load_backend(bundle, cfg.backend, cfg.device)
+    backend = load_backend(bundle, cfg.backend, cfg.device, torch_speedups=cfg.torch_speedups())
     if (image_w, image_h) != (bundle.width, bundle.height):
         log.warning(
             "the input is %dx%d and bundle %s works at %dx%d: frames are resized to it and back",

@@ -40,19 +40,22 @@ def _load_onnxruntime(bundle: Bundle, device: str) -> Backend:
     return OnnxRuntimeBackend(bundle, device)
 
 
-def _load_torch(bundle: Bundle, device: str, model) -> Backend:
+def _load_torch(bundle: Bundle, device: str, model, speedups: dict) -> Backend:
     from stdtrt.runtime.backends.torch import TorchBackend
 
-    return TorchBackend.from_bundle(bundle, device, model=model)
+    return TorchBackend.from_bundle(bundle, device, model=model, **speedups)
 
 
-def load_backend(bundle: Bundle, name: str = "auto", device: str = "auto", model=None) -> Backend:
+def load_backend(
+    bundle: Bundle, name: str = "auto", device: str = "auto", model=None, torch_speedups: dict | None = None
+) -> Backend:
     """Pick and load a backend for a verified bundle (see the module doc). `model`: an already loaded and
-    fused model for the torch backend (bench shares it with the diffusers baseline)."""
+    fused model for the torch backend (bench shares it with the diffusers baseline); `torch_speedups`: its
+    switches (StylizeConfig.torch_speedups)."""
     loaders = {
         "tensorrt": _load_tensorrt,
         "onnxruntime": _load_onnxruntime,
-        "torch": lambda b, d: _load_torch(b, d, model),
+        "torch": lambda b, d: _load_torch(b, d, model, torch_speedups or {}),
     }
     if name != "auto":
         if name not in loaders:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,34 +13,109 @@ from stdtrt.bundle.networks import GRAPHS
 from stdtrt.errors import StdtrtError
 from stdtrt.runtime.backends.base import Backend
 
+log = logging.getLogger(__name__)
 
-def ort_providers(device: str, fp16: bool, cache_dir: Path) -> list:
-    """The providers to ask for, best first: TensorRT EP, CUDA EP (unless device is cpu), then CPU."""
+
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def tensorrt_provider_unusable() -> str | None:
+    """Why onnxruntime's TensorRT provider cannot load here (None when it can). Every onnxruntime-gpu wheel
+    up to 1.31 links TensorRT 10 (libnvinfer.so.10); with TensorRT 11 alone it fails to load, and
+    onnxruntime then falls back on its own, dropping every provider option (a cuda:1 request runs on GPU 0).
+    Asked first, so that the provider is never requested where it cannot load."""
+    import ctypes
+    import importlib.metadata
+
+    try:
+        ctypes.CDLL("libnvinfer.so.10")
+        return None
+    except OSError:
+        try:
+            found = f"TensorRT {importlib.metadata.version('tensorrt')} is installed"
+        except importlib.metadata.PackageNotFoundError:
+            found = "no TensorRT is installed"
+        return f"onnxruntime's TensorRT provider links TensorRT 10 (libnvinfer.so.10), which does not load here ({found})"
+
+
+def ort_providers(
+    device: str, cache_dir: Path, allowed: tuple[str, ...] | None = None
+) -> tuple[list, list[str]]:
+    """(the providers to ask for, best first, with their options; notes on the GPU providers left out).
+
+    TensorRT EP (where it can load), CUDA EP, each on the GPU asked for (`cuda:N` -> device_id N), unless
+    the device is the CPU; the CPU provider last (it runs what a GPU provider does not). No weak-typing
+    option: the graphs carry their own precision. `allowed` limits the providers by name."""
     import onnxruntime as ort
 
-    available = ort.get_available_providers()
+    available = [p for p in ort.get_available_providers() if allowed is None or p in allowed]
     providers: list = []
+    notes: list[str] = []
     if device != "cpu":
         index = int(device.split(":")[1]) if device.startswith("cuda:") else 0
         if "TensorrtExecutionProvider" in available:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            options = {
-                "device_id": index,
-                "trt_fp16_enable": fp16,
-                "trt_engine_cache_enable": True,
-                "trt_engine_cache_path": str(cache_dir),
-                "trt_timing_cache_enable": True,
-            }
-            providers.append(("TensorrtExecutionProvider", options))
+            reason = tensorrt_provider_unusable()
+            if reason:
+                notes.append(f"TensorrtExecutionProvider not used: {reason}")
+            else:
+                cache_dir.mkdir(parents=True, exist_ok=True)
+                options = {
+                    "device_id": index,
+                    "trt_engine_cache_enable": True,
+                    "trt_engine_cache_path": str(cache_dir),
+                    "trt_timing_cache_enable": True,
+                }
+                providers.append(("TensorrtExecutionProvider", options))
         if "CUDAExecutionProvider" in available:
             providers.append(("CUDAExecutionProvider", {"device_id": index}))
         if device.startswith("cuda") and not providers:
             raise StdtrtError(
                 f"device {device} requested but onnxruntime {ort.__version__} has no CUDA provider "
-                f"(available: {', '.join(available)}); install onnxruntime-gpu"
+                f"(available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu"
             )
     providers.append("CPUExecutionProvider")
-    return providers
+    return providers, notes
+
+
+def _names(providers) -> list[str]:
+    return [p if isinstance(p, str) else p[0] for p in providers]
+
+
+def create_session(path: Path, options, providers: list) -> tuple[object, list[str]]:
+    """An InferenceSession on exactly the providers asked for (with their options), or the same list
+    without a GPU provider that failed to start, said in a note. onnxruntime's own fallback (which prints
+    a banner to stdout and retries without any provider option) is switched off, or, in versions without
+    the switch, caught and redone with the options kept."""
+    import contextlib
+    import io
+
+    import onnxruntime as ort
+
+    notes = []
+    while True:
+        printed = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(printed):
+                sess = ort.InferenceSession(str(path), options, providers=providers, enable_fallback=0)
+        except Exception as exc:
+            failed = _names(providers)[0]
+            if failed not in GPU_PROVIDERS or len(providers) == 1:
+                raise
+            notes.append(f"{failed} failed to start: {str(exc).strip().splitlines()[0][:200]}")
+            providers = providers[1:]
+            continue
+        got = sess.get_providers()
+        missing = [p for p in _names(providers) if p not in got]
+        if "EP Error" in printed.getvalue() or missing:  # fell back on its own, or dropped a provider
+            first = missing[0] if missing else _names(providers)[0]
+            reason = next(
+                (ln for ln in printed.getvalue().splitlines() if "EP Error" in ln), "it did not load"
+            )
+            notes.append(f"{first} did not start ({reason.strip()[:200]})")
+            if first in GPU_PROVIDERS and len(providers) > 1:
+                providers = [p for p in providers if _names([p])[0] != first]
+                continue
+        return sess, notes
 
 
 def session_options(threads: int | None = None):
@@ -60,15 +136,25 @@ def session_options(threads: int | None = None):
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
-    def __init__(self, bundle: Bundle, device: str = "auto", threads: int | None = None):
-        import onnxruntime as ort
-
+    def __init__(
+        self,
+        bundle: Bundle,
+        device: str = "auto",
+        threads: int | None = None,
+        concurrent: bool | None = None,
+        providers: tuple[str, ...] | None = None,
+    ):
+        """`concurrent`: the three graphs in threads of their own (the default; on a CPU each gets half the
+        cores); `providers`: only these GPU providers (validation asks for CUDA alone)."""
         super().__init__(bundle.plan(), bundle.width, bundle.height, bundle.latent_shape)
         from stdtrt.config import cache_root
 
         cache = cache_root() / "ort-trt" / bundle.key[:16]
-        cpu_only = ort_providers(device, False, cache) == ["CPUExecutionProvider"]  # fp16 changes no device
-        if cpu_only and threads is None:
+        allowed = None if providers is None else (*providers, "CPUExecutionProvider")
+        asked, notes = ort_providers(device, cache, allowed)
+        cpu_only = asked == ["CPUExecutionProvider"]
+        concurrent = True if concurrent is None else concurrent
+        if cpu_only and threads is None and concurrent:
             # On a CPU the three graphs run concurrently (a stage each), each with half the cores: the VAE
             # pair and the UNet take about as long, and pipelining them beat one graph at a time with
             # every core (0.153 against 0.121 fps, SD-1.5-sized, 2 cores).
@@ -76,19 +162,16 @@ class OnnxRuntimeBackend(Backend):
         self.sessions, self.io = {}, {}
         for graph in GRAPHS:
             try:
-                options = session_options(threads)
-                # fp16 per graph: SDXL's VAE graphs stay fp32 in an fp16 bundle
-                fp16 = bundle.manifest["graphs"][graph].get("precision") == "fp16"
-                providers = ort_providers(device, fp16, cache)
-                sess = ort.InferenceSession(str(bundle.graph_file(graph)), options, providers=providers)
+                sess, more = create_session(bundle.graph_file(graph), session_options(threads), asked)
             except Exception as exc:  # a graph this onnxruntime cannot load
                 raise StdtrtError(
                     f"onnxruntime cannot load {bundle.graph_file(graph)}: {str(exc)[:300]}"
                 ) from None
+            notes += [n for n in more if n not in notes]
             on_gpu = sess.get_providers()[0] != "CPUExecutionProvider"
             if device.startswith("cuda") and not on_gpu:  # asked for the GPU: never run on the CPU quietly
                 raise StdtrtError(
-                    f"onnxruntime could not start a GPU provider for {graph} (got {sess.get_providers()}); "
+                    f"onnxruntime could not start a GPU provider for {graph} ({'; '.join(notes) or sess.get_providers()}); "
                     f"check onnxruntime-gpu and CUDA, or run with --device cpu"
                 )
             dev = (
@@ -100,8 +183,11 @@ class OnnxRuntimeBackend(Backend):
             self.sessions[graph] = sess
             self.io[graph] = (spec["inputs"][0]["name"], spec["outputs"][0], dev)
         self.providers = self.sessions["unet"].get_providers()  # what the session really got
+        self.notes = notes
+        for note in notes:
+            log.warning("onnxruntime: %s", note)
         self.device = self.io["unet"][2]
-        self.concurrent_stages = self.device.type == "cuda" or cpu_only
+        self.concurrent_stages = concurrent
 
     def _run(self, graph: str, x: torch.Tensor) -> torch.Tensor:
         in_name, out, dev = self.io[graph]
