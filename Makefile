@@ -24,6 +24,7 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	PYTHON=$(BIN)/python tests/tools/tensorrt_bindings.sh
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed

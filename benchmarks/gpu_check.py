@@ -1,33 +1,45 @@
-"""GPU check: the torch CUDA path of stdtrt's stream runtime against diffusers' img2img pipeline, one card.
+"""GPU check: every stdtrt path that can run on one card, checked and timed in one call, against diffusers'
+img2img pipeline in the same precision. No test depends on it.
 
-What it times (network work per frame, steady state, no video I/O, fp16, SD-1.5-sized UNet with random
-weights = the `random-sd15` preset, 512x512, NFE 4, guidance 1):
-  - stdtrt torch eager:      VAE encode + one stream UNet step (batch NFE) + VAE decode
-  - stdtrt torch CUDA graph: the same three networks captured once and replayed
-  - stdtrt onnxruntime CUDA: the exported bundle (only when onnxruntime-gpu is installed)
-  - diffusers img2img:       StableDiffusionImg2ImgPipeline + TCDScheduler over the same timesteps,
-                             strength 1.0, eta 0, prompt embeddings passed in
-and writes benchmarks/results/gpu-<card>.json (and prints a table).
+Rows (SD-1.5-sized UNet with random weights = the `random-sd15` preset, 512x512, NFE 4, guidance 1), for
+each precision in --precisions (fp16 and bf16):
+  - torch eager (stream form: VAE encode + one UNet call of batch NFE + VAE decode per frame)
+  - torch channels_last + CUDA graphs, and torch.compile + CUDA graphs (--compile-precisions): each
+    checked against eager on the same seeded frame (max |diff|, relative to the output's range)
+  - the sequential torch student (`--model` with --gamma > 0: NFE UNet calls of batch 1 per frame)
+  - diffusers img2img (StableDiffusionImg2ImgPipeline + TCDScheduler over the same timesteps)
+then, where installed, onnxruntime's CUDA provider and the TensorRT engines on an exported fp16 bundle
+(TensorRT's export validates its engines against torch). Per row: ms per frame and per stage, fps, the
+ratio against diffusers, and the check. The JSON (benchmarks/results/gpu-<card>-<model>-<size>.json) is
+rewritten after every row, and a failing row is recorded with its error while the others go on.
 
-Running it on a lent GPU machine: the machine has torch with CUDA but no diffusers, and nothing outside it
-can be reached. Carry wheels with the working tree (`.whl/` is git-ignored, so name it in `carry`; the
-carry limit is 64 MiB). On a networked machine with the GPU machine's Python version:
-    pip download --no-deps -d .whl diffusers transformers tokenizers huggingface_hub safetensors regex
-(about 25 MB; add what `python -c "import diffusers, transformers"` on the GPU machine still reports
-missing). The onnxruntime row also needs onnx, onnxscript, onnxruntime-gpu (~200 MB: too large to carry)
-and scikit-image; without them it is skipped with the reason. Then on the GPU machine:
-    pip install --no-deps .whl/*.whl && python benchmarks/gpu_check.py   # it puts the repository on sys.path
-`--model tiny-sd --size 64 --device cpu` runs the same code paths here (no CUDA graphs) as a smoke test.
-No test depends on this script.
+On a lent GPU machine (torch with CUDA, transformers, peft, accelerate, onnx, onnxscript, onnxruntime for
+the CPU, opencv; no diffusers, no PyAV, no TensorRT, no onnxruntime-gpu), carry diffusers and the one
+package of its own it needs that is missing there. Here, in the repository root, once:
+    echo /.whl/ >> .git/info/exclude
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 -d .whl diffusers==0.42.1 importlib_metadata==8.7.0
+and then the one command, with `.whl` in the call's carry (a few MB; this script puts the repository on
+sys.path and imports nothing that needs PyAV):
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
+        && PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py --out $OUT
+It finishes within 8 minutes on one H100 or H200, the model builds included (--budget-s stops starting
+new rows past its budget). `--model tiny-sd --size 64 --device cpu --precisions fp32` runs the same code
+here as a smoke test (no CUDA graphs).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import os
+import platform
 import re
 import sys
+import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -38,18 +50,20 @@ from stdtrt import schedule  # noqa: E402
 from stdtrt.models.load import load_model  # noqa: E402
 from stdtrt.runtime.backends.torch import TorchBackend  # noqa: E402
 from stdtrt.runtime.stream import StreamState  # noqa: E402
-from stdtrt.runtime.student import make_noise  # noqa: E402
+from stdtrt.runtime.student import Student, make_noise  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+PROMPT = "an oil painting"
+TOLERANCE = {"fp32": 1e-3, "fp16": 3e-2, "bf16": 1e-1}  # vs eager, relative to max(1, max |eager|)
 
 
-def sync(device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def time_frames(fn, frames: int, device) -> float:
-    """ms per frame of fn() over `frames` calls, after 3 warm-up calls."""
+def time_ms(fn, frames: int, device: torch.device) -> float:
+    """ms per call of fn() over `frames` calls, after 3 warm-up calls."""
     for _ in range(3):
         fn()
     sync(device)
@@ -60,88 +74,226 @@ def time_frames(fn, frames: int, device) -> float:
     return 1000 * (time.perf_counter() - start) / frames
 
 
-def stream_frame_fn(backend, image):
-    """One frame through the stream runtime: encode, one UNet step (pipe already full), decode."""
-    state = StreamState(backend, make_noise(backend.latent_shape, 0).to(backend.device))
-    for i in range(backend.plan.nfe):  # fill the pipe
-        state.push(backend.encode(image), i)
-    tag = [backend.plan.nfe]
+class StreamFrame:
+    """One frame through the stream runtime with the pipe full: encode, one UNet step, decode."""
 
-    def frame():
-        (done,) = state.push(backend.encode(image), tag[0])
-        tag[0] += 1
-        return backend.decode(done[0])
+    def __init__(self, backend, image: torch.Tensor):
+        self.backend, self.image = backend, image
+        self.state = StreamState(backend, make_noise(backend.latent_shape, 0))
+        for i in range(backend.plan.nfe):  # fill the pipe
+            self.state.push(backend.encode(image), i)
+        self.tag = backend.plan.nfe
 
-    return frame
+    def __call__(self) -> torch.Tensor:
+        (done,) = self.state.push(self.backend.encode(self.image), self.tag)
+        self.tag += 1
+        return self.backend.decode(done[0])
 
 
-class GraphedBackend:
-    """A torch backend whose three networks are captured as CUDA graphs (static shapes) and replayed."""
+def stage_ms(backend, image, frames, device) -> dict:
+    z = backend.encode(image)
+    slots = torch.randn(backend.plan.nfe, *backend.latent_shape, device=device)
+    return {
+        "vae_encode": time_ms(lambda: backend.encode(image), frames, device),
+        "unet": time_ms(lambda: backend.step(slots), frames, device),
+        "vae_decode": time_ms(lambda: backend.decode(z), frames, device),
+    }
 
-    def __init__(self, backend):
-        self.inner, self.plan, self.latent_shape = backend, backend.plan, backend.latent_shape
-        self.device, self.width, self.height = backend.device, backend.width, backend.height
-        shapes = {
-            "encode": (1, 3, backend.height, backend.width),
-            "step": (backend.plan.nfe, *backend.latent_shape),
-            "decode": (1, *backend.latent_shape),
+
+def check(ours: torch.Tensor, ref: torch.Tensor, precision: str) -> dict:
+    diff = float((ours.float() - ref.float()).abs().max())
+    tol = TOLERANCE[precision] * max(1.0, float(ref.float().abs().max()))
+    return {"max_abs_vs_eager": diff, "tolerance": tol, "check_ok": diff <= tol}
+
+
+class Report:
+    """Rows, written to the JSON after every one (a failing row is recorded, the others go on)."""
+
+    def __init__(self, path: Path, setup: dict, budget_s: float):
+        self.path, self.setup, self.rows, self.start, self.budget_s = (
+            path,
+            setup,
+            [],
+            time.perf_counter(),
+            budget_s,
+        )
+        self.baseline: dict[str, float] = {}  # precision -> diffusers ms per frame
+
+    def over_budget(self) -> bool:
+        return time.perf_counter() - self.start > self.budget_s
+
+    def row(self, name: str, precision: str, fn) -> dict | None:
+        """Run fn() -> dict (ms_per_frame and more); record it, or its error."""
+        if self.over_budget():
+            self.rows.append(
+                {"name": name, "precision": precision, "status": "skipped", "error": "over budget"}
+            )
+            self.write()
+            return None
+        start = time.perf_counter()
+        try:
+            result = {"status": "ok", **fn()}
+        except Exception as exc:  # recorded, and the next row runs
+            result = {"status": "failed", "error": f"{type(exc).__name__}: {str(exc)[:500]}",
+                      "traceback": traceback.format_exc()[-2000:]}  # fmt: skip
+        result = {
+            "name": name,
+            "precision": precision,
+            **result,
+            "seconds": round(time.perf_counter() - start, 1),
         }
-        self.graphs = {name: self._capture(getattr(backend, name), shape) for name, shape in shapes.items()}
+        ms = result.get("ms_per_frame")
+        if ms:
+            result["fps"] = 1000 / ms
+            if precision in self.baseline:
+                result["vs_diffusers"] = self.baseline[precision] / ms
+        self.rows.append(result)
+        self.write()
+        self.print(result)
+        return result
 
-    def _capture(self, fn, shape):
-        static_in = torch.zeros(shape, device=self.device)
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                fn(static_in)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = fn(static_in)
-        return graph, static_in, static_out
+    def write(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".json.partial")
+        total = round(time.perf_counter() - self.start, 1)
+        tmp.write_text(json.dumps({**self.setup, "seconds": total, "rows": self.rows}, indent=2) + "\n")
+        os.replace(tmp, self.path)
 
-    def _run(self, name, x):
-        graph, static_in, static_out = self.graphs[name]
-        static_in.copy_(x)
-        graph.replay()
-        return static_out.clone()
-
-    def encode(self, x):
-        return self._run("encode", x)
-
-    def step(self, x):
-        return self._run("step", x)
-
-    def decode(self, x):
-        return self._run("decode", x)
-
-
-def diffusers_frame_fn(model, plan, prompt: str, size: int):
-    from stdtrt.eval.bench import img2img_pipeline
-
-    pipe, kwargs = img2img_pipeline(model, plan, prompt, "", 1.0, size, size)
-    image = torch.rand(1, 3, size, size, device=model.device, dtype=model.dtype)  # diffusers takes [0, 1]
-    return lambda: pipe(image=image, output_type="pt", **kwargs).images
+    @staticmethod
+    def print(r: dict) -> None:
+        if r["status"] != "ok":
+            print(
+                f"  {r['name']:<44} {r['precision']:<5} {r['status'].upper()}: {r.get('error', '')}",
+                flush=True,
+            )
+            return
+        extra = ""
+        if "ms_per_frame" in r:
+            extra = f"{r['ms_per_frame']:8.2f} ms/frame {r['fps']:8.1f} fps"
+            if "vs_diffusers" in r:
+                extra += f" {r['vs_diffusers']:6.2f}x diffusers"
+        if "stages_ms" in r:
+            extra += "  (" + ", ".join(f"{k} {v:.2f}" for k, v in r["stages_ms"].items()) + " ms)"
+        if "max_abs_vs_eager" in r:
+            extra += f"  vs eager {r['max_abs_vs_eager']:.2e} {'ok' if r['check_ok'] else 'OVER TOLERANCE'}"
+        print(f"  {r['name']:<44} {r['precision']:<5} {extra}  [{r['seconds']:.0f} s]", flush=True)
 
 
-def ort_cuda_frame_fn(model_name: str, size: int, prompt: str, folder: Path):
+def torch_rows(report: Report, args, precision: str, device: torch.device) -> None:
+    start = time.perf_counter()
+    model = load_model(args.model, device=device, precision=precision)
+    report.rows.append({"name": "model build + placement", "precision": precision, "status": "ok",
+                        "seconds": round(time.perf_counter() - start, 1), "placement": model.placement.as_dict()})  # fmt: skip
+    report.write()
+    plan = schedule.student_plan(model.alphas_cumprod(), 0.75, args.nfe)
+    g = torch.Generator().manual_seed(0)
+    image = (torch.rand(1, 3, args.size, args.size, generator=g) * 2 - 1).to(device)
+
+    def diffusers():
+        from stdtrt.eval.bench import img2img_pipeline
+
+        pipe, kwargs = img2img_pipeline(model, plan, PROMPT, "", 1.0, args.size, args.size)
+        pixels = (image + 1) / 2  # diffusers takes [0, 1]
+        ms = time_ms(lambda: pipe(image=pixels, output_type="pt", **kwargs).images, args.frames, device)
+        model.place(model.placement)  # diffusers' SDXL pipelines move the VAE's dtype; put it back
+        return {"ms_per_frame": ms, "describe": f"{type(pipe).__name__} + TCDScheduler, {plan.nfe} steps"}
+
+    base = report.row("diffusers img2img (TCD)", precision, diffusers)
+    if base and base["status"] == "ok":
+        report.baseline[precision] = base["ms_per_frame"]
+    eager = TorchBackend.from_model(model, plan, PROMPT, "", 1.0, args.size, args.size,
+                                    cuda_graphs=False, channels_last=False)  # fmt: skip
+    reference = {}
+
+    def run(backend):
+        frame = StreamFrame(backend, image)
+        out = frame()
+        ms = time_ms(frame, args.frames, device)
+        return out, {"ms_per_frame": ms, "stages_ms": stage_ms(backend, image, args.frames, device),
+                     "describe": backend.describe()}  # fmt: skip
+
+    def eager_row():
+        out, row = run(eager)
+        reference["frame"] = out
+        return row
+
+    report.row("torch eager, stream form", precision, eager_row)
+    variants = [("torch channels_last + CUDA graphs", {"cuda_graphs": True, "channels_last": True})]
+    if precision in args.compile_precisions:
+        variants.append(("torch compile + channels_last + CUDA graphs",
+                         {"compile": True, "cuda_graphs": True, "channels_last": True}))  # fmt: skip
+    for name, speed in variants:
+
+        def fast(speed=speed):
+            t = time.perf_counter()
+            backend = TorchBackend.from_model(model, plan, PROMPT, "", 1.0, args.size, args.size, **speed)
+            out, row = run(backend)
+            row["load_s"] = time.perf_counter() - t
+            if "frame" in reference:
+                row.update(check(out, reference["frame"], precision))
+            return row
+
+        report.row(name, precision, fast)
+
+    def sequential():
+        student = Student(model, plan, PROMPT, args.size, args.size)
+        z0, noise = student.encode(image), make_noise(student.latent_shape, 0).to(device)
+        return {"ms_per_frame": time_ms(lambda: student.decode(student.sample(z0, noise)), args.frames, device),
+                "describe": f"{plan.nfe} sequential UNet calls of batch 1 (--gamma > 0 path)"}  # fmt: skip
+
+    report.row("torch sequential student (--model, gamma > 0)", precision, sequential)
+
+
+def bundle_rows(report: Report, args, device: torch.device) -> None:
+    """onnxruntime CUDA and TensorRT on an exported fp16 bundle, where they are installed."""
+    import importlib.util
+
+    have_trt = importlib.util.find_spec("tensorrt") is not None
     try:
         import onnxruntime as ort
+
+        have_ort_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
     except ImportError:
-        return None, "onnxruntime is not installed"
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return None, "onnxruntime has no CUDA provider here"
+        have_ort_cuda = False
+    if not (have_trt or have_ort_cuda):
+        report.rows.append({"name": "onnxruntime CUDA / TensorRT", "precision": "fp16", "status": "skipped",
+                            "error": "neither onnxruntime-gpu nor tensorrt is installed here"})  # fmt: skip
+        report.write()
+        return
     from stdtrt.bundle.manifest import read_bundle
     from stdtrt.config import ExportConfig
     from stdtrt.export.export import export_bundle
-    from stdtrt.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
-    cfg = ExportConfig(model=model_name, prompt=prompt, width=size, height=size, precision="fp16",
-                       tensorrt=False, out=str(folder / "bundle"))  # fmt: skip
-    backend = OnnxRuntimeBackend(read_bundle(export_bundle(cfg, progress=False).path), "cuda")
-    image = torch.rand(1, 3, size, size, device=backend.device) * 2 - 1
-    return stream_frame_fn(backend, image), backend.describe()
+    folder = Path(tempfile.mkdtemp(prefix="stdtrt-gpu-check."))
+    bundle = {}
+
+    def export():
+        cfg = ExportConfig(model=args.model, prompt=PROMPT, width=args.size, height=args.size, nfe=args.nfe,
+                           precision="fp16", tensorrt=have_trt, out=str(folder / "bundle"))  # fmt: skip
+        result = export_bundle(cfg, progress=False)
+        bundle["b"] = read_bundle(result.path)
+        return {"export_s": result.seconds, "stages": result.stages, "tensorrt": result.tensorrt,
+                "validation": result.table}  # fmt: skip
+
+    report.row("export fp16 bundle (validated)", "fp16", export)
+    if "b" not in bundle:
+        return
+    image = (torch.rand(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0)) * 2 - 1).to(
+        device
+    )
+    for name, kind in (("onnxruntime CUDA provider", "ort"), ("TensorRT engines", "trt")):
+        if (kind == "ort" and not have_ort_cuda) or (kind == "trt" and not have_trt):
+            continue
+
+        def timed(kind=kind):
+            from stdtrt.runtime.backends import load_backend
+
+            backend = load_backend(bundle["b"], "onnxruntime" if kind == "ort" else "tensorrt", "cuda")
+            frame = StreamFrame(backend, image)
+            return {"ms_per_frame": time_ms(frame, args.frames, device),
+                    "stages_ms": stage_ms(backend, image, args.frames, device), "describe": backend.describe()}  # fmt: skip
+
+        report.row(name, "fp16", timed)
 
 
 def main() -> None:
@@ -149,44 +301,44 @@ def main() -> None:
     ap.add_argument("--model", default="random-sd15")
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--nfe", type=int, default=4)
-    ap.add_argument("--frames", type=int, default=20)
+    ap.add_argument("--frames", type=int, default=30)
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--no-ort", action="store_true", help="skip the onnxruntime CUDA export and run")
-    args = ap.parse_args()
-    device = torch.device(args.device)
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
-    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    model = load_model(args.model, device=device, dtype=dtype)
-    plan = schedule.student_plan(model.alphas_cumprod(), 0.75, args.nfe)
-    prompt = "an oil painting"
-    backend = TorchBackend.from_model(model, plan, prompt, "", 1.0, args.size, args.size)
-    image = torch.rand(1, 3, args.size, args.size, device=device) * 2 - 1
-    rows = {"stdtrt torch eager": time_frames(stream_frame_fn(backend, image), args.frames, device)}
-    if device.type == "cuda":
-        graphed = GraphedBackend(backend)
-        rows["stdtrt torch CUDA graphs"] = time_frames(stream_frame_fn(graphed, image), args.frames, device)
-    rows["diffusers img2img (TCD)"] = time_frames(
-        diffusers_frame_fn(model, plan, prompt, args.size), args.frames, device
+    ap.add_argument("--precisions", default="fp16,bf16")
+    ap.add_argument("--compile-precisions", default="fp16", help="precisions whose torch.compile row runs")
+    ap.add_argument("--budget-s", type=float, default=420, help="start no new row after this many seconds")
+    ap.add_argument(
+        "--out", default=str(RESULTS), help="folder for the JSON (also kept in benchmarks/results)"
     )
-    notes = {}
-    if not args.no_ort and device.type == "cuda":
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            fn, notes["onnxruntime"] = ort_cuda_frame_fn(args.model, args.size, prompt, Path(tmp))
-            if fn is not None:
-                rows["stdtrt onnxruntime CUDA"] = time_frames(fn, args.frames, device)
-    base = rows["diffusers img2img (TCD)"]
-    print(f"{args.model} {args.size}x{args.size}, nfe {args.nfe}, {str(dtype)[6:]} on {card}")
-    for name, ms in rows.items():
-        print(f"  {name:<28} {ms:8.1f} ms/frame  {1000 / ms:7.2f} fps  {base / ms:5.2f}x diffusers")
-    RESULTS.mkdir(exist_ok=True)
+    args = ap.parse_args()
+    args.compile_precisions = args.compile_precisions.split(",")
+    device = torch.device(args.device)
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     slug = re.sub(r"[^a-z0-9]+", "-", card.lower()).strip("-")
-    out = RESULTS / f"gpu-{slug}-{args.model}-{args.size}.json"
-    result = {"card": card, "model": args.model, "size": args.size, "nfe": args.nfe, "dtype": str(dtype),
-              "torch": torch.__version__, "ms_per_frame": rows, "notes": notes}  # fmt: skip
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    setup = {
+        "card": card, "model": args.model, "size": args.size, "nfe": args.nfe, "frames": args.frames,
+        "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+        "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
+    }  # fmt: skip
+    report = Report(Path(args.out) / f"gpu-{slug}-{args.model}-{args.size}.json", setup, args.budget_s)
+    print(
+        f"{args.model} {args.size}x{args.size}, nfe {args.nfe} on {card} (torch {torch.__version__})",
+        flush=True,
+    )
+    for precision in args.precisions.split(","):
+        try:
+            torch_rows(report, args, precision, device)
+        except Exception as exc:  # e.g. bf16 refused on this card: recorded
+            report.rows.append({"name": "model build + placement", "precision": precision, "status": "failed",
+                                "error": f"{type(exc).__name__}: {str(exc)[:500]}"})  # fmt: skip
+            report.write()
+            print(f"  {precision}: FAILED {exc}", flush=True)
+        gc.collect()  # the model of this precision is gone before the next one is built
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    if device.type == "cuda":
+        bundle_rows(report, args, device)
+    report.write()
+    print(f"wrote {report.path} ({time.perf_counter() - report.start:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from stdtrt.config import StylizeConfig
 from stdtrt.errors import StdtrtError
 from stdtrt.export import tensorrt
 from stdtrt.runtime.backends import load_backend
-from stdtrt.runtime.backends.onnxruntime import OnnxRuntimeBackend, ort_providers
+from stdtrt.runtime.backends.onnxruntime import ort_providers
 from stdtrt.runtime.stylize import stylize_image, stylize_video
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
@@ -173,20 +173,3 @@ def test_tensorrt_backend_says_why_not(sd_bundle):
     bundle = read_bundle(sd_bundle[1].path)
     assert "device cpu" in tensorrt_unusable(bundle, "cpu")
     assert "no TensorRT engines" in tensorrt_unusable(bundle, "auto")
-
-
-@pytest.mark.gpu
-def test_tensorrt_engines_match_onnxruntime(tmp_path):
-    if NO_TRT:
-        pytest.skip(f"needs CUDA and TensorRT: {is_tensorrt_available()[1]}")
-    from conftest import export_tiny
-
-    _, result = export_tiny(tmp_path, "tiny-sd", 1.0, tensorrt=True, precision="fp32")
-    bundle = read_bundle(result.path)
-    trt = load_backend(bundle, "tensorrt")
-    ort = OnnxRuntimeBackend(bundle, "cpu")
-    import torch
-
-    x = torch.randn(bundle.nfe, *bundle.latent_shape)
-    assert (trt.step(x.cuda()).cpu() - ort.step(x)).abs().max() < 1e-2
-    assert load_backend(bundle, "auto").name == "tensorrt"

@@ -42,9 +42,17 @@ class _Engine:
     """One deserialized engine: a context, a device buffer per input/output tensor, its own stream."""
 
     def __init__(self, trt, runtime, path, device: torch.device):
-        engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        try:
+            engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        except Exception as exc:  # a corrupt or foreign plan: TensorRT raises or returns None
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise StdtrtError(
+                f"TensorRT could not load {path}: {first}; export the bundle again here"
+            ) from None
         if engine is None:
-            raise StdtrtError(f"TensorRT could not load {path} (built by another TensorRT or GPU?)")
+            raise StdtrtError(
+                f"TensorRT could not load {path} (built by another TensorRT or GPU?); export the bundle again here"
+            )
         self.engine, self.context = engine, engine.create_execution_context()
         self.buffers, self.inputs, self.outputs = {}, [], []
         for i in range(engine.num_io_tensors):
