@@ -144,7 +144,8 @@ def start_run(cfg):
     """A training Run (one process, CPU) for tests that drive single steps."""
     from accelerate import Accelerator
 
-    from stdtrt.distill.trainer import Run, mixed_precision, prepare_out_dir
+    from stdtrt.distill.checkpoint import prepare_out_dir
+    from stdtrt.distill.trainer import Run, mixed_precision
 
     prepare_out_dir(cfg, False, False)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)

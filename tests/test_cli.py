@@ -128,3 +128,18 @@ def test_missing_default_bundle_is_one_line(video, tmp_path, capsys, monkeypatch
     monkeypatch.chdir(tmp_path)
     code, _, err = _run(["stylize-video", str(video), "-o", "o.mp4"], capsys)
     assert code == 2 and len(err.splitlines()) == 1 and "stdtrt export" in err and "--model" in err
+
+
+def test_export_needs_no_demo_extra(tmp_path):
+    """`pip install -e ".[onnx]"` without the demo extra: export validates on synthetic sample photographs
+    (io/samples.py), nothing imports scikit-image or the demo."""
+    code = (
+        "import sys; sys.modules['skimage'] = None\n"  # as if scikit-image were not installed
+        "from stdtrt.cli import main\n"
+        f"main(['export', '--model', 'tiny-sd', '--width', '64', '--height', '64', '--nfe', '1', "
+        f"'--no-tensorrt', '--out', {str(tmp_path / 'b')!r}])\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "frame (stream vs sequential torch)" in run.stdout and (tmp_path / "b" / "manifest.json").exists()
+    assert "stdtrt.demo" not in run.stdout + run.stderr

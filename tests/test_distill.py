@@ -118,7 +118,8 @@ def test_pseudo_huber_and_jump_match_a_hand_computation():
     a_t, b_t, a_s, b_s = 0.6, 0.8, 0.9, 0.43588989
     pred = a_s * (2.0 - b_t * 0.5) / a_t + b_s * 0.5  # = 2.7179
     expected = ((pred**2 + 1e-6) ** 0.5) - 1e-3
-    assert abs(float(std_loss(x, eps, target, a_t, b_t, a_s, b_s, 1e-3)) - expected) < 1e-5
+    loss, got_pred = std_loss(x, eps, target, a_t, b_t, a_s, b_s, 1e-3)
+    assert abs(float(loss) - expected) < 1e-5 and abs(float(got_pred) - pred) < 1e-5
 
 
 def test_compiled_loss_equals_eager_values_and_gradients():
@@ -130,8 +131,8 @@ def test_compiled_loss_equals_eager_values_and_gradients():
     results = []
     for fn in (fused, std_loss):
         eps = torch.randn(shape, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
-        loss = fn(x, eps, target, *coef, 1e-3)
-        loss.backward()
+        loss, pred = fn(x, eps, target, *coef, 1e-3)
+        (loss + pred.mean()).backward()  # gradients through both outputs (the adversarial branch uses pred)
         results.append((loss.detach(), eps.grad))
     assert fused.fused, "torch.compile did not produce a fused kernel here"
     assert torch.allclose(results[0][0], results[1][0], rtol=1e-5, atol=1e-7)
@@ -158,24 +159,58 @@ def test_one_step_makes_one_guided_teacher_call_and_trains_only_the_lora(data_di
     assert run.bank.n[run.bank.live].tolist() == [schedule.start_index(0.75) - 1] * 2
 
 
-def test_teacher_step_is_lcm_guided_ddim(data_dir, tmp_path):
+def test_the_std_step_matches_a_hand_computation(data_dir, tmp_path):
+    """distill/step.py's pure step on the tiny UNet, against the formulas of std.md written out here with
+    plain UNet calls: the LCM-guided teacher DDIM step (adapters off), the stop-gradient student's target
+    from x_next, the student's jump, the pseudo-Huber loss. R = 1 makes s = t_{n-2} deterministic."""
+    from stdtrt.distill.step import Batch, StepPlan, std_step
     from stdtrt.distill.teacher import adapters_off
-    from stdtrt.models.conditioning import predict_eps
 
     run = _run(small(data_dir, tmp_path / "r"))
+    torch.manual_seed(3)
+    for p in run.lora_params.values():  # a non-zero adapter: student and teacher differ
+        p.data.normal_(0, 0.05)
     g = torch.Generator().manual_seed(0)
     x, n, w = torch.randn(2, 4, 4, 4, generator=g), torch.tensor([38, 20]), torch.tensor([5.0, 12.0])
     cond, uncond = run.prompts.map(lambda t: t[:1].expand(2, *t.shape[1:])), run.uncond.repeat(2)
-    got = run.teacher.step(x, n, cond, uncond, w, torch.float32)
-    with torch.no_grad(), adapters_off(run.raw_unet):
-        t = torch.tensor([779, 419])
-        e_c, e_u = predict_eps(run.raw_unet, x, t, cond), predict_eps(run.raw_unet, x, t, uncond)
-    e = e_c + w.view(-1, 1, 1, 1) * (e_c - e_u)  # the LCM form
+    batch = Batch(x, n, torch.zeros_like(x), w, torch.zeros(2, dtype=torch.long), cond, uncond)
+    plan = StepPlan(run.abar, 50, 1, "std", 1e-3)
+    out = std_step(batch, run._student, run._target_net, run.teacher, plan, g, run.loss_fn)
+
+    def unet(x, t, c):
+        return run.raw_unet(x, t, encoder_hidden_states=c.embeds).sample
+
     abar = run.abar
-    a_t, b_t = abar[t].sqrt().view(-1, 1, 1, 1), (1 - abar[t]).sqrt().view(-1, 1, 1, 1)
-    tp = torch.tensor([759, 399])
-    a_p, b_p = abar[tp].sqrt().view(-1, 1, 1, 1), (1 - abar[tp]).sqrt().view(-1, 1, 1, 1)
-    assert torch.allclose(got, a_p * (x - b_t * e) / a_t + b_p * e, atol=1e-5)
+    a = lambda t: abar[t].sqrt().view(-1, 1, 1, 1)  # noqa: E731
+    b = lambda t: (1 - abar[t]).sqrt().view(-1, 1, 1, 1)  # noqa: E731
+    t, tp, s = (
+        torch.tensor([779, 419]),
+        torch.tensor([759, 399]),
+        torch.tensor([739, 379]),
+    )  # t_n, t_{n-1}, t_{n-2}
+    with torch.no_grad():
+        with adapters_off(run.raw_unet):
+            e_c, e_u = unet(x, t, cond), unet(x, t, uncond)
+        e_T = e_c + w.view(-1, 1, 1, 1) * (e_c - e_u)
+        x_next = a(tp) * (x - b(t) * e_T) / a(t) + b(tp) * e_T
+        e_next = unet(x_next, tp, cond)
+        target = a(s) * (x_next - b(tp) * e_next) / a(tp) + b(s) * e_next
+        eps = unet(x, t, cond)
+        pred = a(s) * (x - b(t) * eps) / a(t) + b(s) * eps
+        loss = (((pred - target) ** 2 + 1e-6).sqrt() - 1e-3).mean()
+    assert out.s.tolist() == s.tolist() and out.n_next.tolist() == [37, 19]
+    for name, ours, ref in (
+        ("x_next", out.x_next, x_next),
+        ("target", out.target, target),
+        ("pred", out.pred, pred),
+    ):
+        assert torch.allclose(ours, ref, atol=1e-5), name
+    assert (
+        abs(float(out.loss.detach()) - float(loss)) < 1e-6
+        and out.loss.requires_grad
+        and out.pred.requires_grad
+    )
+    assert not torch.allclose(e_c, eps, atol=1e-3)  # the teacher really ran without the adapter
 
 
 # -- whole runs --------------------------------------------------------------------------------------------
@@ -226,13 +261,14 @@ def test_nan_guard_keeps_the_last_good_checkpoint(data_dir, tmp_path):
 
 
 def test_saved_lora_reproduces_the_in_memory_student(data_dir, tmp_path):
+    from stdtrt.distill.checkpoint import save_lora
     from stdtrt.models.conditioning import predict_eps
     from stdtrt.models.load import load_model
 
     run = _run(small(data_dir, tmp_path / "r", lr=1e-2))
     for _ in range(2):
         run.optimise()
-    run.save_lora()
+    save_lora(run)
     x = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(2))
     cond = run.prompts.map(lambda t: t[:1])
     with torch.no_grad():

@@ -82,33 +82,14 @@ def test_renoise_matches_the_forward_process_marginal():
     assert abs(float(y.var()) - 0.8) < 0.005
 
 
-def _diffusers_tcd_latents(model, z0, seed, plan, guidance, gamma, cond, uncond):
-    """Run diffusers' own img2img pipeline with TCDScheduler over the plan's timesteps; return latents."""
-    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline, TCDScheduler
+def _diffusers_tcd_latents(model, z0, seed, plan, guidance, gamma, prompt):
+    """diffusers' own img2img pipeline with TCDScheduler over the plan's timesteps (the one bench times),
+    on latents: a 4-channel `image` is taken as scaled latents, no VAE."""
+    from stdtrt.eval.bench import img2img_pipeline
 
-    components = dict(model.pipe.components)
-    components["scheduler"] = TCDScheduler.from_config(model.pipe.scheduler.config)
-    if model.kind == "sdxl":
-        pipe = StableDiffusionXLImg2ImgPipeline(**components, requires_aesthetics_score=False)
-        extra = dict(pooled_prompt_embeds=cond.pooled, negative_pooled_prompt_embeds=uncond.pooled)
-    else:
-        components.pop("image_encoder", None)
-        pipe = StableDiffusionImg2ImgPipeline(**components)
-        extra = {}
-    pipe.set_progress_bar_config(disable=True)
-    out = pipe(
-        image=z0,  # 4-channel input: taken as (scaled) latents, no VAE
-        prompt_embeds=cond.embeds,
-        negative_prompt_embeds=uncond.embeds,
-        strength=1.0,
-        timesteps=list(plan.timesteps),
-        guidance_scale=guidance,
-        eta=gamma,
-        generator=torch.Generator().manual_seed(seed),
-        output_type="latent",
-        **extra,
-    )
-    return out.images
+    pipe, kwargs = img2img_pipeline(model, plan, prompt, "", guidance, 64, 64)
+    kwargs.update(eta=gamma, output_type="latent", generator=torch.Generator().manual_seed(seed))
+    return pipe(image=z0, **kwargs).images
 
 
 @pytest.mark.parametrize("kind", ["tiny_sd", "tiny_sdxl"])
@@ -128,10 +109,7 @@ def test_student_sampler_equals_diffusers_tcd(kind, guidance, gamma, request):
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn((1, 4, 8, 8), generator=g)  # what diffusers draws first with this generator
     ours = student.sample(z0, noise, generator=g)
-    from stdtrt.models.conditioning import encode_prompt
-
-    uncond = encode_prompt(model.pipe, "", 64, 64)
-    theirs = _diffusers_tcd_latents(model, z0, seed, plan, guidance, gamma, student.cond, uncond)
+    theirs = _diffusers_tcd_latents(model, z0, seed, plan, guidance, gamma, "an oil painting")
     assert ours.shape == theirs.shape
     assert (ours - theirs).abs().max().item() < 1e-4
     assert make_noise((4, 8, 8), seed).equal(noise)

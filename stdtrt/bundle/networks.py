@@ -18,19 +18,9 @@ import torch
 from stdtrt import schedule
 from stdtrt.errors import StdtrtError
 from stdtrt.models.conditioning import Conditioning, encode_prompt, predict_eps
+from stdtrt.models.vae import vae_decode, vae_encode
 
 GRAPHS = ("vae_encoder", "unet", "vae_decoder")  # bundle file stems, in pipeline order
-
-
-def vae_encode(vae, images: torch.Tensor, scaling_factor: float) -> torch.Tensor:
-    """Images in [-1, 1] -> scaled content latents z0 (the posterior mean), float32.  # (B, 4, H/8, W/8)
-    The VAE runs in its own dtype: the images are cast to it here."""
-    return vae.encode(images.to(vae.dtype)).latent_dist.mean.float() * scaling_factor
-
-
-def vae_decode(vae, z: torch.Tensor, scaling_factor: float) -> torch.Tensor:
-    """Scaled latents -> images in [-1, 1] (not clamped), float32.  # (B, 3, H, W)"""
-    return vae.decode((z.float() / scaling_factor).to(vae.dtype), return_dict=False)[0].float()
 
 
 class VaeGraph(torch.nn.Module):

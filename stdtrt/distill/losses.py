@@ -17,10 +17,11 @@ def pseudo_huber(pred: torch.Tensor, target: torch.Tensor, c: float) -> torch.Te
     return (torch.sqrt((pred.float() - target.float()) ** 2 + c * c) - c).mean()
 
 
-def std_loss(x, eps, target, a_t, b_t, a_s, b_s, c: float) -> torch.Tensor:
-    """L_std: jump the student's estimate from (x, t) to s and compare it with the target at s."""
+def std_loss(x, eps, target, a_t, b_t, a_s, b_s, c: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """L_std: jump the student's estimate from (x, t) to s and compare it with the target at s.
+    Returns (loss, pred): the jump is computed once, and the adversarial branch decodes the same pred."""
     pred = schedule.ddim_jump(x.float(), eps.float(), a_t, b_t, a_s, b_s)  # (B, 4, h, w)
-    return pseudo_huber(pred, target, c)
+    return pseudo_huber(pred, target, c), pred
 
 
 class FusedSTDLoss:
@@ -38,7 +39,7 @@ class FusedSTDLoss:
     def fused(self) -> bool:
         return self.compiled is not None
 
-    def __call__(self, *args, **kwargs) -> torch.Tensor:
+    def __call__(self, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         if self.compiled is not None:
             try:
                 return self.compiled(*args, **kwargs)

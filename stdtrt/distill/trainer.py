@@ -21,20 +21,18 @@ from pathlib import Path
 import torch
 
 from stdtrt import schedule
-from stdtrt.bundle.networks import vae_encode
 from stdtrt.config import DistillConfig
+from stdtrt.distill import checkpoint
 from stdtrt.distill import data as data_mod
 from stdtrt.distill.bank import TrajectoryBank
 from stdtrt.distill.losses import FusedSTDLoss
+from stdtrt.distill.step import Batch, StepPlan, std_step
 from stdtrt.distill.teacher import Teacher
 from stdtrt.errors import StdtrtError
-from stdtrt.models.conditioning import Conditioning, encode_prompt
+from stdtrt.models.conditioning import Conditioning, encode_prompt, predict_eps
+from stdtrt.models.vae import vae_encode
 
 log = logging.getLogger(__name__)
-
-CONFIG_FILE = "config.json"
-LORA_FILE = "lora.safetensors"  # kohya form: diffusers, ComfyUI, A1111
-DIFFUSERS_LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers form (save_lora_weights)
 
 
 @dataclass
@@ -45,51 +43,6 @@ class DistillResult:
     seconds: float
     last_loss: float
     main_process: bool = True  # only the main process of a multi-process run reports
-
-
-# -- the run folder ----------------------------------------------------------------------------------------
-def prepare_out_dir(cfg: DistillConfig, resume: bool, overwrite: bool) -> Path | None:
-    """Check the run folder; return the checkpoint to resume from (None for a fresh run)."""
-    out = Path(cfg.out)
-    saved = out / CONFIG_FILE
-    if resume and overwrite:
-        raise StdtrtError("--resume and --overwrite contradict each other; pick one")
-    if resume:
-        if not saved.exists():
-            raise StdtrtError(f"nothing to resume in {out}: no {CONFIG_FILE} (start without --resume)")
-        check_same_run(cfg, json.loads(saved.read_text()))
-        return latest_checkpoint(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise StdtrtError(
-                f"{out} already holds a run; pass --resume to continue it, --overwrite to replace it, "
-                f"or choose another --out"
-            )
-        if not saved.exists() and not (out / "checkpoints").exists():
-            raise StdtrtError(f"{out} is not a stdtrt run folder; refusing to overwrite it")
-    return None
-
-
-def check_same_run(cfg: DistillConfig, saved: dict) -> None:
-    now = asdict(cfg)
-    differ = [
-        f"{k}: {saved.get(k)!r} -> {now[k]!r}"
-        for k in now
-        if k not in DistillConfig.RESUMABLE_CHANGES and _norm(saved.get(k)) != _norm(now[k])
-    ]
-    if differ:
-        raise StdtrtError(
-            f"cannot resume {cfg.out}: its checkpoint was made with another config ({'; '.join(differ)})"
-        )
-
-
-def _norm(value):
-    return list(value) if isinstance(value, tuple | list) else value
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    ckpts = sorted((out / "checkpoints").glob("step-*"))
-    return ckpts[-1] if ckpts else None
 
 
 # -- the run -----------------------------------------------------------------------------------------------
@@ -127,9 +80,8 @@ class Run:
         if cfg.gradient_checkpointing:
             unet.enable_gradient_checkpointing()
         unet.train()
-        self.teacher = Teacher(
-            teacher_unet, self.abar, shared=cfg.teacher == "shared", num_steps=cfg.teacher_steps
-        )
+        self.teacher = Teacher(teacher_unet, shared=cfg.teacher == "shared")
+        self.step_plan = StepPlan(self.abar, cfg.teacher_steps, self.window_r, cfg.mode, cfg.huber_c)
 
         from diffusers.optimization import get_scheduler
 
@@ -253,41 +205,39 @@ class Run:
             for n, p in self.lora_params.items():
                 p.data.copy_(backup[n])
 
-    def train_step(self) -> dict:
-        cfg, dt = self.cfg, self.weight_dtype
+    def _student(self, x, t, cond):
+        """The LoRA student's noise estimate, with grad (through the accelerate-prepared UNet)."""
+        dt = self.weight_dtype
+        return self.unet(x.to(dt), t, **cond.to(dtype=dt).unet_kwargs(), return_dict=False)[0].float()
+
+    @torch.no_grad()
+    def _target_net(self, x, t, cond):
+        """The target's noise estimate: the student under stop-gradient, or its EMA."""
+        with self._ema_weights():
+            return predict_eps(self.raw_unet, x, t, cond)
+
+    def train_step(self):
+        """One micro-batch: draw from the bank, the pure STD step (distill/step.py), the adversarial
+        branch on the same pred, the teacher's states back into the bank."""
         self.step_calls += 1
         slots, b = self._batch()
-        x, n = b["x"], b["n"]
-        cond = self.prompts.map(lambda t: t[b["prompt"]])
-        uncond = self.uncond.repeat(len(n))
-        t = schedule.grid_time_tensor(n, self.T, cfg.teacher_steps)
-        t_prev = schedule.grid_time_tensor(n - 1, self.T, cfg.teacher_steps)
-        if cfg.mode == "lcm":  # consistency distillation: always jump to the clean end
-            s_idx = torch.zeros_like(n)
-        else:
-            s_idx = schedule.sample_target_index(n, self.window_r, self.generator)
-        s = schedule.grid_time_tensor(s_idx - 1, self.T, cfg.teacher_steps)
-        a_t, b_t = schedule.coefficients_tensor(self.abar, t)
-        a_p, b_p = schedule.coefficients_tensor(self.abar, t_prev)
-        a_s, b_s = schedule.coefficients_tensor(self.abar, s)
-
-        eps = self.unet(x.to(dt), t, **cond.unet_kwargs(), return_dict=False)[0]  # student, with grad
-        with torch.no_grad():
-            x_next = self.teacher.step(x, n, cond, uncond, b["w"], dt)
-            with self._ema_weights():
-                e_target = self.raw_unet(x_next.to(dt), t_prev, **cond.unet_kwargs(), return_dict=False)[0]
-            target = schedule.ddim_jump(x_next, e_target.float(), a_p, b_p, a_s, b_s)
-        loss = self.loss_fn(x, eps, target, a_t, b_t, a_s, b_s, cfg.huber_c)
+        batch = Batch(
+            b["x"], b["n"], b["z0"], b["w"], b["prompt"], self.prompts.map(lambda t: t[b["prompt"]]),
+            self.uncond.repeat(len(b["n"])),
+        )  # fmt: skip
+        out = std_step(
+            batch, self._student, self._target_net, self.teacher, self.step_plan, self.generator, self.loss_fn
+        )
+        loss = out.loss
         metrics = {"loss_std": loss.detach()}
         if self.adv is not None:
-            pred = schedule.ddim_jump(x.float(), eps.float(), a_t, b_t, a_s, b_s)
-            adv_loss, adv_metrics = self.adv.generator_loss(pred, s, b["z0"], b["prompt"], self.abar)
-            loss = loss + cfg.adv_weight * adv_loss
+            adv_loss, adv_metrics = self.adv.generator_loss(out.pred, out.s, b["z0"], b["prompt"], self.abar)
+            loss = loss + self.cfg.adv_weight * adv_loss
             metrics.update(adv_metrics)
-        self.bank.update(slots, x_next, n - 1, b["z0"], b["w"], b["prompt"])
-        self.n_seen.extend(n.tolist())
+        self.bank.update(slots, out.x_next, out.n_next, b["z0"], b["w"], b["prompt"])
+        self.n_seen.extend(b["n"].tolist())
         metrics["loss"] = loss.detach()
-        return loss, metrics, (b, s)
+        return loss, metrics, (b, out.s)
 
     def optimise(self) -> dict:
         """One optimiser step (grad_accum micro-batches)."""
@@ -328,118 +278,6 @@ class Run:
         if float(bad) > 0:
             raise NonFinite(float(value), what=what)
 
-    # -- checkpoints ---------------------------------------------------------------------------------------
-    def save_checkpoint(self) -> Path:
-        """checkpoints/step-NNNNNN/: LoRA (+EMA) weights, optimiser, scheduler, and per process the bank,
-        the data position and the generators. Written to a temporary folder, renamed when complete."""
-        from safetensors.torch import save_file
-
-        root = Path(self.cfg.out) / "checkpoints"
-        final = root / f"step-{self.step:06d}"
-        tmp = root / f".step-{self.step:06d}.partial"
-        if self.acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        self.acc.wait_for_everyone()
-        if self.acc.is_main_process:
-            save_file(
-                {n: p.detach().float().cpu().contiguous() for n, p in self.lora_params.items()},
-                str(tmp / "lora.safetensors"),
-            )
-            if self.ema is not None:
-                save_file(
-                    {n: v.cpu().contiguous() for n, v in self.ema.items()}, str(tmp / "ema.safetensors")
-                )
-            shared = {
-                "step": self.step,
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-            }
-            if self.adv is not None:
-                shared["adversarial"] = self.adv.state_dict()
-            if self.acc.scaler is not None:  # the fp16 loss scale is part of an exact resume
-                shared["scaler"] = self.acc.scaler.state_dict()
-            torch.save(shared, tmp / "shared.pt")
-        torch.save(
-            {
-                "bank": self.bank.state_dict(),
-                "sampler": self.sampler.state_dict(),
-                "generator": self.generator.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "n_seen": torch.tensor(self.n_seen[-10_000:], dtype=torch.long),
-            },
-            tmp / f"rank{self.rank}.pt",
-        )
-        self.acc.wait_for_everyone()
-        if self.acc.is_main_process:
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
-            for old in sorted(root.glob("step-*"))[: -self.cfg.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
-        self.acc.wait_for_everyone()
-        return final
-
-    def load_checkpoint(self, path: Path) -> None:
-        from safetensors.torch import load_file
-
-        rank_file = path / f"rank{self.rank}.pt"
-        if not rank_file.exists():
-            raise StdtrtError(
-                f"checkpoint {path} was made with another number of processes (no {rank_file.name})"
-            )
-        weights = load_file(str(path / "lora.safetensors"))
-        if set(weights) != set(self.lora_params):
-            raise StdtrtError(f"checkpoint {path} holds LoRA weights of another shape or UNet")
-        for n, p in self.lora_params.items():
-            p.data.copy_(weights[n].to(p.device))
-        if self.ema is not None:
-            self.ema = {n: v.to(self.device) for n, v in load_file(str(path / "ema.safetensors")).items()}
-        shared = torch.load(path / "shared.pt", map_location="cpu", weights_only=True)
-        self.optimizer.load_state_dict(shared["optimizer"])
-        self.scheduler.load_state_dict(shared["scheduler"])
-        if self.acc.scaler is not None and "scaler" in shared:
-            self.acc.scaler.load_state_dict(shared["scaler"])
-        if self.adv is not None:
-            self.adv.load_state_dict(shared["adversarial"])
-        mine = torch.load(rank_file, map_location="cpu", weights_only=True)
-        self.bank.load_state_dict(mine["bank"])
-        self.sampler.load_state_dict(mine["sampler"])
-        self.generator.set_state(mine["generator"])
-        torch.set_rng_state(mine["torch_rng"])
-        self.n_seen = mine["n_seen"].tolist()
-        self.step = int(shared["step"])
-
-    # -- output --------------------------------------------------------------------------------------------
-    def save_lora(self) -> Path:
-        """The student as lora.safetensors (kohya) and pytorch_lora_weights.safetensors (diffusers)."""
-        from peft.utils import get_peft_model_state_dict
-
-        from stdtrt.io.atomic import atomic_path
-        from stdtrt.models.lora import ADAPTER, save_kohya
-
-        out = Path(self.cfg.out)
-        meta = {
-            "eta": self.cfg.strength,
-            "teacher_steps": self.cfg.teacher_steps,  # inference starts on this grid's x_start
-            "nfe_hint": self.cfg.nfe_hint,
-            "base_model": self.cfg.model,
-            "kind": self.model.kind,
-            "steps": self.step,
-            "config": asdict(self.cfg),
-        }
-        path = save_kohya(self.raw_unet, out / LORA_FILE, meta)
-        state = get_peft_model_state_dict(self.raw_unet, adapter_name=ADAPTER)
-        state = {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
-        pipe_cls = type(self.model.pipe)
-        with atomic_path(out / DIFFUSERS_LORA_FILE) as tmp:
-            pipe_cls.save_lora_weights(
-                str(tmp.parent),
-                unet_lora_layers=state,
-                weight_name=tmp.name,
-                unet_lora_adapter_metadata=self.raw_unet.peft_config[ADAPTER].to_dict(),
-            )
-        return path
-
 
 class NonFinite(Exception):
     def __init__(self, value: float, what: str = "loss"):
@@ -469,7 +307,7 @@ def distill(
     from stdtrt.distill.metrics import MetricsLog
 
     out = Path(cfg.out)
-    checkpoint = prepare_out_dir(cfg, resume, overwrite)
+    resume_from = checkpoint.prepare_out_dir(cfg, resume, overwrite)
     mp = mixed_precision(cfg.mixed_precision)
     data_mod.check_readable(data_mod.list_files(cfg.data))  # before anything is written
     # cpu=True without CUDA: under a multi-process launcher that means several CPU processes over gloo
@@ -489,18 +327,18 @@ def distill(
         raise
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        (out / CONFIG_FILE).write_text(
+        (out / checkpoint.CONFIG_FILE).write_text(
             json.dumps({**asdict(cfg), "placement": run.model.placement.as_dict()}, indent=2)
         )
     acc.wait_for_everyone()
-    if checkpoint is not None:
-        run.load_checkpoint(checkpoint)
-        log.info("resumed from %s at step %d", checkpoint, run.step)
+    if resume_from is not None:
+        checkpoint.load_checkpoint(run, resume_from)
+        log.info("resumed from %s at step %d", resume_from, run.step)
     if run.step >= cfg.max_steps:
         raise StdtrtError(
             f"{out} is already at step {run.step} >= --max-steps {cfg.max_steps}; raise --max-steps"
         )
-    metrics = MetricsLog(out, acc, resume_step=run.step if checkpoint is not None else None)
+    metrics = MetricsLog(out, acc, resume_step=run.step if resume_from is not None else None)
     bar = tqdm(
         total=cfg.max_steps,
         initial=run.step,
@@ -516,7 +354,7 @@ def distill(
             try:
                 last = run.optimise()
             except NonFinite as bad:
-                good = latest_checkpoint(out)
+                good = checkpoint.latest_checkpoint(out)
                 raise StdtrtError(
                     f"the {bad.what} became {bad.value} at step {run.step + 1}; stopped without saving. "
                     f"The last good checkpoint is {good or 'none'}: lower --lr and run again with --resume"
@@ -527,13 +365,13 @@ def distill(
             if run.step % cfg.log_every == 0 or run.step == cfg.max_steps:
                 metrics.write(run, last)
             if run.step % cfg.checkpoint_every == 0 and run.step < cfg.max_steps:
-                run.save_checkpoint()
+                checkpoint.save_checkpoint(run)
     finally:
         bar.close()
-    run.save_checkpoint()
-    lora = out / LORA_FILE
+    checkpoint.save_checkpoint(run)
+    lora = out / checkpoint.LORA_FILE
     if acc.is_main_process:
-        lora = run.save_lora()
+        lora = checkpoint.save_lora(run)
     acc.wait_for_everyone()
     metrics.close()
     return DistillResult(

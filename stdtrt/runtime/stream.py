@@ -18,7 +18,7 @@ import torch
 
 from stdtrt import schedule
 from stdtrt.runtime.pipeline import StageTimes, compose
-from stdtrt.runtime.student import make_noise, to_tensor, to_uint8
+from stdtrt.runtime.student import VideoNoise, to_tensor, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -84,20 +84,14 @@ class StreamRunner:
             f"{self.backend.describe()}, stream form ({self.backend.plan.nfe} slots, one UNet call per frame)"
         )
 
-    def _noise(self):
-        shape = self.backend.latent_shape
-        if not self.fresh_noise:
-            return make_noise(shape, self.seed)  # one noise for the whole video: a still scene stays still
-        g = torch.Generator().manual_seed(self.seed)
-        return lambda: torch.randn((1, *shape), generator=g)
-
     def encode(self, items: Iterator) -> Iterator:
         for rgb, tag in items:
             x = to_tensor(np.asarray(rgb)[None], self.backend.device)
             yield self.times.timed("vae_encode", self.backend.encode, x), tag
 
     def unet(self, items: Iterator) -> Iterator:
-        state = StreamState(self.backend, self._noise(), self.times)
+        noise = VideoNoise(self.backend.latent_shape, self.seed, self.fresh_noise, self.backend.device)
+        state = StreamState(self.backend, noise.take, self.times)
         for z0, tag in items:
             yield from state.push(z0, tag)
         yield from state.flush()

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from stdtrt import schedule
-from stdtrt.bundle.networks import vae_decode, vae_encode
 from stdtrt.models.conditioning import Conditioning, encode_prompt, predict_eps
+from stdtrt.models.vae import vae_decode, vae_encode
 
 
 def to_tensor(frames: np.ndarray, device) -> torch.Tensor:
@@ -103,3 +103,19 @@ def make_noise(shape, seed: int, count: int = 1) -> torch.Tensor:
     """Seeded standard normal noise (count, *shape), identical on every device (drawn on the CPU)."""
     g = torch.Generator().manual_seed(seed)
     return torch.randn((count, *shape), generator=g, dtype=torch.float32)
+
+
+class VideoNoise:
+    """The one noise rule of a video: drawn once from `seed` (a still scene stays still), or with `fresh`
+    new for every frame, drawn in order from a generator seeded by it; on the CPU, so that every device
+    and backend sees the same numbers. `take(n)`: noise for the next n frames, (n, *shape) float32."""
+
+    def __init__(self, shape, seed: int, fresh: bool = False, device="cpu"):
+        self.shape, self.fresh, self.device = tuple(shape), fresh, torch.device(device)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.fixed = None if fresh else make_noise(self.shape, seed).to(self.device)  # moved there once
+
+    def take(self, n: int = 1) -> torch.Tensor:
+        if self.fresh:
+            return torch.randn((n, *self.shape), generator=self.generator).to(self.device)
+        return self.fixed.expand(n, *self.shape)

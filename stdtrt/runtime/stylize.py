@@ -88,32 +88,21 @@ class StudentRunner:
     def __init__(self, student, cfg: StylizeConfig):
         import torch
 
+        from stdtrt.runtime.student import VideoNoise
+
         self.student, self.cfg = student, cfg
         self.width, self.height = student.width, student.height
-        self.noise_gen = torch.Generator().manual_seed(cfg.seed)  # --fresh-noise draws from it
+        self.noise = VideoNoise(student.latent_shape, cfg.seed, cfg.fresh_noise, student.device)
         self.step_gen = torch.Generator().manual_seed(cfg.seed + 1)  # gamma > 0 re-noising
         self.times = StageTimes()
-        self._fixed = None
 
     def describe(self) -> str:
         s = self.student
         return f"torch reference on {s.device} ({s.plan.nfe} sequential steps per frame, no bundle)"
 
-    def _noise(self, n: int):
-        import torch
-
-        from stdtrt.runtime.student import make_noise
-
-        if self.cfg.fresh_noise:
-            return torch.randn((n, *self.student.latent_shape), generator=self.noise_gen)
-        if self._fixed is None:  # drawn once per video
-            self._fixed = make_noise(self.student.latent_shape, self.cfg.seed).to(self.student.device)
-            # on the device once, not per batch
-        return self._fixed
-
     def _run(self, batch: list):
         frames = np.stack([rgb for rgb, _ in batch])
-        out = self.times.timed("student", self.student, frames, self._noise(len(batch)), self.step_gen)
+        out = self.times.timed("student", self.student, frames, self.noise.take(len(batch)), self.step_gen)
         yield from zip(out, (tag for _, tag in batch), strict=True)
 
     def stylize(self, items):

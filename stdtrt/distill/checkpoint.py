@@ -1,0 +1,182 @@
+"""The run folder (`--out`): its config, the checkpoints an exact resume starts from, and the student's
+LoRA files.
+
+    config.json                   the resolved config (and the placement): a resume must match it
+    checkpoints/step-NNNNNN/      LoRA (+EMA) weights, optimiser, scheduler, loss scale, discriminator;
+                                  per process the bank, the data position and the generators
+    lora.safetensors              kohya form (diffusers, ComfyUI, A1111) with stdtrt's metadata
+    pytorch_lora_weights.safetensors   diffusers form
+
+Every file is written to a temporary name (a checkpoint to a temporary folder) and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from stdtrt.config import DistillConfig
+from stdtrt.errors import StdtrtError
+
+CONFIG_FILE = "config.json"
+LORA_FILE = "lora.safetensors"  # kohya form: diffusers, ComfyUI, A1111
+DIFFUSERS_LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers form (save_lora_weights)
+
+
+def prepare_out_dir(cfg: DistillConfig, resume: bool, overwrite: bool) -> Path | None:
+    """Check the run folder; return the checkpoint to resume from (None for a fresh run)."""
+    out = Path(cfg.out)
+    saved = out / CONFIG_FILE
+    if resume and overwrite:
+        raise StdtrtError("--resume and --overwrite contradict each other; pick one")
+    if resume:
+        if not saved.exists():
+            raise StdtrtError(f"nothing to resume in {out}: no {CONFIG_FILE} (start without --resume)")
+        check_same_run(cfg, json.loads(saved.read_text()))
+        return latest_checkpoint(out)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise StdtrtError(
+                f"{out} already holds a run; pass --resume to continue it, --overwrite to replace it, "
+                f"or choose another --out"
+            )
+        if not saved.exists() and not (out / "checkpoints").exists():
+            raise StdtrtError(f"{out} is not a stdtrt run folder; refusing to overwrite it")
+    return None
+
+
+def check_same_run(cfg: DistillConfig, saved: dict) -> None:
+    now = asdict(cfg)
+    differ = [
+        f"{k}: {saved.get(k)!r} -> {now[k]!r}"
+        for k in now
+        if k not in DistillConfig.RESUMABLE_CHANGES and _norm(saved.get(k)) != _norm(now[k])
+    ]
+    if differ:
+        raise StdtrtError(
+            f"cannot resume {cfg.out}: its checkpoint was made with another config ({'; '.join(differ)})"
+        )
+
+
+def _norm(value):
+    return list(value) if isinstance(value, tuple | list) else value
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    ckpts = sorted((out / "checkpoints").glob("step-*"))
+    return ckpts[-1] if ckpts else None
+
+
+def save_checkpoint(run) -> Path:
+    """checkpoints/step-NNNNNN/: LoRA (+EMA) weights, optimiser, scheduler, and per process the bank,
+    the data position and the generators. Written to a temporary folder, renamed when complete."""
+    from safetensors.torch import save_file
+
+    root = Path(run.cfg.out) / "checkpoints"
+    final = root / f"step-{run.step:06d}"
+    tmp = root / f".step-{run.step:06d}.partial"
+    if run.acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    run.acc.wait_for_everyone()
+    if run.acc.is_main_process:
+        save_file(
+            {n: p.detach().float().cpu().contiguous() for n, p in run.lora_params.items()},
+            str(tmp / "lora.safetensors"),
+        )
+        if run.ema is not None:
+            save_file({n: v.cpu().contiguous() for n, v in run.ema.items()}, str(tmp / "ema.safetensors"))
+        shared = {
+            "step": run.step,
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+        }
+        if run.adv is not None:
+            shared["adversarial"] = run.adv.state_dict()
+        if run.acc.scaler is not None:  # the fp16 loss scale is part of an exact resume
+            shared["scaler"] = run.acc.scaler.state_dict()
+        torch.save(shared, tmp / "shared.pt")
+    torch.save(
+        {
+            "bank": run.bank.state_dict(),
+            "sampler": run.sampler.state_dict(),
+            "generator": run.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "n_seen": torch.tensor(run.n_seen[-10_000:], dtype=torch.long),
+        },
+        tmp / f"rank{run.rank}.pt",
+    )
+    run.acc.wait_for_everyone()
+    if run.acc.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in sorted(root.glob("step-*"))[: -run.cfg.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+    run.acc.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(run, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    rank_file = path / f"rank{run.rank}.pt"
+    if not rank_file.exists():
+        raise StdtrtError(
+            f"checkpoint {path} was made with another number of processes (no {rank_file.name})"
+        )
+    weights = load_file(str(path / "lora.safetensors"))
+    if set(weights) != set(run.lora_params):
+        raise StdtrtError(f"checkpoint {path} holds LoRA weights of another shape or UNet")
+    for n, p in run.lora_params.items():
+        p.data.copy_(weights[n].to(p.device))
+    if run.ema is not None:
+        run.ema = {n: v.to(run.device) for n, v in load_file(str(path / "ema.safetensors")).items()}
+    shared = torch.load(path / "shared.pt", map_location="cpu", weights_only=True)
+    run.optimizer.load_state_dict(shared["optimizer"])
+    run.scheduler.load_state_dict(shared["scheduler"])
+    if run.acc.scaler is not None and "scaler" in shared:
+        run.acc.scaler.load_state_dict(shared["scaler"])
+    if run.adv is not None:
+        run.adv.load_state_dict(shared["adversarial"])
+    mine = torch.load(rank_file, map_location="cpu", weights_only=True)
+    run.bank.load_state_dict(mine["bank"])
+    run.sampler.load_state_dict(mine["sampler"])
+    run.generator.set_state(mine["generator"])
+    torch.set_rng_state(mine["torch_rng"])
+    run.n_seen = mine["n_seen"].tolist()
+    run.step = int(shared["step"])
+
+
+def save_lora(run) -> Path:
+    """The student as lora.safetensors (kohya) and pytorch_lora_weights.safetensors (diffusers)."""
+    from peft.utils import get_peft_model_state_dict
+
+    from stdtrt.io.atomic import atomic_path
+    from stdtrt.models.lora import ADAPTER, save_kohya
+
+    out = Path(run.cfg.out)
+    meta = {
+        "eta": run.cfg.strength,
+        "teacher_steps": run.cfg.teacher_steps,  # inference starts on this grid's x_start
+        "nfe_hint": run.cfg.nfe_hint,
+        "base_model": run.cfg.model,
+        "kind": run.model.kind,
+        "steps": run.step,
+        "config": asdict(run.cfg),
+    }
+    path = save_kohya(run.raw_unet, out / LORA_FILE, meta)
+    state = get_peft_model_state_dict(run.raw_unet, adapter_name=ADAPTER)
+    state = {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
+    pipe_cls = type(run.model.pipe)
+    with atomic_path(out / DIFFUSERS_LORA_FILE) as tmp:
+        pipe_cls.save_lora_weights(
+            str(tmp.parent),
+            unet_lora_layers=state,
+            weight_name=tmp.name,
+            unet_lora_adapter_metadata=run.raw_unet.peft_config[ADAPTER].to_dict(),
+        )
+    return path
