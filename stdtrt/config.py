@@ -86,6 +86,11 @@ class StylizeConfig:
         short="-m",
     )
     lora: str | None = opt(None, "a distilled student LoRA (kohya or diffusers .safetensors)")
+    vae: str = opt(
+        "full",
+        "full (the model's own), tiny (TAESD for the model's family: a fraction of the full VAE's cost), a "
+        "folder or cached hub id, or tiny-taesd (built in, random: offline runs)",
+    )
     bundle: str | None = opt(
         None, f"an exported engine bundle (stdtrt export) [./{DEFAULT_BUNDLE} unless --model is given]"
     )
@@ -269,6 +274,10 @@ class ExportConfig:
         short="-m",
     )
     lora: str | None = opt(None, "the student LoRA to fuse (none: the plain teacher at --nfe steps)")
+    vae: str = opt(
+        "full",
+        "full, tiny (TAESD for the model's family), a folder or cached hub id, tiny-taesd or random-taesd",
+    )
     prompt: str = opt("", "the style prompt: its embeddings become constants of the UNet graph", short="-p")
     negative_prompt: str = opt("", "the unconditional branch's prompt (baked in only with --guidance > 1)")
     strength: float = opt(0.75, "eta; the start timestep and x_start's coefficients are baked into the graph")
@@ -309,7 +318,11 @@ class ExportConfig:
 class BenchConfig:
     """What `stdtrt bench` measures: every usable backend on one bundle, and diffusers' img2img pipeline."""
 
-    bundle: str | None = opt(None, f"the bundle to time [./{DEFAULT_BUNDLE}]")
+    bundles: tuple[str, ...] = opt(
+        (),
+        f"the bundle(s) to time, side by side (e.g. one with each --vae) [./{DEFAULT_BUNDLE}]",
+        flag="--bundle",
+    )
     frames: int = opt(12, "frames of the generated test clip at the bundle's size (> NFE for a steady state)")
     backends: tuple[str, ...] = opt(
         (),

@@ -1,9 +1,11 @@
-"""`stdtrt bench` on a tiny bundle: every usable backend is timed per stage and end to end, the skipped
-ones say why, and diffusers' own img2img pipeline runs on the same frames in the same run."""
+"""`stdtrt bench` on tiny bundles: every usable backend is timed per stage and end to end, the skipped
+ones say why, and diffusers' own img2img pipeline runs on the same frames, model and VAE in the same run;
+several bundles (the full and the tiny VAE) are timed side by side."""
 
 import json
 
 import pytest
+from conftest import export_tiny
 
 from stdtrt.config import BenchConfig
 from stdtrt.eval.bench import STAGES, run_bench
@@ -12,22 +14,30 @@ pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def test_bench_times_backends_and_the_diffusers_baseline(sd_bundle, tmp_path):
+    _, tiny = export_tiny(tmp_path, "tiny-sd", 1.0, vae="tiny-taesd")
     cfg = BenchConfig(
-        bundle=str(sd_bundle[1].path), frames=3, backends=("tensorrt", "onnxruntime", "torch"),
+        bundles=(str(sd_bundle[1].path), str(tiny.path)), frames=3, backends=("tensorrt", "onnxruntime", "torch"),
         plot=str(tmp_path / "bench.png"), json=str(tmp_path / "bench.json"),
     )  # fmt: skip
     result = run_bench(cfg)
-    names = [r.name for r in result.runs]
-    assert names == ["onnxruntime", "torch"] or names == ["tensorrt", "onnxruntime", "torch"]
-    if "tensorrt" not in names:
-        assert "TensorRT" in result.skipped["tensorrt"] or "CUDA" in result.skipped["tensorrt"]
-    for run in result.runs:
-        assert all(run.stages_ms[s] > 0 for s in STAGES)
-        assert run.network_ms == sum(run.stages_ms[s] for s in ("vae_encode", "unet", "vae_decode"))
-        assert run.steady_fps > 0 and run.fps > 0 and result.ratio(run) > 0
-    assert result.baseline["fps"] > 0 and "TCDScheduler" in result.baseline["describe"]
+    assert [b.setup["vae"] for b in result.bundles] == ["full", "tiny-taesd"]
+    for one in result.bundles:
+        names = [r.name for r in one.runs]
+        assert names == ["onnxruntime", "torch"] or names == ["tensorrt", "onnxruntime", "torch"]
+        if "tensorrt" not in names:
+            assert "TensorRT" in one.skipped["tensorrt"] or "CUDA" in one.skipped["tensorrt"]
+        for run in one.runs:
+            assert all(run.stages_ms[s] > 0 for s in STAGES)
+            assert run.network_ms == sum(run.stages_ms[s] for s in ("vae_encode", "unet", "vae_decode"))
+            assert run.steady_fps > 0 and run.fps > 0 and one.ratio(run) > 0
+        assert one.baseline["fps"] > 0 and "TCDScheduler" in one.baseline["describe"]
     table = result.table()
-    assert "onnxruntime" in table and "diffusers" in table and "vs diffusers" in table
+    assert (
+        "onnxruntime" in table
+        and "diffusers" in table
+        and "vs diffusers" in table
+        and "VAE tiny-taesd" in table
+    )
     saved = json.loads((tmp_path / "bench.json").read_text())
-    assert saved["setup"]["nfe"] == 4 and len(saved["runs"]) == len(names)
+    assert [b["setup"]["nfe"] for b in saved["bundles"]] == [4, 4]
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"

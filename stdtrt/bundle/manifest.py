@@ -58,6 +58,7 @@ def onnx_key_fields(
     batch: int,
     precision: str,
     placement: dict,
+    vae: dict,
     opset: int,
     plan: dict | None = None,
     conditioning_hash: str | None = None,
@@ -81,6 +82,7 @@ def onnx_key_fields(
         "batch": int(batch),
         "precision": precision,
         "placement": placement,
+        "vae": vae,
         "opset": int(opset),
     }
 

@@ -43,7 +43,7 @@ def source_of(name: str) -> str:
 def load_fused_model(bundle, device: str = "auto"):
     """The bundle's model with its LoRA fused, refused when either hashes differently from the manifest,
     placed in the bundle's own dtypes (its graphs') on `device`."""
-    from stdtrt.io.hashing import file_hash
+    from stdtrt.io.hashing import file_hash, module_hash
     from stdtrt.models.load import load_model, recorded_placement
     from stdtrt.models.lora import fuse_lora, load_lora
 
@@ -53,6 +53,13 @@ def load_fused_model(bundle, device: str = "auto"):
         raise StdtrtError(
             f"{m['model']['source']} is not the model bundle {bundle.path} was exported from (hash differs)"
         )
+    vae = m["vae"]
+    if vae["spec"] != "full":
+        model.use_vae(vae["source"])
+        if module_hash(model.vae) != vae["hash"]:
+            raise StdtrtError(
+                f"the VAE {vae['source']} is not the one bundle {bundle.path} was exported with (hash differs)"
+            )
     lora = m.get("lora")
     if lora:
         if not Path(lora["path"]).is_file():

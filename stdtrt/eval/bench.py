@@ -50,7 +50,9 @@ class BackendRun:
 
 
 @dataclass
-class BenchResult:
+class BundleBench:
+    """One bundle's rows: every backend that loaded, and diffusers' img2img on the same model and VAE."""
+
     setup: dict
     runs: list[BackendRun] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
@@ -69,8 +71,8 @@ class BenchResult:
     def table(self) -> str:
         s = self.setup
         lines = [
-            f"bench: {s['model']} {s['width']}x{s['height']}, nfe {s['nfe']}, guidance {s['guidance']}, "
-            f"{s['precision']}, {s['frames']} frames on {s['machine']}",
+            f"bench: {s['bundle']}: {s['model']} {s['width']}x{s['height']}, VAE {s['vae']}, nfe {s['nfe']}, "
+            f"guidance {s['guidance']}, {s['precision']}, {s['frames']} frames on {s['machine']}",
             f"{'backend':<12} {'load s':>7} {'v.dec':>7} {'vae enc':>8} {'unet':>8} {'vae dec':>8} {'v.enc':>7} "
             f"{'net sum':>8} {'e2e/frm':>8} {'over':>6} {'fps':>6} {'clip fps':>8} {'vs diffusers':>12}",
         ]
@@ -97,6 +99,19 @@ class BenchResult:
         )
         lines += [f"skipped {name}: {why}" for name, why in self.skipped.items()]
         return "\n".join(lines)
+
+
+@dataclass
+class BenchResult:
+    """`stdtrt bench`: one BundleBench per bundle, side by side (e.g. the full and the tiny VAE)."""
+
+    bundles: list[BundleBench] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"bundles": [b.as_dict() for b in self.bundles]}
+
+    def table(self) -> str:
+        return "\n\n".join(b.table() for b in self.bundles)
 
 
 def machine() -> str:
@@ -232,12 +247,21 @@ class ForwardTimer:
 
 
 def run_bench(cfg: BenchConfig) -> BenchResult:
+    """Every bundle of cfg (the default folder when none), each on every backend, with its baseline."""
+    result = BenchResult([bench_bundle(cfg, Path(path)) for path in (cfg.bundles or (DEFAULT_BUNDLE,))])
+    if cfg.json:
+        Path(cfg.json).write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+    if cfg.plot:
+        plot(result, Path(cfg.plot))
+    return result
+
+
+def bench_bundle(cfg: BenchConfig, path: Path) -> BundleBench:
     from stdtrt.bundle.manifest import read_bundle
     from stdtrt.bundle.model import load_fused_model
     from stdtrt.io.video import probe, read_frames
     from stdtrt.runtime.backends import ORDER
 
-    path = Path(cfg.bundle or DEFAULT_BUNDLE)
     if not path.exists():
         raise StdtrtError(
             f"no bundle at {path}: make one with `stdtrt export --model ... --out {path}` first"
@@ -247,9 +271,9 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
     setup = {
         "model": m["model"]["name"], "width": bundle.width, "height": bundle.height, "nfe": bundle.nfe,
         "guidance": m["guidance"], "precision": m["precision"], "frames": cfg.frames, "machine": machine(),
-        "torch": torch.__version__, "bundle": str(path),
+        "torch": torch.__version__, "bundle": str(path), "vae": m["vae"]["spec"],
     }  # fmt: skip
-    result = BenchResult(setup)
+    result = BundleBench(setup)
     model = None
     with tempfile.TemporaryDirectory(prefix="stdtrt-bench.") as tmp:
         info = probe(make_clip(Path(tmp), cfg.frames, bundle.width, bundle.height))
@@ -265,14 +289,10 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
                 log.info("bench: %s: %.3f fps", run.describe, run.steady_fps)
             except StdtrtError as exc:
                 result.skipped[name] = str(exc)
-        if cfg.baseline:
+        if cfg.baseline:  # the same fused weights and the same VAE as the bundle
             model = model or load_fused_model(bundle, cfg.device)
             frames = [rgb for rgb, _ in read_frames(info)]
             result.baseline = diffusers_baseline(model, bundle, frames)
-    if cfg.json:
-        Path(cfg.json).write_text(json.dumps(result.as_dict(), indent=2) + "\n")
-    if cfg.plot:
-        plot(result, Path(cfg.plot))
     return result
 
 
@@ -285,10 +305,15 @@ def plot(result: BenchResult, path: Path) -> None:
 
     from stdtrt.io.atomic import atomic_path
 
-    rows = [(r.name, r.stages_ms, r.frame_ms, r.steady_fps) for r in result.runs]
-    if result.baseline:
-        b = result.baseline
-        rows.append(("diffusers img2img", b.get("stages_ms_per_frame", {}), b["ms_per_frame"], b["fps"]))
+    rows = []
+    for one in result.bundles:
+        label = f"{one.setup['vae']} VAE: " if len(result.bundles) > 1 else ""
+        rows += [(label + r.name, r.stages_ms, r.frame_ms, r.steady_fps) for r in one.runs]
+        if one.baseline:
+            b = one.baseline
+            rows.append(
+                (label + "diffusers img2img", b.get("stages_ms_per_frame", {}), b["ms_per_frame"], b["fps"])
+            )
     fig, ax = plt.subplots(figsize=(9, 1.6 + 0.9 * len(rows)))
     for i, (_, stages, frame_ms, fps) in enumerate(rows):
         left = 0.0
@@ -302,7 +327,7 @@ def plot(result: BenchResult, path: Path) -> None:
         ax.text(frame_ms, i - 0.2, f"  {fps:.3f} fps", va="center", fontsize=8)
     ax.set_yticks(range(len(rows)), [r[0] for r in rows])
     ax.set_xlabel("ms per frame (upper bar: each stage's calls; stages that overlap sum past the wall time)")
-    s = result.setup
+    s = result.bundles[0].setup
     ax.set_title(f"{s['model']} {s['width']}x{s['height']}, nfe {s['nfe']}: {s['machine']}", fontsize=9)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=3)
     fig.tight_layout()

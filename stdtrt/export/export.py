@@ -104,7 +104,7 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
     from stdtrt import schedule
     from stdtrt.export import tensorrt
     from stdtrt.io.atomic import atomic_dir
-    from stdtrt.io.hashing import file_hash
+    from stdtrt.io.hashing import file_hash, module_hash
     from stdtrt.models.load import DTYPES, Placement, load_model, vae_dtype
     from stdtrt.models.lora import load_lora, student_grid
 
@@ -118,8 +118,10 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
     height = cfg.height or cfg.width or model.native_size
     plan = schedule.student_plan(model.alphas_cumprod(), cfg.strength, cfg.nfe, 0.0, grid)
     dtype = DTYPES[precision]
+    base_hash = model_hash(model)  # the model as published, before its VAE is swapped or a LoRA loaded
+    model.use_vae(cfg.vae)
+    vae = {**model.vae_info, "hash": None if cfg.vae == "full" else module_hash(model.vae)}
     graphs_at = Placement(torch.device("cpu"), dtype, vae_dtype(dtype, model.kind, model.vae.config))
-    base_hash = model_hash(model)
     lora_hash = None
     if cfg.lora:
         load_lora(model, cfg.lora)  # refuses a LoRA of another UNet
@@ -127,7 +129,7 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
     fields = mf.onnx_key_fields(
         model_hash=base_hash, lora_hash=lora_hash, prompt=cfg.prompt, negative_prompt=cfg.negative_prompt,
         eta=cfg.strength, nfe=cfg.nfe, guidance=cfg.guidance, width=width, height=height, batch=1,
-        precision=precision, placement=graphs_at.dtypes(), opset=cfg.opset, plan=plan.as_dict(),
+        precision=precision, placement=graphs_at.dtypes(), vae=vae, opset=cfg.opset, plan=plan.as_dict(),
         conditioning_hash=conditioning_hash(model, cfg, width, height),
     )  # fmt: skip
     key = mf.cache_key(fields)
@@ -285,6 +287,7 @@ def _manifest(cfg, model, fused, plan, fields, key, graphs) -> dict:
         "batch": 1,
         "precision": fields["precision"],
         "placement": fields["placement"],
+        "vae": fields["vae"],
         "graphs": graphs,
         "versions": mf.library_versions(),
         "validation": None,

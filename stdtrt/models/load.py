@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -16,6 +16,7 @@ from stdtrt import schedule
 from stdtrt.config import round_size
 from stdtrt.errors import StdtrtError
 from stdtrt.models import presets
+from stdtrt.models.vae import load_vae, vae_scale
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ class LoadedModel:
     kind: str  # "sd" or "sdxl"
     placement: Placement  # the device and dtypes it runs in (models.load.place moves it)
     lora: str | None = None  # the LoRA file loaded onto the UNet, if any
+    vae_info: dict = field(default_factory=lambda: {"spec": "full"})  # which VAE runs (use_vae)
 
     @property
     def unet(self):
@@ -51,9 +53,18 @@ class LoadedModel:
         place(self.pipe, placement)
         self.placement = placement
 
+    def use_vae(self, spec: str) -> None:
+        """Run with `--vae spec` (full | tiny | PATH_OR_ID | tiny-taesd) instead of the model's own VAE, placed
+        by the same precision rule (TAESD says force_upcast false: it stays in half precision)."""
+        vae, self.vae_info = load_vae(spec, self.kind, self.name)
+        if vae is not None:
+            self.pipe.vae = vae
+            dtype = self.placement.unet
+            self.place(Placement(self.placement.device, dtype, vae_dtype(dtype, self.kind, vae.config)))
+
     @property
     def vae_scale(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return vae_scale(self.vae)
 
     @property
     def native_size(self) -> int:

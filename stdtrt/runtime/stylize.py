@@ -58,6 +58,7 @@ def _load(cfg: StylizeConfig, image_w: int, image_h: int, fuse: bool):
         raise StdtrtError("no model given: pass --model PATH_OR_ID (or --model tiny-sd to try it offline)")
     grid = student_grid(cfg.lora, cfg.strength)
     model = load_model(cfg.model, device=cfg.device, precision=cfg.precision, lora=cfg.lora, fuse=fuse)
+    model.use_vae(cfg.vae)
     width, height = model.working_size(image_w, image_h, cfg.width, cfg.height)
     plan = schedule.student_plan(model.alphas_cumprod(), cfg.strength, cfg.nfe, cfg.gamma, grid)
     return model, plan, width, height
@@ -174,6 +175,7 @@ def check_request(cfg: StylizeConfig, bundle) -> None:
         "width": bundle.width,
         "height": bundle.height,
         "precision": m["precision"],
+        "vae": m["vae"]["spec"],
     }
     for option, value in baked.items():
         asked = getattr(cfg, option)
