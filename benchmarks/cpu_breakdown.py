@@ -42,8 +42,11 @@ def main() -> None:
     cond = unet._cond("cond")
     plan = bundle.plan()
     g = torch.Generator().manual_seed(0)
-    image = torch.rand(1, 3, bundle.height, bundle.width, generator=g) * 2 - 1
-    slots = torch.randn(plan.nfe, *bundle.latent_shape, generator=g)
+    frames = torch.randint(
+        0, 256, (bundle.batch, bundle.height, bundle.width, 3), generator=g, dtype=torch.uint8
+    )
+    slots = torch.randn(plan.nfe * bundle.batch, *bundle.latent_shape, generator=g)
+    z0 = slots[: bundle.batch].clone()
 
     def sequential_unet():  # what diffusers' img2img does per frame: NFE calls of batch 1
         with torch.inference_mode():
@@ -51,13 +54,13 @@ def main() -> None:
                 predict_eps(model.unet, slots[i : i + 1], t, cond.map(lambda x: x[:1]))
 
     calls = {
-        "vae_encode onnxruntime": lambda: ort_backend.encode(image),
-        "vae_encode torch": lambda: torch_backend.encode(image),
-        "unet stream step onnxruntime (batch NFE)": lambda: ort_backend.step(slots),
-        "unet stream step torch (batch NFE)": lambda: torch_backend.step(slots),
+        "vae_encode onnxruntime": lambda: ort_backend.encode(frames),
+        "vae_encode torch": lambda: torch_backend.encode(frames),
+        "unet stream step onnxruntime (batch NFE)": lambda: ort_backend.step(slots, z0, z0),
+        "unet stream step torch (batch NFE)": lambda: torch_backend.step(slots, z0, z0),
         "unet torch, NFE calls of batch 1": sequential_unet,
-        "vae_decode onnxruntime": lambda: ort_backend.decode(slots[:1]),
-        "vae_decode torch": lambda: torch_backend.decode(slots[:1]),
+        "vae_decode onnxruntime": lambda: ort_backend.decode(z0),
+        "vae_decode torch": lambda: torch_backend.decode(z0),
     }
     times = {name: [] for name in calls}
     for fn in calls.values():  # warm-up

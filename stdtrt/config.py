@@ -113,7 +113,12 @@ class StylizeConfig:
         "auto: fp16 on a GPU, fp32 on the CPU (half precision runs there too, slowly)",
         choices=PRECISIONS,
     )
-    batch_size: int = opt(1, "frames per UNet call on the sequential torch path (--gamma > 0)", group="video")
+    frames_per_step: int = opt(
+        1,
+        "B frames in each stream slot: the UNet runs NFE x B latents per call, for throughput on a large GPU; "
+        "1 keeps the latency of one frame (a bundle bakes its own B in)",
+        group="video",
+    )
     queue_size: int = opt(8, "frames buffered between decode, the networks and encode", group="video")
     crf: int = opt(18, "H.264 quality of the output video (lower is better)", group="video")
     cuda_graphs: bool = opt(
@@ -130,8 +135,10 @@ class StylizeConfig:
             raise StdtrtError(f"gamma must be in [0, 1), got {self.gamma}")
         if self.backend not in BACKENDS:
             raise StdtrtError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if self.batch_size < 1 or self.queue_size < 1:
-            raise StdtrtError("batch size and queue size must be at least 1")
+        if self.frames_per_step < 1 or self.queue_size < 1:
+            raise StdtrtError(
+                f"--frames-per-step and --queue-size must be at least 1, got {self.frames_per_step}, {self.queue_size}"
+            )
         if not 0 <= self.crf <= 51:
             raise StdtrtError(f"crf must be in [0, 51], got {self.crf}")
 
@@ -283,6 +290,9 @@ class ExportConfig:
     strength: float = opt(0.75, "eta; the start timestep and x_start's coefficients are baked into the graph")
     nfe: int = opt(4, "student steps = slots of the stream-form UNet graph")
     guidance: float = opt(1.0, "> 1 bakes both CFG branches into the graph (UNet batch 2 x NFE)")
+    frames_per_step: int = opt(
+        1, "B frames in each stream slot (the UNet graph runs NFE x B latents per call): throughput for files"
+    )
     width: int | None = opt(None, "working width, a multiple of 8 [the model's native size]")
     height: int | None = opt(None, "working height, a multiple of 8 [the model's native size]")
     precision: str = opt(
@@ -306,6 +316,8 @@ class ExportConfig:
                 "no model given: pass --model PATH_OR_ID (or --model tiny-sd to try it offline)"
             )
         check_student(self)
+        if self.frames_per_step < 1:
+            raise StdtrtError(f"--frames-per-step must be at least 1, got {self.frames_per_step}")
         if self.opset < 17:
             raise StdtrtError(f"opset must be 17 or newer (LayerNormalization), got {self.opset}")
         if self.workspace_gb <= 0:

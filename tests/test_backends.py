@@ -99,7 +99,7 @@ def test_stylize_image_with_a_bundle(sd_bundle, tmp_path):
         ({"prompt": "ink"}, "exported for prompt 'an oil painting'"),
         ({"width": 128}, "exported for width 64"),
         ({"gamma": 0.3}, "gamma"),
-        ({"batch_size": 2}, "batch-size"),
+        ({"frames_per_step": 2}, "exported for frames per step 1, not 2"),
     ],
 )
 def test_options_that_contradict_the_bundle_are_refused(changes, match, sd_bundle, video, tmp_path):

@@ -141,5 +141,5 @@ def test_export_needs_no_demo_extra(tmp_path):
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "frame (stream vs sequential torch)" in run.stdout and (tmp_path / "b" / "manifest.json").exists()
+    assert "frames (stream vs sequential torch)" in run.stdout and (tmp_path / "b" / "manifest.json").exists()
     assert "stdtrt.demo" not in run.stdout + run.stderr

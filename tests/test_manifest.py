@@ -14,12 +14,12 @@ pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 BASE = dict(
     model_hash="a" * 64, lora_hash="b" * 64, prompt="oil", negative_prompt="", eta=0.75, nfe=4, guidance=1.0,
     width=512, height=512, batch=1, precision="fp16", opset=18, plan={"timesteps": [779, 599, 399, 219]},
-    conditioning_hash="d" * 64, placement={"unet": "fp16", "vae": "fp16"},
+    conditioning_hash="d" * 64, placement={"unet": "fp16", "vae": "fp16"}, vae={"spec": "full", "hash": None},
 )  # fmt: skip
 CHANGED = dict(
     model_hash="c" * 64, lora_hash=None, prompt="ink", eta=0.65, nfe=8, guidance=3.0, width=576, height=448,
     batch=2, precision="fp32", opset=19, plan={"timesteps": [759, 599, 399, 219]}, conditioning_hash="e" * 64,
-    placement={"unet": "fp16", "vae": "fp32"},
+    placement={"unet": "fp16", "vae": "fp32"}, vae={"spec": "tiny", "hash": "f" * 64},
 )  # fmt: skip
 
 

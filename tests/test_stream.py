@@ -1,6 +1,6 @@
-"""The stream form: one UNet call per frame gives every frame exactly its NFE sequential student steps
-(torch and onnxruntime, SD and SDXL with CFG), frames leave in order, the end flushes the pipe, and the
-pipeline's stages give the same frames whether they run in one thread or overlap."""
+"""The stream form: one UNet call per group of B frames gives every frame exactly its NFE sequential
+student steps (torch and onnxruntime, SD and SDXL with CFG, B = 1 and B = 3), frames leave in order, the end
+flushes the pipe, and the pipeline's stages give the same frames whether they run in one thread or overlap."""
 
 import numpy as np
 import pytest
@@ -28,12 +28,17 @@ def _frames(n: int, size: int = 64) -> list[np.ndarray]:
 
 
 def _stream(backend, z0s: list[torch.Tensor], noise) -> tuple[list[torch.Tensor], list, int]:
+    """Push groups of B content latents (B, 4, h, w) with tags; collect what leaves, in order."""
     state = StreamState(backend, noise)
     done = []
     for i, z0 in enumerate(z0s):
-        done += state.push(z0, i)
+        done += state.push(z0, [(i, j) for j in range(z0.shape[0])])
     done += state.flush()
-    return [z for z, _ in done], [tag for _, tag in done], state.calls
+    return [z for z, _ in done], [tags for _, tags in done], state.calls
+
+
+def _close(ours, ref) -> bool:
+    return float((ours - ref).abs().max()) < TOLERANCE * max(1.0, float(ref.abs().max()))
 
 
 @pytest.mark.parametrize("fixture", ["sd_bundle", "sdxl_bundle"])
@@ -49,29 +54,49 @@ def test_stream_equals_sequential_student_steps(kind, fixture, request):
     )
     student = Student(model, bundle.plan(), m["prompt"], 64, 64, m["negative_prompt"], m["guidance"])
     noise = make_noise(bundle.latent_shape, seed=3)
-    images = [to_tensor(f[None], "cpu") for f in _frames(5)]
-    z0s = [student.encode(x) for x in images]
-    latents, tags, calls = _stream(backend, z0s, noise)
-    assert tags == [0, 1, 2, 3, 4] and calls == 5 + bundle.nfe - 1  # in order; one call per frame + flush
+    z0s = [student.encode(to_tensor(f[None], "cpu")) for f in _frames(5)]
+    latents, tags, calls = _stream(backend, z0s, lambda n: noise.expand(n, -1, -1, -1))
+    assert tags == [[(i, 0)] for i in range(5)] and calls == 5 + bundle.nfe - 1  # in order; + flush
     for z0, ours in zip(z0s, latents, strict=True):
-        ref = student.sample(z0, noise)  # NFE sequential steps on that frame alone
-        assert (ours - ref).abs().max() < TOLERANCE * max(1.0, float(ref.abs().max()))
+        assert _close(ours, student.sample(z0, noise))  # NFE sequential steps on that frame alone
     assert (latents[0] - latents[1]).abs().max() > 1e-2  # different frames, different results
 
 
 @pytest.mark.parametrize("nfe", [1, 2, 3])
-def test_stream_for_any_nfe_and_fresh_noise(nfe, tiny_sd):
+@pytest.mark.parametrize("batch", [1, 3])
+def test_stream_for_any_nfe_and_frames_per_step_with_fresh_noise(nfe, batch, tiny_sd):
     plan = schedule.student_plan(tiny_sd.alphas_cumprod(), 0.75, nfe)
-    backend = TorchBackend.from_model(tiny_sd, plan, "ink", "", 1.0, 64, 64)
+    backend = TorchBackend.from_model(tiny_sd, plan, "ink", "", 1.0, 64, 64, batch)
+    assert backend.batch == batch
     student = Student(tiny_sd, plan, "ink", 64, 64)
     g = torch.Generator().manual_seed(0)
-    z0s = [torch.randn(1, 4, 8, 8, generator=g) for _ in range(4)]
-    noises = [torch.randn(1, 4, 8, 8, generator=g) for _ in range(4)]
+    z0s = [torch.randn(batch, 4, 8, 8, generator=g) for _ in range(4)]
+    noises = [torch.randn(batch, 4, 8, 8, generator=g) for _ in range(4)]
     feed = iter(noises)
-    latents, tags, calls = _stream(backend, z0s, lambda: next(feed))  # per-frame noise
-    assert tags == [0, 1, 2, 3] and calls == 4 + nfe - 1
+    latents, tags, calls = _stream(backend, z0s, lambda n: next(feed))  # new noise for every frame
+    assert tags == [[(i, j) for j in range(batch)] for i in range(4)] and calls == 4 + nfe - 1
     for z0, n, ours in zip(z0s, noises, latents, strict=True):
-        assert (ours - student.sample(z0, n)).abs().max() < TOLERANCE * 10
+        assert ours.shape == (batch, 4, 8, 8) and _close(ours, student.sample(z0, n))
+
+
+def test_the_step_graph_module_is_x_start_jump_and_shift(tiny_sd):
+    """StreamUNet by hand: slot 0's input is replaced by x_start(z0, noise), every slot jumps one step,
+    the last slot leaves, the others move down one slot."""
+    plan = schedule.student_plan(tiny_sd.alphas_cumprod(), 0.75, 3)
+    backend = TorchBackend.from_model(tiny_sd, plan, "ink", "", 1.0, 64, 64, 2)
+    student = Student(tiny_sd, plan, "ink", 64, 64)
+    g = torch.Generator().manual_seed(1)
+    slots, z0, noise = (
+        torch.randn(6, 4, 8, 8, generator=g),
+        torch.randn(2, 4, 8, 8, generator=g),
+        torch.randn(2, 4, 8, 8, generator=g),
+    )
+    slots_next, done = backend.step(slots, z0, noise)
+    x0 = plan.a_start * z0 + plan.b_start * noise
+    assert _close(slots_next[2:4], student.step(x0, 0)) and _close(
+        slots_next[4:6], student.step(slots[2:4], 1)
+    )
+    assert _close(done, student.step(slots[4:6], 2)) and torch.equal(slots_next[:2], torch.zeros(2, 4, 8, 8))
 
 
 def test_gamma_is_refused_by_the_stream_form(tiny_sd):
@@ -80,9 +105,12 @@ def test_gamma_is_refused_by_the_stream_form(tiny_sd):
         TorchBackend.from_model(tiny_sd, plan, "ink", "", 1.0, 64, 64)
 
 
-def test_overlapping_stages_give_the_same_frames_in_order(tiny_sd):
+@pytest.mark.parametrize("batch", [1, 4])
+def test_overlapping_stages_give_the_same_frames_in_order(tiny_sd, batch):
+    """Threads or one thread, B = 1 or 4 (a short last group is padded and the padding dropped): the
+    same frames, in order, each as it comes out alone."""
     plan = schedule.student_plan(tiny_sd.alphas_cumprod(), 0.75, 4)
-    backend = TorchBackend.from_model(tiny_sd, plan, "ink", "", 1.0, 64, 64)
+    backend = TorchBackend.from_model(tiny_sd, plan, "ink", "", 1.0, 64, 64, batch)
     items = [(f, i) for i, f in enumerate(_frames(6))]
     results = {}
     for concurrent in (False, True):

@@ -60,29 +60,31 @@ def test_fixed_noise_is_shared_by_all_frames_fresh_noise_is_not(tmp_path):
     assert diff(fresh) > 5 * max(diff(fixed), 0.2)
 
 
-def test_batched_frames_match_frame_by_frame(tmp_path):
-    """--batch-size only groups frames into one UNet call: each frame comes out as it would alone (up to
-    float rounding, at most one level), in order, the last short batch included."""
+def test_frames_per_step_match_frame_by_frame(tmp_path):
+    """--frames-per-step B only groups frames into one network call: each frame comes out as it would
+    alone (up to float rounding, at most one level), in order, the last short group included; on the
+    sequential student (--gamma > 0) and through the whole video pipeline on the stream form."""
     from stdtrt.io.images import resize
     from stdtrt.runtime.stylize import StudentRunner, load_student
 
     src = make_video(tmp_path / "in.mp4", frames=4, audio=False)
     frames = [resize(f, CFG.width, CFG.height) for f in frames_of(src)]
-    student = load_student(CFG, CFG.width, CFG.height)
+    student = load_student(CFG, CFG.width, CFG.height)  # the sequential student (what --gamma > 0 runs)
     outs = {}
     for batch in (1, 3):
-        runner = StudentRunner(student, StylizeConfig(**{**CFG.__dict__, "batch_size": batch}))
+        runner = StudentRunner(student, StylizeConfig(**{**CFG.__dict__, "frames_per_step": batch}))
         outs[batch] = list(runner.stylize((f, i) for i, f in enumerate(frames)))
     assert [tag for _, tag in outs[3]] == [0, 1, 2, 3]
     for (a, _), (b, _) in zip(outs[1], outs[3], strict=True):
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
-    # and through the whole video pipeline (after H.264, whose decisions a one-level change can move)
-    cfg = StylizeConfig(**{**CFG.__dict__, "batch_size": 3})
-    three = frames_of(stylize_video(cfg, src, tmp_path / "three.mp4", progress=False).output)
-    one = frames_of(stylize_video(CFG, src, tmp_path / "one.mp4", progress=False).output)
-    assert len(three) == 4 and all(
-        np.abs(a.astype(int) - b.astype(int)).mean() < 2 for a, b in zip(one, three, strict=True)
+    cfg = StylizeConfig(**{**CFG.__dict__, "frames_per_step": 3, "crf": 0})
+    three = stylize_video(cfg, src, tmp_path / "three.mp4", progress=False)
+    one = stylize_video(
+        StylizeConfig(**{**CFG.__dict__, "crf": 0}), src, tmp_path / "one.mp4", progress=False
     )
+    assert "3 frames per slot" in three.backend and three.frames == 4
+    for a, b in zip(frames_of(one.output), frames_of(three.output), strict=True):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 2  # rounding (one level, through 4:2:0)
 
 
 def test_student_encodes_the_prompt_once_not_per_frame(tiny_sd):

@@ -144,7 +144,12 @@ class Bundle:
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        return tuple(self.manifest["graphs"]["vae_encoder"]["outputs"][0]["shape"][1:])
+        return tuple(self.manifest["graphs"]["vae_encoder"]["outputs"][0]["shape"][1:])  # (4, h, w)
+
+    @property
+    def batch(self) -> int:
+        """B: frames per stream slot (the UNet graph runs NFE * B latents per call)."""
+        return int(self.manifest["batch"])
 
     @property
     def placement(self) -> dict:

@@ -1,12 +1,17 @@
 """The three networks of a bundle as torch modules: the torch backend runs them, `stdtrt export` traces
 them to ONNX. There is no second implementation: the exported graphs are these modules traced.
 
-- `VaeGraph(vae_encode)`: image in [-1, 1] (1, 3, H, W) -> scaled content latent z0 (1, 4, H/8, W/8).
-- `StreamUNet`: the fixed-timestep student in stream form. Slot i of its input holds a latent at the
-  i-th student timestep; one call advances every slot by one DDIM jump (schedule.ddim_jump on
-  conditioning.predict_eps), so the last slot leaves as a clean latent. Timesteps, jump coefficients and
-  prompt embeddings are buffers: constants once traced.
-- `VaeGraph(vae_decode)`: scaled latent -> image in [-1, 1].
+B is the number of frames per stream slot (`--frames-per-step`, 1 by default): every shape is static.
+
+- `VaeEncoder`: uint8 frames (B, H, W, 3) -> scaled content latents z0 (B, 4, H/8, W/8), float32. The pixel
+  conversion happens inside the graph, so the host moves bytes only.
+- `StreamUNet`: the fixed-timestep student in stream form, the whole per-frame step in one call. Slot i
+  (rows i*B .. i*B + B - 1 of `slots`) holds latents at the i-th student timestep; the new frames' x_start
+  (schedule.x_start of z0 and their noise) enters slot 0, every slot makes one DDIM jump (schedule.ddim_jump
+  on conditioning.predict_eps), the last slot leaves as `done` (clean latents) and the others shift down
+  one slot into `slots_next`. Timesteps, jump coefficients, x_start's coefficients and the prompt
+  embeddings are buffers: constants once traced.
+- `VaeDecoder`: scaled latents (B, 4, h, w) -> uint8 frames (B, H, W, 3), clamped and rounded inside.
 """
 
 from __future__ import annotations
@@ -18,28 +23,40 @@ import torch
 from stdtrt import schedule
 from stdtrt.errors import StdtrtError
 from stdtrt.models.conditioning import Conditioning, encode_prompt, predict_eps
-from stdtrt.models.vae import vae_decode, vae_encode
+from stdtrt.models.vae import pixels_to_unit, unit_to_pixels, vae_decode, vae_encode
 
 GRAPHS = ("vae_encoder", "unet", "vae_decoder")  # bundle file stems, in pipeline order
 
 
-class VaeGraph(torch.nn.Module):
-    """vae_encode or vae_decode as a module: what the torch backend runs and the export traces."""
+class VaeEncoder(torch.nn.Module):
+    """uint8 frames (B, H, W, 3) -> z0 (B, 4, h, w): what the torch backend runs and the export traces."""
 
-    def __init__(self, fn, vae, scaling_factor: float):
+    def __init__(self, vae, scaling_factor: float):
         super().__init__()
-        self.fn, self.vae, self.scaling_factor = fn, vae, scaling_factor
+        self.vae, self.scaling_factor = vae, scaling_factor
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(self.vae, x, self.scaling_factor)
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return vae_encode(self.vae, pixels_to_unit(frames), self.scaling_factor)
 
 
-def _column(values) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.float32).view(-1, 1, 1, 1)  # (NFE, 1, 1, 1)
+class VaeDecoder(torch.nn.Module):
+    """Latents (B, 4, h, w) -> uint8 frames (B, H, W, 3)."""
+
+    def __init__(self, vae, scaling_factor: float):
+        super().__init__()
+        self.vae, self.scaling_factor = vae, scaling_factor
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return unit_to_pixels(vae_decode(self.vae, latents, self.scaling_factor))
+
+
+def _column(values, batch: int) -> torch.Tensor:
+    """Per-slot values repeated for the B frames of each slot.  # (NFE * B, 1, 1, 1)"""
+    return torch.tensor(values, dtype=torch.float32).repeat_interleave(batch).view(-1, 1, 1, 1)
 
 
 class StreamUNet(torch.nn.Module):
-    """One call = one DDIM jump for each of the NFE slots: slot i at plan.timesteps[i] -> plan.targets[i]."""
+    """One call = the new frames enter and every slot makes one DDIM jump (see the module doc)."""
 
     def __init__(
         self,
@@ -48,6 +65,7 @@ class StreamUNet(torch.nn.Module):
         cond: Conditioning,
         uncond: Conditioning | None,
         guidance: float,
+        batch: int = 1,
     ):
         super().__init__()
         if plan.gamma != 0:
@@ -55,13 +73,15 @@ class StreamUNet(torch.nn.Module):
                 f"the stream form needs gamma = 0 (deterministic jumps), got {plan.gamma}; "
                 f"gamma > 0 runs on the sequential torch path (--model without a bundle)"
             )
-        self.unet, self.nfe, self.guidance = unet, plan.nfe, float(guidance)
-        self.register_buffer("timesteps", torch.tensor(plan.timesteps, dtype=torch.long))  # (NFE,)
+        self.unet, self.nfe, self.batch, self.guidance = unet, plan.nfe, batch, float(guidance)
+        self.a_start, self.b_start = plan.a_start, plan.b_start
+        steps = torch.tensor(plan.timesteps, dtype=torch.long).repeat_interleave(batch)
+        self.register_buffer("timesteps", steps)  # (NFE * B,)
         for name in ("a_t", "b_t", "a_s", "b_s"):
-            self.register_buffer(name, _column(getattr(plan, name)))
-        self._register_cond("cond", cond.repeat(plan.nfe))
+            self.register_buffer(name, _column(getattr(plan, name), batch))
+        self._register_cond("cond", cond.repeat(plan.nfe * batch))
         self.has_uncond = uncond is not None and guidance > 1
-        self._register_cond("uncond", uncond.repeat(plan.nfe) if self.has_uncond else None)
+        self._register_cond("uncond", uncond.repeat(plan.nfe * batch) if self.has_uncond else None)
 
     def _register_cond(self, prefix: str, c: Conditioning | None) -> None:
         for field in ("embeds", "pooled", "time_ids"):
@@ -73,20 +93,35 @@ class StreamUNet(torch.nn.Module):
             return None
         return Conditioning(embeds, getattr(self, f"{prefix}_pooled"), getattr(self, f"{prefix}_time_ids"))
 
-    def forward(self, slots: torch.Tensor) -> torch.Tensor:
-        """slots (NFE, 4, h, w) float32, slot i at timesteps[i] -> every slot one jump further (float32:
-        the UNet runs in its dtype inside predict_eps, the jump in float32)."""
+    def forward(self, slots: torch.Tensor, z0: torch.Tensor, noise: torch.Tensor):
+        """slots (NFE*B, 4, h, w) (slot 0's rows are overwritten), z0 and noise (B, 4, h, w), all float32 ->
+        (slots_next (NFE*B, 4, h, w), done (B, 4, h, w)). The UNet runs in its own dtype inside predict_eps;
+        x_start, the jumps and the shift in float32."""
+        b = self.batch
+        x = torch.cat([schedule.x_start(z0, noise, self.a_start, self.b_start), slots[b:]])
         eps = predict_eps(
-            self.unet, slots, self.timesteps, self._cond("cond"), self._cond("uncond"), self.guidance
+            self.unet, x, self.timesteps, self._cond("cond"), self._cond("uncond"), self.guidance
         )
-        return schedule.ddim_jump(slots, eps, self.a_t, self.b_t, self.a_s, self.b_s)
+        out = schedule.ddim_jump(x, eps, self.a_t, self.b_t, self.a_s, self.b_s)  # slot i now at targets[i]
+        return torch.cat([torch.zeros_like(out[:b]), out[:-b]]), out[-b:]
+
+
+def example_inputs(nfe: int, batch: int, latent_shape, width: int, height: int, device="cpu") -> dict:
+    """Zero inputs of the interface's shapes and dtypes per call: "encode" (frames), "step" (slots, z0,
+    noise), "decode" (latents). What export traces with, and backends warm up and capture with."""
+    z = torch.zeros((batch, *latent_shape), device=device)
+    return {
+        "encode": (torch.zeros((batch, height, width, 3), dtype=torch.uint8, device=device),),
+        "step": (torch.zeros((nfe * batch, *latent_shape), device=device), z, z.clone()),
+        "decode": (z.clone(),),
+    }
 
 
 @dataclass
 class Networks:
-    encoder: VaeGraph  # image (1, 3, H, W) -> z0
+    encoder: VaeEncoder
     unet: StreamUNet
-    decoder: VaeGraph  # latent -> image
+    decoder: VaeDecoder
 
 
 @torch.no_grad()
@@ -98,13 +133,14 @@ def build_networks(
     guidance: float,
     width: int,
     height: int,
+    batch: int = 1,
 ) -> Networks:
-    """The three bundle networks of a loaded (fused) model for one prompt and size, on its device/dtype."""
+    """The three bundle networks of a loaded (fused) model for one prompt, size and B, on its device."""
     cond = encode_prompt(model.pipe, prompt, height, width)
     uncond = encode_prompt(model.pipe, negative_prompt, height, width) if guidance > 1 else None
-    unet = StreamUNet(model.unet, plan, cond, uncond, guidance).to(model.device)  # coefficients: float32
+    unet = StreamUNet(model.unet, plan, cond, uncond, guidance, batch).to(model.device)  # coefficients: fp32
     return Networks(
-        VaeGraph(vae_encode, model.vae, model.scaling_factor).eval(),
+        VaeEncoder(model.vae, model.scaling_factor).eval(),
         unet.eval(),
-        VaeGraph(vae_decode, model.vae, model.scaling_factor).eval(),
+        VaeDecoder(model.vae, model.scaling_factor).eval(),
     )

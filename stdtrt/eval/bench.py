@@ -141,9 +141,9 @@ def make_clip(folder: Path, frames: int, width: int, height: int) -> Path:
 
 
 def _warm_up(backend) -> None:
-    z = backend.encode(torch.zeros(1, 3, backend.height, backend.width, device=backend.device))
-    backend.step(torch.zeros(backend.plan.nfe, *backend.latent_shape, device=backend.device))
-    backend.decode(z)
+    """First calls allocate (onnxruntime arenas, cudnn plans): not what a video pays."""
+    for name, args in backend.example_inputs().items():
+        getattr(backend, name)(*args)
 
 
 def time_backend(bundle, name: str, device: str, info, folder: Path, model=None) -> BackendRun:
@@ -154,7 +154,7 @@ def time_backend(bundle, name: str, device: str, info, folder: Path, model=None)
     start = time.perf_counter()
     backend = load_backend(bundle, name, device, model=model)
     load_s = time.perf_counter() - start
-    _warm_up(backend)  # first calls allocate (onnxruntime arenas, cudnn plans): not what a video pays
+    _warm_up(backend)
     result = run_video(
         StreamRunner(backend), info, folder / f"out-{name}.mp4", StylizeConfig(), progress=False
     )

@@ -128,7 +128,8 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
         lora_hash = file_hash(cfg.lora)
     fields = mf.onnx_key_fields(
         model_hash=base_hash, lora_hash=lora_hash, prompt=cfg.prompt, negative_prompt=cfg.negative_prompt,
-        eta=cfg.strength, nfe=cfg.nfe, guidance=cfg.guidance, width=width, height=height, batch=1,
+        eta=cfg.strength, nfe=cfg.nfe, guidance=cfg.guidance, width=width, height=height,
+        batch=cfg.frames_per_step,
         precision=precision, placement=graphs_at.dtypes(), vae=vae, opset=cfg.opset, plan=plan.as_dict(),
         conditioning_hash=conditioning_hash(model, cfg, width, height),
     )  # fmt: skip
@@ -183,7 +184,9 @@ def _reference(cfg, model, plan, width, height):
     from stdtrt.models.lora import fuse_lora
 
     fused = fuse_lora(model)
-    networks = build_networks(model, plan, cfg.prompt, cfg.negative_prompt, cfg.guidance, width, height)
+    networks = build_networks(
+        model, plan, cfg.prompt, cfg.negative_prompt, cfg.guidance, width, height, cfg.frames_per_step
+    )
     if not cfg.validate:
         return networks, None, fused
     return networks, reference(networks, model, plan, cfg, width, height), fused
@@ -192,7 +195,7 @@ def _reference(cfg, model, plan, width, height):
 def _export_onnx(cfg, model, networks, ref, fused, plan, fields, key, graphs_at, tmp: Path, stages):
     """Trace the three graphs in the graphs' placement, write a first manifest, validate them on
     onnxruntime; return (manifest, rows)."""
-    from stdtrt.bundle.networks import build_networks
+    from stdtrt.bundle.networks import build_networks, example_inputs
     from stdtrt.export.onnx import export_networks
     from stdtrt.export.validate import onnxruntime_rows
 
@@ -200,13 +203,14 @@ def _export_onnx(cfg, model, networks, ref, fused, plan, fields, key, graphs_at,
     if graphs_at.half:  # trace the modules as they will run: half-precision weights and compute
         model.place(graphs_at)
         networks = build_networks(
-            model, plan, cfg.prompt, cfg.negative_prompt, cfg.guidance, fields["width"], fields["height"]
-        )
+            model, plan, cfg.prompt, cfg.negative_prompt, cfg.guidance, fields["width"], fields["height"],
+            fields["batch"],
+        )  # fmt: skip
     dtypes = graphs_at.dtypes()
     precision = {"vae_encoder": dtypes["vae"], "unet": dtypes["unet"], "vae_decoder": dtypes["vae"]}
-    graphs = export_networks(
-        networks, tmp, fields["width"], fields["height"], model.vae_scale, cfg.opset, precision
-    )
+    latent = (4, fields["height"] // model.vae_scale, fields["width"] // model.vae_scale)
+    examples = example_inputs(plan.nfe, fields["batch"], latent, fields["width"], fields["height"])
+    graphs = export_networks(networks, tmp, examples, cfg.opset, precision)
     stages["onnx"] = time.perf_counter() - t
     manifest = _manifest(cfg, model, fused, plan, fields, key, graphs)
     manifest["files"] = _files(tmp, {})
@@ -284,7 +288,7 @@ def _manifest(cfg, model, fused, plan, fields, key, graphs) -> dict:
         "schedule": {**plan.as_dict(), "num_train_timesteps": int(model.alphas_cumprod().shape[0])},
         "width": fields["width"],
         "height": fields["height"],
-        "batch": 1,
+        "batch": fields["batch"],
         "precision": fields["precision"],
         "placement": fields["placement"],
         "vae": fields["vae"],

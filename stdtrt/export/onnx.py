@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 # protobuf refuses messages over 2 GiB: weights go to `<name>.onnx.data` above this size.
 EXTERNAL_DATA_BYTES = int(1.8 * 2**30)
-_DTYPES = {1: "float32", 10: "float16", 7: "int64", 6: "int32"}  # onnx.TensorProto element types
+_DTYPES = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 2: "uint8"}  # onnx.TensorProto element types
 
 
 def tensor_bytes(module: torch.nn.Module) -> int:
@@ -68,14 +68,14 @@ def _io_spec(values) -> list[dict]:
 
 def export_graph(
     module: torch.nn.Module,
-    example: torch.Tensor,
+    examples: tuple[torch.Tensor, ...],
     path: Path,
-    input_name: str,
-    output_name: str,
+    input_names: list[str],
+    output_names: list[str],
     opset: int,
     precision: str = "fp32",
 ) -> dict:
-    """Export `module(example)` to `path` (static shapes); return its manifest entry. `precision` is the
+    """Export `module(*examples)` to `path` (static shapes); return its manifest entry. `precision` is the
     module's own (fp32 or fp16: it is traced as it runs); an fp16 graph then keeps in float32 what must
     stay there (export/fp16.py)."""
     import onnx
@@ -86,12 +86,12 @@ def export_graph(
         with torch.no_grad(), _quiet_exporter():
             torch.onnx.export(
                 module,
-                (example,),
+                tuple(examples),
                 str(path),
                 dynamo=True,
                 opset_version=opset,
-                input_names=[input_name],
-                output_names=[output_name],
+                input_names=input_names,
+                output_names=output_names,
                 external_data=large,
                 optimize=True,
                 verbose=False,
@@ -114,22 +114,24 @@ def export_graph(
     }
 
 
-def export_networks(
-    networks, folder: Path, width: int, height: int, vae_scale: int, opset: int, precision: dict[str, str]
-) -> dict:
-    """Export the three bundle graphs into `folder`; return graph name -> manifest entry. `precision`:
-    graph name -> the dtype its module runs in (the placement's)."""
-    unet = networks.unet
-    latent = torch.zeros(1, 4, height // vae_scale, width // vae_scale)
-    examples = {
-        "vae_encoder": (networks.encoder, torch.zeros(1, 3, height, width), "image", "latent"),
-        "unet": (unet, torch.zeros(unet.nfe, *latent.shape[1:]), "slots", "slots_next"),
-        "vae_decoder": (networks.decoder, latent, "latent", "image"),
-    }
+# graph -> (its inputs, its outputs): the names the runtime binds (bundle/networks.py has their meaning)
+GRAPH_IO = {
+    "vae_encoder": (["frames"], ["latent"]),
+    "unet": (["slots", "z0", "noise"], ["slots_next", "done"]),
+    "vae_decoder": (["latent"], ["frames"]),
+}
+
+
+def export_networks(networks, folder: Path, examples: dict, opset: int, precision: dict[str, str]) -> dict:
+    """Export the three bundle graphs into `folder`; return graph name -> manifest entry. `examples`: the
+    backend interface's inputs per call (Backend.example_inputs); `precision`: graph -> its modules' dtype."""
+    modules = {"vae_encoder": networks.encoder, "unet": networks.unet, "vae_decoder": networks.decoder}
+    calls = {"vae_encoder": "encode", "unet": "step", "vae_decoder": "decode"}
     graphs = {}
-    for name, (module, example, inp, out) in examples.items():
+    for name, module in modules.items():
         log.info("exporting %s to ONNX (opset %d, %s)", name, opset, precision[name])
+        inputs, outputs = GRAPH_IO[name]
         graphs[name] = export_graph(
-            module, example, folder / f"{name}.onnx", inp, out, opset, precision[name]
+            module, examples[calls[name]], folder / f"{name}.onnx", inputs, outputs, opset, precision[name]
         )
     return graphs

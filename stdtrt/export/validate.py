@@ -45,72 +45,91 @@ class Row:
 
 @dataclass
 class Reference:
-    """Seeded inputs and what the float32 torch modules make of them."""
+    """Seeded inputs (B frames per slot, as the bundle runs) and what the float32 torch modules make of them."""
 
     seed: int
-    frame: np.ndarray  # (H, W, 3) uint8: a sample photograph at the bundle's size
-    image: torch.Tensor  # the frame in [-1, 1], (1, 3, H, W)
-    slots: torch.Tensor  # seeded slots (NFE, 4, h, w)
-    z0: torch.Tensor  # encoder(image)
-    slots_next: torch.Tensor  # unet(slots)
-    decoded: torch.Tensor  # decoder(z0)
-    stylized: torch.Tensor  # the frame through NFE sequential student steps, decoded: (1, 3, H, W)
+    frames: np.ndarray  # (B, H, W, 3) uint8: sample photographs at the bundle's size
+    slots: torch.Tensor  # seeded slots (NFE*B, 4, h, w)
+    noise: torch.Tensor  # seeded (B, 4, h, w)
+    z0: torch.Tensor  # encoder(frames)
+    slots_next: torch.Tensor  # unet(slots, z0, noise)
+    done: torch.Tensor
+    decoded: torch.Tensor  # decoder(z0), uint8 (B, H, W, 3)
+    stylized: torch.Tensor  # each frame through NFE sequential student steps, decoded: uint8 (B, H, W, 3)
 
 
 @torch.no_grad()
 def reference(networks, model, plan, cfg, width: int, height: int) -> Reference:
     """Run the float32 torch modules (the bundle's networks, and the sequential student of the same fused
-    model, plan, prompt and guidance) on inputs seeded by cfg.seed."""
+    model, plan, prompt and guidance, with the video noise of cfg.seed) on inputs seeded by cfg.seed."""
     from stdtrt.io.samples import sample_frames
-    from stdtrt.runtime.student import Student, make_noise, to_tensor
+    from stdtrt.runtime.student import Student, make_noise, to_uint8
 
     student = Student(model, plan, cfg.prompt, width, height, cfg.negative_prompt, cfg.guidance)
-    seed, nfe = cfg.seed, plan.nfe
-
-    frame = next(sample_frames(1, width, height))
-    image = to_tensor(frame[None], "cpu")
-    z0 = networks.encoder(image)
-    g = torch.Generator().manual_seed(seed)
-    slots = torch.randn((nfe, *z0.shape[1:]), generator=g)
-    noise = make_noise(tuple(z0.shape[1:]), seed)
-    stylized = student.decode(student.sample(z0, noise))  # z0: the same VAE encode the student does
-    return Reference(
-        seed, frame, image, slots, z0, networks.unet(slots), networks.decoder(z0), stylized.float().cpu()
+    b = networks.unet.batch
+    frames = np.stack(list(sample_frames(b, width, height)))
+    pixels = torch.from_numpy(frames)
+    z0 = networks.encoder(pixels)
+    g = torch.Generator().manual_seed(cfg.seed)
+    slots = torch.randn((plan.nfe * b, *z0.shape[1:]), generator=g)
+    noise = torch.randn(z0.shape, generator=g)
+    slots_next, done = networks.unet(slots, z0, noise)
+    video_noise = make_noise(tuple(z0.shape[1:]), cfg.seed)  # what a stream of this video enters with
+    stylized = torch.from_numpy(
+        to_uint8(student.decode(student.sample(z0, video_noise.expand(b, -1, -1, -1))))
     )
+    return Reference(cfg.seed, frames, slots, noise, z0, slots_next, done, networks.decoder(z0), stylized)
 
 
 def compare(backend: str, name: str, ours: torch.Tensor, ref: torch.Tensor, relative: float) -> Row:
+    """Absolute differences; the tolerance is relative to max(1, max |ref|), and for uint8 frames (0..255)
+    one level of rounding more (a value at .5 may round either way)."""
+    pixels = ref.dtype == torch.uint8
     ours, ref = ours.detach().float().cpu(), ref.detach().float().cpu()
     if ours.shape != ref.shape:
         raise StdtrtError(f"validation: {name} gives shape {tuple(ours.shape)}, torch {tuple(ref.shape)}")
-    diff = (ours - ref).abs()
-    if not torch.isfinite(ours).all():  # NaN compares false everywhere: say it plainly
-        return Row(backend, name, float("inf"), float("inf"), float(ref.abs().max()), relative)
     scale = float(ref.abs().max())
-    return Row(backend, name, float(diff.max()), float(diff.mean()), scale, relative * max(1.0, scale))
+    tolerance = relative * max(1.0, scale) + (1.0 if pixels else 0.0)
+    if not torch.isfinite(ours).all():  # NaN compares false everywhere: say it plainly
+        return Row(backend, name, float("inf"), float("inf"), scale, tolerance)
+    diff = (ours - ref).abs()
+    return Row(backend, name, float(diff.max()), float(diff.mean()), scale, tolerance)
 
 
 @torch.no_grad()
 def check_backend(backend, ref: Reference, graphs: dict, label: str) -> list[Row]:
-    """The rows of one loaded backend against the reference: each graph, then one whole frame."""
+    """The rows of one loaded backend against the reference: each graph, then whole frames."""
     from stdtrt.runtime.stream import StreamRunner
 
     tol = {g: TOLERANCES[graphs[g]["precision"]][0] for g in graphs}
+    dev = backend.device
+    slots_next, done = backend.step(ref.slots.to(dev), ref.z0.to(dev), ref.noise.to(dev))
     rows = [
-        compare(label, "vae_encoder", backend.encode(ref.image.to(backend.device)), ref.z0, tol["vae_encoder"]),
-        compare(
-            label, f"unet (stream step, {ref.slots.shape[0]} slots)", backend.step(ref.slots.to(backend.device)),
-            ref.slots_next, tol["unet"],
-        ),
-        compare(label, "vae_decoder", backend.decode(ref.z0.to(backend.device)), ref.decoded, tol["vae_decoder"]),
+        compare(label, "vae_encoder", backend.encode(torch.from_numpy(ref.frames).to(dev)), ref.z0, tol["vae_encoder"]),
+        compare(label, f"unet (stream step, {ref.slots.shape[0]} slots)", slots_next, ref.slots_next, tol["unet"]),
+        compare(label, "unet (finished latents)", done, ref.done, tol["unet"]),
+        compare(label, "vae_decoder", backend.decode(ref.z0.to(dev)), ref.decoded, tol["vae_decoder"]),
     ]  # fmt: skip
     runner = StreamRunner(backend, seed=ref.seed)
-    ((latent, _),) = list(runner.unet(runner.encode(iter([(ref.frame, 0)]))))
+    out = [frame for frame, _ in compose_all(runner, ref.frames)]
     frame_tol = TOLERANCES["fp16" if "fp16" in {e["precision"] for e in graphs.values()} else "fp32"][1]
     rows.append(
-        compare(label, "frame (stream vs sequential torch)", backend.decode(latent), ref.stylized, frame_tol)
+        compare(
+            label,
+            "frames (stream vs sequential torch)",
+            torch.from_numpy(np.stack(out)),
+            ref.stylized,
+            frame_tol,
+        )
     )
     return rows
+
+
+def compose_all(runner, frames: np.ndarray):
+    """Frames through a runner's network stages in the calling thread: (frame, tag) in order."""
+    from stdtrt.runtime.pipeline import compose
+
+    return compose([runner.encode, runner.unet, runner.decode])(iter((f, i) for i, f in enumerate(frames)))
 
 
 def onnxruntime_rows(bundle, ref: Reference) -> list[Row]:

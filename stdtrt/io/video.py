@@ -95,8 +95,16 @@ def probe(path: str | Path) -> VideoInfo:
         container.close()
 
 
-def read_frames(info: VideoInfo) -> Iterator[tuple[np.ndarray, int]]:
-    """Yield (RGB uint8 frame (H, W, 3), pts in info.time_base), in presentation order.
+def _interpolation(src: tuple[int, int], dst: tuple[int, int]) -> str:
+    """swscale's filter for a resize: area averaging to shrink, bicubic to enlarge (io/images.resize's rule)."""
+    return "AREA" if dst[0] * dst[1] < src[0] * src[1] else "BICUBIC"
+
+
+def read_frames(
+    info: VideoInfo, width: int | None = None, height: int | None = None
+) -> Iterator[tuple[np.ndarray, int]]:
+    """Yield (RGB uint8 frame (height, width, 3), pts in info.time_base), in presentation order; the
+    colour conversion and the resize to (width, height) are one swscale call (default: the coded size).
 
     A decode error midway, or a video that ends before the frame count its header announces, raises a
     StdtrtError naming the frame where it stopped.
@@ -107,10 +115,14 @@ def read_frames(info: VideoInfo) -> Iterator[tuple[np.ndarray, int]]:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         step = max(1, round(1 / (info.rate * info.time_base))) if info.rate else 1
+        size = (width or info.width, height or info.height)
+        scale = {} if size == (info.width, info.height) else {"width": size[0], "height": size[1]}
+        if scale:
+            scale["interpolation"] = _interpolation((info.width, info.height), size)
         try:
             for frame in container.decode(stream):
                 pts = frame.pts if frame.pts is not None else count * step
-                yield frame.to_ndarray(format="rgb24"), int(pts)
+                yield frame.to_ndarray(format="rgb24", **scale), int(pts)
                 count += 1
         except av.FFmpegError as exc:
             raise StdtrtError(
@@ -228,12 +240,21 @@ class VideoWriter:
 
     # -- video ------------------------------------------------------------------------------------------
     def write(self, rgb: np.ndarray, pts: int) -> None:
-        """Encode one RGB uint8 frame (H, W, 3) at `pts` (in the input's time base)."""
+        """Encode one RGB uint8 frame at `pts` (in the input's time base), resized to the output's size and
+        converted to its pixel format in one swscale call."""
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
         frame.pts = pts
         frame.time_base = self.info.time_base
         self._mux_audio_until(float(pts * self.info.time_base) + 0.5)
-        self.out.mux(self.video.encode(frame.reformat(format=self.video.pix_fmt)))
+        size = (self.info.width, self.info.height)
+        scale = {}
+        if (rgb.shape[1], rgb.shape[0]) != size:
+            scale = {
+                "width": size[0],
+                "height": size[1],
+                "interpolation": _interpolation(rgb.shape[1::-1], size),
+            }
+        self.out.mux(self.video.encode(frame.reformat(format=self.video.pix_fmt, **scale)))
         self.frames += 1
 
     def close(self) -> None:

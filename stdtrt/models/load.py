@@ -16,11 +16,10 @@ from stdtrt import schedule
 from stdtrt.config import round_size
 from stdtrt.errors import StdtrtError
 from stdtrt.models import presets
+from stdtrt.models.presets import OFFLINE_HINT
 from stdtrt.models.vae import load_vae, vae_scale
 
 log = logging.getLogger(__name__)
-
-OFFLINE_HINT = "`--model tiny-sd` works offline"
 
 
 @dataclass

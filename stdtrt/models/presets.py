@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 PRESETS = ("tiny-sd", "tiny-sdxl", "random-sd15")
+OFFLINE_HINT = "`--model tiny-sd` works offline"  # said wherever a model cannot be found
 SEED = 0
 TEXT_HIDDEN = 32
 

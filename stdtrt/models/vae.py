@@ -78,7 +78,7 @@ def vae_preset(name: str):
 
 def _folder(name: str) -> Path:
     """A local folder holding a VAE's config.json (the folder, its vae/ subfolder, or a cached hub id)."""
-    from stdtrt.models.load import OFFLINE_HINT
+    from stdtrt.models.presets import OFFLINE_HINT
 
     path = Path(name).expanduser()
     if not path.exists() and name.count("/") == 1 and not name.startswith((".", "/")):

@@ -79,8 +79,9 @@ def load_model_backend(cfg: StylizeConfig, image_w: int, image_h: int):
 
     model, plan, width, height = _load(cfg, image_w, image_h, fuse=True)
     return TorchBackend.from_model(
-        model, plan, cfg.prompt, cfg.negative_prompt, cfg.guidance, width, height, **cfg.torch_speedups()
-    )
+        model, plan, cfg.prompt, cfg.negative_prompt, cfg.guidance, width, height, cfg.frames_per_step,
+        **cfg.torch_speedups(),
+    )  # fmt: skip
 
 
 class StudentRunner:
@@ -110,7 +111,7 @@ class StudentRunner:
         batch = []
         for item in items:
             batch.append(item)
-            if len(batch) == self.cfg.batch_size:
+            if len(batch) == self.cfg.frames_per_step:
                 yield from self._run(batch)
                 batch = []
         if batch:
@@ -157,10 +158,6 @@ def check_request(cfg: StylizeConfig, bundle) -> None:
         raise StdtrtError(
             "a bundle runs the deterministic stream form (gamma 0); use --model for --gamma > 0"
         )
-    if cfg.batch_size != 1:
-        raise StdtrtError(
-            "--batch-size is for the torch path (--model); a bundle runs one frame per UNet call"
-        )
     if cfg.model and source_of(cfg.model) != m["model"]["source"]:
         _refuse(bundle, "model", m["model"]["name"], cfg.model)
     lora = m.get("lora")
@@ -176,6 +173,7 @@ def check_request(cfg: StylizeConfig, bundle) -> None:
         "height": bundle.height,
         "precision": m["precision"],
         "vae": m["vae"]["spec"],
+        "frames_per_step": bundle.batch,
     }
     for option, value in baked.items():
         asked = getattr(cfg, option)
@@ -191,14 +189,16 @@ def _refuse(bundle, option: str, baked, asked) -> None:
     )
 
 
-def load_runner(cfg: StylizeConfig, image_w: int, image_h: int):
+def load_runner(cfg: StylizeConfig, image_w: int, image_h: int, image: bool = False):
     """What stylizes frames for this run: a bundle's backend, or (--model) the torch backend on the model,
     both in stream form; the sequential torch student for what the stream form cannot do."""
     from stdtrt.runtime.stream import StreamRunner
 
     bundle = resolve_bundle(cfg)
     if bundle is None:
-        if cfg.gamma > 0 or cfg.batch_size > 1:  # what the stream form cannot do: the sequential student
+        # an image takes NFE sequential calls of batch 1, not NFE calls of the stream's batch NFE; and
+        # gamma > 0 is what the stream form cannot do: both run the sequential student
+        if image or cfg.gamma > 0:
             return StudentRunner(load_student(cfg, image_w, image_h), cfg)
         return StreamRunner(load_model_backend(cfg, image_w, image_h), cfg.seed, cfg.fresh_noise)
     from stdtrt.runtime.backends import load_backend
@@ -222,7 +222,7 @@ def stylize_image(cfg: StylizeConfig, input_path: str | Path, output_path: str |
         raise StdtrtError(f"output {output_path} is the input image; choose another output path")
     check_writable(output_path)
     rgb = read_image(input_path)
-    runner = load_runner(cfg, rgb.shape[1], rgb.shape[0])
+    runner = load_runner(cfg, rgb.shape[1], rgb.shape[0], image=True)
     out = runner(resize(rgb, runner.width, runner.height))
     write_image(output_path, resize(out, rgb.shape[1], rgb.shape[0]))
     return output_path
@@ -230,19 +230,18 @@ def stylize_image(cfg: StylizeConfig, input_path: str | Path, output_path: str |
 
 # -- video ------------------------------------------------------------------------------------------------
 def _timed_frames(info, w: int, h: int, times: StageTimes):
-    """Decoded frames resized to the working size; decoding time is recorded as `video_decode`."""
+    """Decoded frames at the working size (converted and resized in one swscale call); decoding time is
+    recorded as `video_decode`."""
     from stdtrt.io import video
 
-    frames = video.read_frames(info)
+    frames = video.read_frames(info, w, h)
     while True:
         start = time.perf_counter()
         item = next(frames, None)
         if item is None:
             return
-        rgb, pts = item
-        rgb = resize(rgb, w, h)
         times.add("video_decode", time.perf_counter() - start)
-        yield rgb, pts
+        yield item
 
 
 def stylize_video(cfg: StylizeConfig, input_path: str | Path, output_path: str | Path, progress: bool = True):
@@ -278,7 +277,7 @@ def run_video(runner, info, output_path: Path, cfg: StylizeConfig, progress: boo
         def write(item):
             rgb, pts = item
             t = time.perf_counter()
-            writer.write(resize(rgb, info.width, info.height), pts)
+            writer.write(rgb, pts)  # resized back to the input's size inside the encoder's conversion
             times.add("video_encode", time.perf_counter() - t)
             frame_times.append(time.perf_counter() - start)
             bar.update(1)

@@ -1,4 +1,14 @@
-"""The one interface every backend implements (see runtime/backends/__init__.py for how one is picked)."""
+"""The one interface every backend implements (see runtime/backends/__init__.py for how one is picked).
+
+All tensors are on `backend.device`; B = `backend.batch` frames per stream slot (the bundle's):
+- `encode(frames)`: uint8 frames (B, H, W, 3) -> content latents z0 (B, 4, h, w), float32;
+- `step(slots, z0, noise)`: slots (NFE*B, 4, h, w), z0 and noise (B, 4, h, w), float32 -> (slots_next,
+  done (B, 4, h, w)): the new frames enter, every slot makes one jump, the last slot leaves clean
+  (bundle/networks.py, StreamUNet);
+- `decode(latents)`: (B, 4, h, w) -> uint8 frames (B, H, W, 3).
+A backend runs on the caller's current CUDA stream, never synchronises the host, and hands out tensors
+the caller owns (never a buffer it will overwrite).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +18,6 @@ import torch
 
 
 class Backend(abc.ABC):
-    """encode: images in [-1, 1] (1, 3, H, W) -> z0 (1, 4, h, w); step: slots (NFE, 4, h, w) -> slots one
-    jump further (slot i at plan.timesteps[i]); decode: latents (1, 4, h, w) -> images in [-1, 1]."""
-
     name = "?"
     device = torch.device("cpu")
     # Whether VAE encode, UNet and VAE decode run in threads of their own (overlapping) or one after the
@@ -18,18 +25,28 @@ class Backend(abc.ABC):
     # stages sharing it oversubscribe the cores).
     concurrent_stages = False
 
-    def __init__(self, plan, width: int, height: int, latent_shape):
-        self.plan, self.width, self.height = plan, width, height
+    def __init__(self, plan, width: int, height: int, latent_shape, batch: int = 1):
+        self.plan, self.width, self.height, self.batch = plan, width, height, batch
         self.latent_shape = tuple(latent_shape)  # (4, h, w)
 
     @abc.abstractmethod
-    def encode(self, images: torch.Tensor) -> torch.Tensor: ...
+    def encode(self, frames: torch.Tensor) -> torch.Tensor: ...
 
     @abc.abstractmethod
-    def step(self, slots: torch.Tensor) -> torch.Tensor: ...
+    def step(
+        self, slots: torch.Tensor, z0: torch.Tensor, noise: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     @abc.abstractmethod
     def decode(self, latents: torch.Tensor) -> torch.Tensor: ...
 
     def describe(self) -> str:
         return f"{self.name} on {self.device}"
+
+    def example_inputs(self) -> dict[str, tuple[torch.Tensor, ...]]:
+        """Zero inputs of the right shapes and dtypes for each call (warm-up, capture, timing)."""
+        from stdtrt.bundle.networks import example_inputs
+
+        return example_inputs(
+            self.plan.nfe, self.batch, self.latent_shape, self.width, self.height, self.device
+        )

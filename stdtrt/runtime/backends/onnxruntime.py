@@ -17,6 +17,9 @@ log = logging.getLogger(__name__)
 
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+# a manifest's dtype names -> torch's and numpy's
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "uint8": torch.uint8}
+NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8}
 
 
 def tensorrt_provider_unusable() -> str | None:
@@ -146,7 +149,7 @@ class OnnxRuntimeBackend(Backend):
     ):
         """`concurrent`: the three graphs in threads of their own (the default; on a CPU each gets half the
         cores); `providers`: only these GPU providers (validation asks for CUDA alone)."""
-        super().__init__(bundle.plan(), bundle.width, bundle.height, bundle.latent_shape)
+        super().__init__(bundle.plan(), bundle.width, bundle.height, bundle.latent_shape, bundle.batch)
         from stdtrt.config import cache_root
 
         cache = cache_root() / "ort-trt" / bundle.key[:16]
@@ -181,7 +184,7 @@ class OnnxRuntimeBackend(Backend):
             )
             spec = bundle.manifest["graphs"][graph]
             self.sessions[graph] = sess
-            self.io[graph] = (spec["inputs"][0]["name"], spec["outputs"][0], dev)
+            self.io[graph] = (spec["inputs"], spec["outputs"], dev)
         self.providers = self.sessions["unet"].get_providers()  # what the session really got
         self.notes = notes
         for note in notes:
@@ -189,25 +192,34 @@ class OnnxRuntimeBackend(Backend):
         self.device = self.io["unet"][2]
         self.concurrent_stages = concurrent
 
-    def _run(self, graph: str, x: torch.Tensor) -> torch.Tensor:
-        in_name, out, dev = self.io[graph]
-        x = x.to(dev, torch.float32).contiguous()
-        y = torch.empty(out["shape"], dtype=torch.float32, device=dev)
+    def _run(self, graph: str, *xs: torch.Tensor):
+        """One graph call with IO binding on the tensors themselves (the manifest's names, shapes, dtypes)."""
+        inputs, outputs, dev = self.io[graph]
         binding = self.sessions[graph].io_binding()
         index = dev.index or 0
-        binding.bind_input(in_name, dev.type, index, np.float32, list(x.shape), x.data_ptr())
-        binding.bind_output(out["name"], dev.type, index, np.float32, list(y.shape), y.data_ptr())
+        xs = [x.to(dev, TORCH_DTYPES[spec["dtype"]]).contiguous() for x, spec in zip(xs, inputs, strict=True)]
+        for x, spec in zip(xs, inputs, strict=True):
+            binding.bind_input(
+                spec["name"], dev.type, index, NUMPY_DTYPES[spec["dtype"]], list(x.shape), x.data_ptr()
+            )
+        ys = [torch.empty(spec["shape"], dtype=TORCH_DTYPES[spec["dtype"]], device=dev) for spec in outputs]
+        for y, spec in zip(ys, outputs, strict=True):
+            binding.bind_output(
+                spec["name"], dev.type, index, NUMPY_DTYPES[spec["dtype"]], list(y.shape), y.data_ptr()
+            )
         if dev.type == "cuda":
-            torch.cuda.current_stream(dev).synchronize()  # x is written before onnxruntime's stream reads it
+            # onnxruntime runs on a stream of its own: the inputs must be written first (one host wait)
+            torch.cuda.current_stream(dev).synchronize()
         self.sessions[graph].run_with_iobinding(binding)
         binding.synchronize_outputs()
-        return y.to(self.device)
+        ys = [y.to(self.device) for y in ys]
+        return ys[0] if len(ys) == 1 else tuple(ys)
 
-    def encode(self, images):
-        return self._run("vae_encoder", images)
+    def encode(self, frames):
+        return self._run("vae_encoder", frames)
 
-    def step(self, slots):
-        return self._run("unet", slots)
+    def step(self, slots, z0, noise):
+        return self._run("unet", slots, z0, noise)
 
     def decode(self, latents):
         return self._run("vae_decoder", latents)

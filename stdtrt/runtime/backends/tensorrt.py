@@ -10,6 +10,7 @@ import torch
 
 from stdtrt.bundle.networks import GRAPHS
 from stdtrt.errors import StdtrtError
+from stdtrt.models.load import resolve_device
 from stdtrt.runtime.backends.base import Backend
 
 log = logging.getLogger(__name__)
@@ -39,9 +40,10 @@ def tensorrt_unusable(bundle, device: str) -> str | None:
 
 
 class _Engine:
-    """One deserialized engine: a context, a device buffer per input/output tensor, its own stream."""
+    """One deserialized engine: a context and a device buffer per input/output tensor, replayed as a CUDA
+    graph on the caller's current stream (no stream of its own, no host synchronisation)."""
 
-    def __init__(self, trt, runtime, path, device: torch.device):
+    def __init__(self, trt, runtime, path, device: torch.device, inputs: list[str], outputs: list[str]):
         try:
             engine = runtime.deserialize_cuda_engine(path.read_bytes())
         except Exception as exc:  # a corrupt or foreign plan: TensorRT raises or returns None
@@ -53,48 +55,50 @@ class _Engine:
             raise StdtrtError(
                 f"TensorRT could not load {path} (built by another TensorRT or GPU?); export the bundle again here"
             )
+        self.device, self.inputs, self.outputs = device, inputs, outputs  # in the manifest's order
         self.engine, self.context = engine, engine.create_execution_context()
-        self.buffers, self.inputs, self.outputs = {}, [], []
+        self.buffers = {}
         for i in range(engine.num_io_tensors):
             name = engine.get_tensor_name(i)
             dtype = torch.from_numpy(np.empty(0, dtype=trt.nptype(engine.get_tensor_dtype(name)))).dtype
             buf = torch.empty(tuple(engine.get_tensor_shape(name)), dtype=dtype, device=device)
             self.context.set_tensor_address(name, buf.data_ptr())
             self.buffers[name] = buf
-            is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-            (self.inputs if is_input else self.outputs).append(name)
-        self.stream = torch.cuda.Stream(device)
+        if set(self.buffers) != {*inputs, *outputs}:
+            raise StdtrtError(
+                f"{path} has tensors {sorted(self.buffers)}, its manifest {[*inputs, *outputs]}"
+            )
         self.graph = self._capture()
 
-    def _enqueue(self) -> None:
-        if not self.context.execute_async_v3(self.stream.cuda_stream):
+    def _enqueue(self, stream) -> None:
+        if not self.context.execute_async_v3(stream.cuda_stream):
             raise RuntimeError("TensorRT execute_async_v3 failed")
 
     def _capture(self):
-        with torch.cuda.stream(self.stream):
-            self._enqueue()  # the first launch does TensorRT's deferred set-up; it must not be captured
-        self.stream.synchronize()
+        side = torch.cuda.Stream(self.device)
+        with torch.cuda.stream(side):
+            self._enqueue(side)  # the first launch does TensorRT's deferred set-up; it must not be captured
+        side.synchronize()
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
-                self._enqueue()
+            with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
+                self._enqueue(side)
         except Exception as exc:  # an engine with a non-capturable layer
             log.warning("CUDA graph capture failed (%s); launching the engine directly", exc)
             return None
         return graph
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        caller = torch.cuda.current_stream(x.device)
-        with torch.cuda.stream(self.stream):
-            self.stream.wait_stream(caller)
-            self.buffers[self.inputs[0]].copy_(x)
+    def __call__(self, *xs: torch.Tensor):
+        """Copy the inputs in, run, and hand out copies of the outputs, all queued on the current stream."""
+        with torch.cuda.device(self.device):
+            for name, x in zip(self.inputs, xs, strict=True):
+                self.buffers[name].copy_(x)
             if self.graph is not None:
                 self.graph.replay()
             else:
-                self._enqueue()
-            out = self.buffers[self.outputs[0]].float().clone()  # the caller owns what it gets
-        self.stream.synchronize()
-        return out
+                self._enqueue(torch.cuda.current_stream(self.device))
+            outs = tuple(self.buffers[name].clone() for name in self.outputs)  # the caller owns what it gets
+        return outs[0] if len(outs) == 1 else outs
 
 
 class TensorRTBackend(Backend):
@@ -104,21 +108,30 @@ class TensorRTBackend(Backend):
     def __init__(self, bundle, device: str = "auto"):
         import tensorrt as trt
 
-        super().__init__(bundle.plan(), bundle.width, bundle.height, bundle.latent_shape)
-        self.device = torch.device(device if device.startswith("cuda") else "cuda")
+        super().__init__(bundle.plan(), bundle.width, bundle.height, bundle.latent_shape, bundle.batch)
+        self.device = resolve_device(device if device.startswith("cuda") else "cuda")  # cuda:N
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        graphs = bundle.manifest["graphs"]
         with torch.cuda.device(self.device):
             self.engines = {
-                g: _Engine(trt, runtime, bundle.graph_file(g, "plan"), self.device) for g in GRAPHS
+                g: _Engine(
+                    trt,
+                    runtime,
+                    bundle.graph_file(g, "plan"),
+                    self.device,
+                    [i["name"] for i in graphs[g]["inputs"]],
+                    [o["name"] for o in graphs[g]["outputs"]],
+                )  # fmt: skip
+                for g in GRAPHS
             }
         self.cuda_graphs = all(e.graph is not None for e in self.engines.values())
         self.version = trt.__version__
 
-    def encode(self, images):
-        return self.engines["vae_encoder"](images.to(self.device))
+    def encode(self, frames):
+        return self.engines["vae_encoder"](frames.to(self.device))
 
-    def step(self, slots):
-        return self.engines["unet"](slots.to(self.device))
+    def step(self, slots, z0, noise):
+        return self.engines["unet"](slots.to(self.device), z0.to(self.device), noise.to(self.device))
 
     def decode(self, latents):
         return self.engines["vae_decoder"](latents.to(self.device))

@@ -20,24 +20,32 @@ log = logging.getLogger(__name__)
 
 
 class CudaGraphed:
-    """A network on static-shape inputs, captured as a CUDA graph and replayed: one launch per call."""
+    """A network on static-shape inputs, captured as a CUDA graph and replayed: one launch per call, on
+    the caller's current stream, no host synchronisation."""
 
-    def __init__(self, fn, shape: tuple[int, ...], device: torch.device):
-        self.static_in = torch.zeros(shape, device=device)
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side), torch.inference_mode():
-            for _ in range(3):  # warm-up outside the capture: cudnn/cublas plans, compile, allocations
-                fn(self.static_in)
-        torch.cuda.current_stream(device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), torch.inference_mode():
-            self.static_out = fn(self.static_in)
+    def __init__(self, fn, examples: tuple[torch.Tensor, ...], device: torch.device):
+        self.device = device
+        with torch.cuda.device(device):  # capture and replay on this GPU's streams (cuda:N)
+            self.static_in = [torch.zeros_like(x) for x in examples]
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side), torch.inference_mode():
+                for _ in range(3):  # warm-up outside the capture: cudnn/cublas plans, compile, allocations
+                    fn(*self.static_in)
+            torch.cuda.current_stream(device).wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, stream=side), torch.inference_mode():
+                self.static_out = fn(*self.static_in)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self.static_in.copy_(x)
-        self.graph.replay()
-        return self.static_out.clone()  # the caller owns what it gets; the next replay overwrites static_out
+    def __call__(self, *xs: torch.Tensor):
+        with torch.cuda.device(self.device):
+            for buf, x in zip(self.static_in, xs, strict=True):
+                buf.copy_(x)
+            self.graph.replay()
+            # the caller owns what it gets: a copy on its stream (the next replay overwrites static_out)
+            if isinstance(self.static_out, tuple):
+                return tuple(t.clone() for t in self.static_out)
+            return self.static_out.clone()
 
 
 class TorchBackend(Backend):
@@ -56,7 +64,7 @@ class TorchBackend(Backend):
         compile: bool = False,
         channels_last: bool = True,
     ):
-        super().__init__(plan, width, height, latent_shape)
+        super().__init__(plan, width, height, latent_shape, networks.unet.batch)
         self.networks, self.placement, self.device = networks, placement, placement.device
         self.concurrent_stages = self.device.type == "cuda"
         cuda = self.device.type == "cuda"
@@ -70,24 +78,21 @@ class TorchBackend(Backend):
             self.fns = {k: torch.compile(f, dynamic=False) for k, f in self.fns.items()}
             self.speedups.append("torch.compile")
         if cuda_graphs and cuda:
-            shapes = {
-                "encode": (1, 3, height, width),
-                "step": (plan.nfe, *self.latent_shape),
-                "decode": (1, *self.latent_shape),
-            }
-            self.fns = {k: CudaGraphed(f, shapes[k], self.device) for k, f in self.fns.items()}
+            examples = self.example_inputs()
+            self.fns = {k: CudaGraphed(f, examples[k], self.device) for k, f in self.fns.items()}
             self.speedups.append("CUDA graphs")
         log.info("torch backend: %s", ", ".join(self.speedups) or "eager")
 
     @classmethod
     def from_model(
-        cls, model, plan, prompt: str, negative_prompt: str, guidance: float, width: int, height: int, **speed
-    ):
-        """From a loaded model whose LoRA (if any) is already fused. `speed`: cuda_graphs, compile,
-        channels_last (see the class)."""
+        cls, model, plan, prompt: str, negative_prompt: str, guidance: float, width: int, height: int,
+        batch: int = 1, **speed,
+    ):  # fmt: skip
+        """From a loaded model whose LoRA (if any) is already fused; B = `batch` frames per slot. `speed`:
+        cuda_graphs, compile, channels_last (see the class)."""
         from stdtrt.bundle.networks import build_networks
 
-        nets = build_networks(model, plan, prompt, negative_prompt, guidance, width, height)
+        nets = build_networks(model, plan, prompt, negative_prompt, guidance, width, height, batch)
         latent_shape = (4, height // model.vae_scale, width // model.vae_scale)
         return cls(nets, plan, width, height, latent_shape, model.placement, **speed)
 
@@ -100,16 +105,19 @@ class TorchBackend(Backend):
         m = bundle.manifest
         return cls.from_model(
             model, bundle.plan(), m["prompt"], m["negative_prompt"], m["guidance"], bundle.width,
-            bundle.height, **speed,
+            bundle.height, bundle.batch, **speed,
         )  # fmt: skip
 
     @torch.inference_mode()
-    def encode(self, images):
-        return self.fns["encode"](images.to(self.device, torch.float32))
+    def encode(self, frames):
+        return self.fns["encode"](frames.to(self.device, torch.uint8))
 
     @torch.inference_mode()
-    def step(self, slots):
-        return self.fns["step"](slots.to(self.device, torch.float32))
+    def step(self, slots, z0, noise):
+        f32 = torch.float32
+        return self.fns["step"](
+            slots.to(self.device, f32), z0.to(self.device, f32), noise.to(self.device, f32)
+        )
 
     @torch.inference_mode()
     def decode(self, latents):
