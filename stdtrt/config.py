@@ -242,8 +242,7 @@ class DistillConfig:
             raise StdtrtError(f"mixed precision must be auto, no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.crop_zoom < 1:
             raise StdtrtError(f"crop zoom must be >= 1, got {self.crop_zoom}")
-        if self.resolution < 8 or self.resolution % 8:
-            raise StdtrtError(f"resolution must be a positive multiple of 8, got {self.resolution}")
+        check_size("resolution", self.resolution)
         if self.lora_rank < 1 or self.lr <= 0:
             raise StdtrtError("LoRA rank must be >= 1 and lr > 0")
         if "{caption}" not in self.prompt_template:

@@ -173,3 +173,65 @@ def test_tensorrt_backend_says_why_not(sd_bundle):
     bundle = read_bundle(sd_bundle[1].path)
     assert "device cpu" in tensorrt_unusable(bundle, "cpu")
     assert "no TensorRT engines" in tensorrt_unusable(bundle, "auto")
+
+
+# -- onnxruntime's providers, as onnxruntime-gpu would offer them (its Python API stands in for the GPU build) --
+def test_the_gpu_asked_for_goes_to_every_provider_and_a_provider_that_cannot_load_is_said(
+    monkeypatch, tmp_path
+):
+    import onnxruntime
+
+    from stdtrt.runtime.backends import onnxruntime as ob
+
+    gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: gpu)
+    monkeypatch.setattr(ob, "tensorrt_provider_unusable", lambda: None)
+    providers, notes = ort_providers("cuda:1", tmp_path)
+    assert [p[0] if isinstance(p, tuple) else p for p in providers] == gpu and notes == []
+    assert providers[0][1]["device_id"] == 1 and providers[1][1] == {"device_id": 1}
+    assert not any("fp16" in k for k in providers[0][1])  # no weak-typing option
+    monkeypatch.setattr(
+        ob, "tensorrt_provider_unusable", lambda: "libnvinfer.so.10: cannot open shared object"
+    )
+    providers, notes = ort_providers("cuda:1", tmp_path)
+    assert [p[0] if isinstance(p, tuple) else p for p in providers] == gpu[1:]
+    assert notes == ["TensorrtExecutionProvider not used: libnvinfer.so.10: cannot open shared object"]
+
+
+def test_a_provider_that_fails_or_falls_back_is_retried_with_the_options_kept(monkeypatch):
+    """onnxruntime either raises for a provider that fails to start, or (older versions, or a provider
+    whose library is missing) falls back by itself, printing a banner and dropping every option: both end
+    in a session on the remaining providers with their options, and a note."""
+    import onnxruntime
+
+    from stdtrt.runtime.backends.onnxruntime import create_session
+
+    made, state = [], {}
+
+    class Session:  # onnxruntime's InferenceSession as a GPU build behaves
+        def __init__(self, path, options, providers, enable_fallback=1):
+            names = [p if isinstance(p, str) else p[0] for p in providers]
+            made.append(providers)
+            if names[0] == "TensorrtExecutionProvider" and state["mode"] == "raise":
+                raise RuntimeError("TensorRT EP could not be created\nmore")
+            if names[0] == "TensorrtExecutionProvider" and state["mode"] == "fallback":
+                print("EP Error TensorRT EP could not be created when using ['TensorrtExecutionProvider']")
+                names = ["CUDAExecutionProvider", "CPUExecutionProvider"]  # and every option dropped
+            self.names = names
+
+        def get_providers(self):
+            return self.names
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", Session)
+    asked = [
+        ("TensorrtExecutionProvider", {"device_id": 1}),
+        ("CUDAExecutionProvider", {"device_id": 1}),
+        "CPUExecutionProvider",
+    ]
+    for mode in ("raise", "fallback"):
+        state["mode"] = mode
+        made.clear()
+        sess, notes = create_session("g.onnx", None, list(asked))
+        assert sess.get_providers() == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        assert made[-1] == asked[1:] and len(notes) == 1 and "TensorrtExecutionProvider" in notes[0]
+        assert "could not be created" in notes[0]

@@ -260,12 +260,32 @@ def test_nan_guard_keeps_the_last_good_checkpoint(data_dir, tmp_path):
     assert sorted(p.name for p in (tmp_path / "nan" / "checkpoints").iterdir())
 
 
+def test_resume_refuses_other_dtypes_than_the_checkpoints(data_dir, tmp_path):
+    """--mixed-precision auto resolves by the GPU: a run made in bf16 is not resumed in another dtype."""
+    import json
+
+    cfg = small(data_dir, tmp_path / "r", max_steps=2, checkpoint_every=1, mixed_precision="auto")
+    distill(cfg, progress=False)
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["placement"] == {"device": "cpu", "unet": "fp32", "vae": "fp32"}
+    saved["placement"].update(unet="bf16", vae="bf16")  # as if trained on a GPU with bf16
+    (tmp_path / "r" / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(StdtrtError, match="trained with UNet bf16.*would use fp32.*--mixed-precision bf16"):
+        distill(
+            small(data_dir, tmp_path / "r", max_steps=4, checkpoint_every=1, mixed_precision="auto"),
+            resume=True,
+            progress=False,
+        )
+
+
 def test_saved_lora_reproduces_the_in_memory_student(data_dir, tmp_path):
     from stdtrt.distill.checkpoint import save_lora
     from stdtrt.models.conditioning import predict_eps
     from stdtrt.models.load import load_model
 
-    run = _run(small(data_dir, tmp_path / "r", lr=1e-2))
+    from stdtrt.models.lora import student_grid
+
+    run = _run(small(data_dir, tmp_path / "r", lr=1e-2, teacher_steps=25))
     for _ in range(2):
         run.optimise()
     save_lora(run)
@@ -278,6 +298,7 @@ def test_saved_lora_reproduces_the_in_memory_student(data_dir, tmp_path):
         for name in ("lora.safetensors", "pytorch_lora_weights.safetensors"):
             fresh = load_model("tiny-sd", lora=str(tmp_path / "r" / name))
             assert (predict_eps(fresh.unet, x, 600, cond) - ours).abs().max() < 1e-5, name
+            assert student_grid(tmp_path / "r" / name, 0.75) == 25, name  # both files carry the grid
     assert (ours - base).abs().max() > 1e-4  # the trained adapter is not zero
 
 

@@ -143,6 +143,31 @@ def test_manifest_describes_the_bundle(fixture, request):
     )  # the fixture pins it off; decide() is tested on its own
 
 
+def test_validation_catches_a_timestep_off_by_one_grid_step_or_another_prompt(tiny_sd):
+    """The tolerances are tight enough to fail what a wrong bake would give, even at fp16's: each slot's
+    timestep one grid step off, or the graph baked with another prompt (measured: 3 to 5 times the bound)."""
+    from types import SimpleNamespace
+
+    from stdtrt.export.validate import TOLERANCES, compare, reference
+
+    abar = tiny_sd.alphas_cumprod()
+    plan = schedule.student_plan(abar, 0.75, 4)
+    cfg = SimpleNamespace(prompt="an oil painting", negative_prompt="", guidance=1.0, seed=0)
+    ref = reference(build_networks(tiny_sd, plan, cfg.prompt, "", 1.0, 64, 64), tiny_sd, plan, cfg, 64, 64)
+    wrong = {
+        "timesteps one grid step off": build_networks(
+            tiny_sd, schedule.plan_from_indices(abar, 0.75, [37, 28, 18, 9]), cfg.prompt, "", 1.0, 64, 64
+        ),
+        "another prompt": build_networks(tiny_sd, plan, "a photo", "", 1.0, 64, 64),
+    }
+    for name, nets in wrong.items():
+        with torch.no_grad():
+            slots_next, done = nets.unet(ref.slots, ref.z0, ref.noise)
+        for ours, want in ((slots_next, ref.slots_next), (done, ref.done)):
+            row = compare("torch", name, ours, want, TOLERANCES["fp16"][0])
+            assert not row.ok and row.max_abs > 2 * row.tolerance, (name, row)
+
+
 def test_a_matching_bundle_is_reused_and_a_different_one_refused(sd_bundle, tmp_path):
     cfg, result = sd_bundle
     out = tmp_path / "copy"

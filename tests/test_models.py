@@ -88,12 +88,25 @@ def test_working_size_keeps_aspect_near_native(tiny_sd):
 def test_single_file_kind_comes_from_its_keys_not_its_size(tmp_path):
     from safetensors.torch import save_file
 
-    from stdtrt.models.load import _single_file_is_sdxl
+    from stdtrt.models.load import _single_file_kind
 
-    xl, sd = tmp_path / "xl.safetensors", tmp_path / "sd.safetensors"
-    save_file({"conditioner.embedders.1.model.w": torch.zeros(2)}, str(xl))
+    xl, sd, refiner = (
+        tmp_path / "xl.safetensors",
+        tmp_path / "sd.safetensors",
+        tmp_path / "refiner.safetensors",
+    )
+    save_file(
+        {
+            "conditioner.embedders.0.transformer.w": torch.zeros(2),
+            "conditioner.embedders.1.model.w": torch.zeros(2),
+        },
+        str(xl),
+    )
     save_file({"cond_stage_model.transformer.w": torch.zeros(2)}, str(sd))
-    assert _single_file_is_sdxl(xl) and not _single_file_is_sdxl(sd)
+    save_file({"conditioner.embedders.0.model.w": torch.zeros(2)}, str(refiner))  # OpenCLIP bigG alone
+    assert _single_file_kind(xl) == "sdxl" and _single_file_kind(sd) == "sd"
+    with pytest.raises(StdtrtError, match="it is the SDXL refiner"):
+        load_model(str(refiner))
 
 
 def test_the_precision_rule_follows_diffusers():
@@ -128,10 +141,14 @@ def test_load_model_places_every_network(caplog):
 def test_bf16_on_a_gpu_without_it_is_one_line(monkeypatch):
     from stdtrt.models.load import resolve_dtype
 
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla T4")
-    with pytest.raises(StdtrtError, match="Tesla T4 does not support bf16; use --precision fp16"):
+    # a V100 (sm_70): torch.cuda.is_bf16_supported() says yes there (emulated, slower than fp16)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla V100")
+    with pytest.raises(StdtrtError, match="Tesla V100 does not support bf16; use --precision fp16"):
         resolve_dtype("bf16", torch.device("cuda", 0))
+    assert resolve_dtype("auto", torch.device("cuda", 0), training=True) == torch.float16  # not emulated bf16
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))  # an H100
+    assert resolve_dtype("auto", torch.device("cuda", 0), training=True) == torch.bfloat16
 
 
 def test_a_gpu_that_is_not_there_is_one_line():

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from stdtrt import schedule
 from stdtrt.errors import StdtrtError
+from stdtrt.models.vae import vae_decode
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -195,13 +196,12 @@ class AdversarialLoss:
         self._last_fake: torch.Tensor | None = None
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """The VAE's one decode call (with gradients when the latents have them), at --adv-decode-size."""
         size = self.cfg.adv_decode_size
         if size:
-            latents = F.interpolate(
-                latents, size=(size // 8, size // 8), mode="bilinear", align_corners=False
-            )
-        vae = self.model.vae
-        return vae.decode(latents.to(vae.dtype) / self.model.scaling_factor, return_dict=False)[0].float()
+            side = size // self.model.vae_scale
+            latents = F.interpolate(latents, size=(side, side), mode="bilinear", align_corners=False)
+        return vae_decode(self.model.vae, latents, self.model.scaling_factor)
 
     def _subset(self, n: int) -> slice:
         return slice(0, min(n, self.cfg.adv_max_images) if self.cfg.adv_max_images else n)

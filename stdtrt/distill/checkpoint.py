@@ -62,6 +62,17 @@ def check_same_run(cfg: DistillConfig, saved: dict) -> None:
         )
 
 
+def check_same_placement(out: Path, dtypes: dict) -> None:
+    """A resumed run computes in the dtypes its checkpoint was made in (the loss scale and the rounding
+    of its updates depend on them): `--mixed-precision auto` on a GPU with or without bf16 says otherwise."""
+    saved = json.loads((out / CONFIG_FILE).read_text()).get("placement")
+    if saved is not None and {k: saved[k] for k in dtypes} != dtypes:
+        raise StdtrtError(
+            f"cannot resume {out}: it was trained with UNet {saved['unet']}, VAE {saved['vae']}, and this run "
+            f"would use {dtypes['unet']}, {dtypes['vae']}: pass --mixed-precision {saved['unet'].replace('fp32', 'no')}"
+        )
+
+
 def _norm(value):
     return list(value) if isinstance(value, tuple | list) else value
 
@@ -152,11 +163,9 @@ def load_checkpoint(run, path: Path) -> None:
 
 
 def save_lora(run) -> Path:
-    """The student as lora.safetensors (kohya) and pytorch_lora_weights.safetensors (diffusers)."""
-    from peft.utils import get_peft_model_state_dict
-
-    from stdtrt.io.atomic import atomic_path
-    from stdtrt.models.lora import ADAPTER, save_kohya
+    """The student as lora.safetensors (kohya) and pytorch_lora_weights.safetensors (diffusers), both with
+    stdtrt's metadata (inference reads eta and the teacher grid from either)."""
+    from stdtrt.models.lora import save_diffusers, save_kohya
 
     out = Path(run.cfg.out)
     meta = {
@@ -168,15 +177,5 @@ def save_lora(run) -> Path:
         "steps": run.step,
         "config": asdict(run.cfg),
     }
-    path = save_kohya(run.raw_unet, out / LORA_FILE, meta)
-    state = get_peft_model_state_dict(run.raw_unet, adapter_name=ADAPTER)
-    state = {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
-    pipe_cls = type(run.model.pipe)
-    with atomic_path(out / DIFFUSERS_LORA_FILE) as tmp:
-        pipe_cls.save_lora_weights(
-            str(tmp.parent),
-            unet_lora_layers=state,
-            weight_name=tmp.name,
-            unet_lora_adapter_metadata=run.raw_unet.peft_config[ADAPTER].to_dict(),
-        )
-    return path
+    save_diffusers(run.raw_unet, type(run.model.pipe), out / DIFFUSERS_LORA_FILE, meta)
+    return save_kohya(run.raw_unet, out / LORA_FILE, meta)

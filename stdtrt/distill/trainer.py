@@ -106,10 +106,9 @@ class Run:
         self.raw_unet = unet
         self.loss_fn = FusedSTDLoss(cfg.compile_loss)
 
-        latent = cfg.resolution // self.model.vae_scale
         self.bank = TrajectoryBank(
             cfg.bank_size,
-            (4, latent, latent),
+            self.model.latent_shape(cfg.resolution, cfg.resolution),
             cfg.p_bank,
             (cfg.w_min, cfg.w_max),
             cfg.seed * 7919 + self.rank,
@@ -325,6 +324,8 @@ def distill(
         if acc.is_main_process and not existed:
             shutil.rmtree(out, ignore_errors=True)  # a run that never started leaves nothing behind
         raise
+    if resume:  # the same dtypes as the checkpoint (auto may resolve otherwise on another GPU)
+        checkpoint.check_same_placement(out, run.model.placement.dtypes())
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / checkpoint.CONFIG_FILE).write_text(

@@ -205,6 +205,8 @@ def diffusers_baseline(model, bundle, frames: list[np.ndarray]) -> dict:
         model, plan, m["prompt"], m["negative_prompt"], m["guidance"], bundle.width, bundle.height
     )
     kwargs["output_type"] = "np"
+    for module in (pipe.unet, pipe.vae):  # diffusers as it comes (the torch backend may have made it NHWC)
+        module.to(memory_format=torch.contiguous_format)
 
     def run(rgb):
         g = torch.Generator().manual_seed(0)

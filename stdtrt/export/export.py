@@ -105,7 +105,7 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
     from stdtrt.export import tensorrt
     from stdtrt.io.atomic import atomic_dir
     from stdtrt.io.hashing import file_hash, module_hash
-    from stdtrt.models.load import DTYPES, Placement, load_model, vae_dtype
+    from stdtrt.models.load import DTYPES, load_model, placement_for
     from stdtrt.models.lora import load_lora, student_grid
 
     start, stages = time.perf_counter(), {}
@@ -121,7 +121,7 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
     base_hash = model_hash(model)  # the model as published, before its VAE is swapped or a LoRA loaded
     model.use_vae(cfg.vae)
     vae = {**model.vae_info, "hash": None if cfg.vae == "full" else module_hash(model.vae)}
-    graphs_at = Placement(torch.device("cpu"), dtype, vae_dtype(dtype, model.kind, model.vae.config))
+    graphs_at = placement_for(torch.device("cpu"), dtype, model.kind, model.vae.config)
     lora_hash = None
     if cfg.lora:
         load_lora(model, cfg.lora)  # refuses a LoRA of another UNet
@@ -208,7 +208,7 @@ def _export_onnx(cfg, model, networks, ref, fused, plan, fields, key, graphs_at,
         )  # fmt: skip
     dtypes = graphs_at.dtypes()
     precision = {"vae_encoder": dtypes["vae"], "unet": dtypes["unet"], "vae_decoder": dtypes["vae"]}
-    latent = (4, fields["height"] // model.vae_scale, fields["width"] // model.vae_scale)
+    latent = model.latent_shape(fields["width"], fields["height"])
     examples = example_inputs(plan.nfe, fields["batch"], latent, fields["width"], fields["height"])
     graphs = export_networks(networks, tmp, examples, cfg.opset, precision)
     stages["onnx"] = time.perf_counter() - t

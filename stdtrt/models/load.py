@@ -58,12 +58,15 @@ class LoadedModel:
         vae, self.vae_info = load_vae(spec, self.kind, self.name)
         if vae is not None:
             self.pipe.vae = vae
-            dtype = self.placement.unet
-            self.place(Placement(self.placement.device, dtype, vae_dtype(dtype, self.kind, vae.config)))
+            self.place(placement_for(self.placement.device, self.placement.unet, self.kind, vae.config))
 
     @property
     def vae_scale(self) -> int:
         return vae_scale(self.vae)
+
+    def latent_shape(self, width: int, height: int) -> tuple[int, int, int]:
+        """The UNet's input for frames of width x height.  # (4, H/8, W/8)"""
+        return (4, height // self.vae_scale, width // self.vae_scale)
 
     @property
     def native_size(self) -> int:
@@ -190,17 +193,23 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def has_bf16(device: torch.device) -> bool:
+    """Native bf16 (Ampere, sm_80, and newer). torch.cuda.is_bf16_supported() also says yes for the
+    emulated bf16 of a V100 or T4, which is slower than fp16 there, and asks about the current GPU."""
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def resolve_dtype(precision: str, device: torch.device, training: bool = False) -> torch.dtype:
     """--precision on a device: auto is fp16 on CUDA for inference (bf16 for training where the GPU has
     it: no loss scaling) and fp32 on the CPU. Half precision on the CPU runs, slowly (it is for tests)."""
     if precision == "auto":
         if device.type != "cuda":
             return torch.float32
-        return torch.bfloat16 if training and torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if training and has_bf16(device) else torch.float16
     if precision not in DTYPES:
         raise StdtrtError(f"precision must be auto, fp32, fp16 or bf16, got {precision!r}")
     dtype = DTYPES[precision]
-    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if dtype == torch.bfloat16 and device.type == "cuda" and not has_bf16(device):
         name = torch.cuda.get_device_name(device)
         raise StdtrtError(f"{name} does not support bf16; use --precision fp16")
     if dtype != torch.float32 and device.type == "cpu":
@@ -217,11 +226,15 @@ def vae_dtype(dtype: torch.dtype, kind: str, vae_config) -> torch.dtype:
     return dtype
 
 
+def placement_for(device: torch.device, dtype: torch.dtype, kind: str, vae_config) -> Placement:
+    """The Placement of a model of `kind` ("sd", "sdxl") with this VAE config, its UNet in `dtype`."""
+    return Placement(device, dtype, vae_dtype(dtype, kind, vae_config))
+
+
 def resolve_placement(device: str | torch.device, precision: str, kind: str, vae_config, training=False):
-    """The Placement of a model of `kind` ("sd", "sdxl") with this VAE config on a device at a precision."""
+    """The Placement of a model of `kind` with this VAE config on a device at a --precision."""
     dev = device if isinstance(device, torch.device) else resolve_device(device)
-    dtype = resolve_dtype(precision, dev, training)
-    return Placement(dev, dtype, vae_dtype(dtype, kind, vae_config))
+    return placement_for(dev, resolve_dtype(precision, dev, training), kind, vae_config)
 
 
 def recorded_placement(device: str | torch.device, dtypes: dict) -> Placement:
@@ -285,7 +298,7 @@ def load_model(
 
         model = load_model(name, lora=lora)
         fuse_lora(model)
-        model.place(Placement(dev, load_dtype, vae_dtype(load_dtype, model.kind, model.vae.config)))
+        model.place(placement_for(dev, load_dtype, model.kind, model.vae.config))
         return model
     if name in presets.PRESETS:
         pipe, kind = presets.build(name), ("sdxl" if "sdxl" in name else "sd")
@@ -305,7 +318,7 @@ def load_model(
             raise StdtrtError(f"could not load model from {path}: {exc}") from None
     check_supported(name, pipe.unet.config, getattr(pipe, "text_encoder", None) is not None)
     pipe.set_progress_bar_config(disable=True)
-    placement = Placement(dev, load_dtype, vae_dtype(load_dtype, kind, pipe.vae.config))
+    placement = placement_for(dev, load_dtype, kind, pipe.vae.config)
     place(pipe, placement)
     for module in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
         if module is not None:
@@ -322,8 +335,8 @@ def load_model(
 def _load_single_file(path: Path, dtype):
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    sdxl = _single_file_is_sdxl(path)
-    cls, kind = (StableDiffusionXLPipeline, "sdxl") if sdxl else (StableDiffusionPipeline, "sd")
+    kind = _single_file_kind(path)
+    cls = StableDiffusionXLPipeline if kind == "sdxl" else StableDiffusionPipeline
     try:
         return cls.from_single_file(str(path), torch_dtype=dtype, local_files_only=True), kind
     except Exception as exc:
@@ -333,16 +346,21 @@ def _load_single_file(path: Path, dtype):
         ) from None
 
 
-def _single_file_is_sdxl(path: Path) -> bool:
-    """SDXL checkpoints carry a second text encoder (conditioner.embedders.1); read from the safetensors
-    header. A .ckpt is not unpickled to look: it is taken as SD 1.x."""
+def _single_file_kind(path: Path) -> str:
+    """ "sd" or "sdxl" from a safetensors checkpoint's key names (its header; nothing is unpickled): SDXL's
+    base carries two text encoders (conditioner.embedders.0 and .1); the refiner only OpenCLIP's
+    (conditioner.embedders.0), and is refused as a folder is (check_supported). A .ckpt is taken as SD 1.x."""
     if path.suffix != ".safetensors":
-        return False
+        return "sd"
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             names = list(f.keys())
-        return any(k.startswith("conditioner.embedders.1.") for k in names)
     except Exception as exc:
         raise StdtrtError(f"{path} is not a readable safetensors checkpoint ({exc})") from None
+    if any(k.startswith("conditioner.embedders.1.") for k in names):
+        return "sdxl"
+    if any(k.startswith("conditioner.embedders.") for k in names):
+        check_supported(str(path), {"in_channels": 4}, has_text_encoder=False)  # the refiner: refused
+    return "sd"

@@ -92,11 +92,40 @@ def save_kohya(unet, path: str | Path, metadata: dict | None = None, adapter: st
         "ss_network_alpha": str(max(alphas)),
         "stdtrt_format": "kohya",
     }
-    for key, value in (metadata or {}).items():
-        meta[f"stdtrt_{key}"] = value if isinstance(value, str) else json.dumps(value)
+    meta.update(_stdtrt_metadata(metadata))
     path = Path(path)
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=meta)
+    return path
+
+
+def _stdtrt_metadata(metadata: dict | None) -> dict[str, str]:
+    """stdtrt's own keys in a safetensors header: `stdtrt_<key>`, values as JSON strings."""
+    return {f"stdtrt_{k}": v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
+
+
+def save_diffusers(
+    unet, pipe_cls, path: str | Path, metadata: dict | None = None, adapter: str = ADAPTER
+) -> Path:
+    """Write the adapter in diffusers' form (`pipe.load_lora_weights(folder)`), atomically, with the same
+    stdtrt metadata as the kohya file (eta, teacher_steps, ...) beside diffusers' own."""
+    from peft.utils import get_peft_model_state_dict
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from stdtrt.io.atomic import atomic_path
+
+    state = get_peft_model_state_dict(unet, adapter_name=adapter)
+    state = {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        pipe_cls.save_lora_weights(
+            str(tmp.parent), unet_lora_layers=state, weight_name=tmp.name,
+            unet_lora_adapter_metadata=unet.peft_config[adapter].to_dict(),
+        )  # fmt: skip
+        with safe_open(str(tmp), framework="pt") as f:
+            meta = {**(f.metadata() or {}), **_stdtrt_metadata(metadata)}
+        save_file(load_file(str(tmp)), str(tmp), metadata=meta)
     return path
 
 

@@ -49,7 +49,7 @@ class Student:
         self.uncond: Conditioning | None = (
             encode_prompt(model.pipe, negative_prompt, height, width) if guidance > 1 else None
         )
-        self.latent_shape = (4, height // model.vae_scale, width // model.vae_scale)
+        self.latent_shape = model.latent_shape(width, height)
 
     @property
     def device(self):

@@ -178,7 +178,7 @@ def check_request(cfg: StylizeConfig, bundle) -> None:
     for option, value in baked.items():
         asked = getattr(cfg, option)
         given = option in cfg.explicit or asked != d[option]
-        if given and asked != value:
+        if given and asked != value and not (option == "precision" and asked == "auto"):
             _refuse(bundle, option.replace("_", " "), value, asked)
 
 

@@ -23,22 +23,23 @@ NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8}
 
 
 def tensorrt_provider_unusable() -> str | None:
-    """Why onnxruntime's TensorRT provider cannot load here (None when it can). Every onnxruntime-gpu wheel
-    up to 1.31 links TensorRT 10 (libnvinfer.so.10); with TensorRT 11 alone it fails to load, and
-    onnxruntime then falls back on its own, dropping every provider option (a cuda:1 request runs on GPU 0).
-    Asked first, so that the provider is never requested where it cannot load."""
+    """Why onnxruntime's TensorRT provider cannot load here (None when it can), found by loading its
+    library as onnxruntime would: every onnxruntime-gpu wheel checked (1.22 to 1.31) links TensorRT 10
+    (libnvinfer.so.10), so with TensorRT 11 alone it fails, and onnxruntime then falls back on its own,
+    dropping every provider option (a cuda:1 request runs on GPU 0). Asked first, so that the provider is
+    never requested where it cannot load."""
     import ctypes
-    import importlib.metadata
 
+    import onnxruntime as ort
+
+    lib = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_tensorrt.so"
+    if not lib.is_file():
+        return f"this onnxruntime has no TensorRT provider library ({lib.name})"
     try:
-        ctypes.CDLL("libnvinfer.so.10")
-        return None
-    except OSError:
-        try:
-            found = f"TensorRT {importlib.metadata.version('tensorrt')} is installed"
-        except importlib.metadata.PackageNotFoundError:
-            found = "no TensorRT is installed"
-        return f"onnxruntime's TensorRT provider links TensorRT 10 (libnvinfer.so.10), which does not load here ({found})"
+        ctypes.CDLL(str(lib))
+    except OSError as exc:
+        return f"onnxruntime's TensorRT provider cannot load here: {str(exc).splitlines()[0][:200]}"
+    return None
 
 
 def ort_providers(

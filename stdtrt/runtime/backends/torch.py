@@ -93,8 +93,7 @@ class TorchBackend(Backend):
         from stdtrt.bundle.networks import build_networks
 
         nets = build_networks(model, plan, prompt, negative_prompt, guidance, width, height, batch)
-        latent_shape = (4, height // model.vae_scale, width // model.vae_scale)
-        return cls(nets, plan, width, height, latent_shape, model.placement, **speed)
+        return cls(nets, plan, width, height, model.latent_shape(width, height), model.placement, **speed)
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, device: str = "auto", model=None, **speed):
