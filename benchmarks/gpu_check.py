@@ -192,7 +192,7 @@ def torch_rows(report: Report, args, precision: str, device: torch.device) -> No
     image = frames.permute(0, 3, 1, 2).float() / 127.5 - 1  # the student's [-1, 1]
 
     def diffusers():
-        from stdtrt.eval.bench import img2img_pipeline
+        from stdtrt.eval.baseline import img2img_pipeline
 
         pipe, kwargs = img2img_pipeline(model, plan, PROMPT, "", 1.0, args.size, args.size)
         pixels = (image + 1) / 2  # diffusers takes [0, 1]

@@ -6,12 +6,14 @@ from __future__ import annotations
 from fractions import Fraction
 from pathlib import Path
 
+from stdtrt.io.samples import sample_frames, tone
+from stdtrt.io.video import write_video
+from stdtrt.runtime.stylize import stylize_video
+
 
 def make_sample_video(
     path: Path, frames: int = 36, fps: int = 12, width: int = 320, height: int = 240
 ) -> Path:
-    from stdtrt.io.samples import sample_frames, tone
-    from stdtrt.io.video import write_video
 
     write_video(path, sample_frames(frames, width, height), Fraction(fps), audio=tone(frames / fps))
     return path
@@ -19,7 +21,6 @@ def make_sample_video(
 
 def run_demo(cfg, out_dir: str | Path = "stdtrt-demo", frames: int = 36, progress: bool = True):
     """Make the sample video in out_dir and stylize it. Returns the VideoResult."""
-    from stdtrt.runtime.stylize import stylize_video
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 
+from stdtrt import __version__
+from stdtrt.availability import is_cuda_available, is_onnxruntime_available, is_tensorrt_available
+
 
 def _version(dist: str) -> str:
     try:
@@ -15,9 +18,6 @@ def _version(dist: str) -> str:
 
 def describe() -> str:
     import torch
-
-    from stdtrt import __version__
-    from stdtrt.availability import is_cuda_available, is_onnxruntime_available, is_tensorrt_available
 
     lines = [f"stdtrt {__version__} on Python {platform.python_version()} ({platform.machine()})"]
     for dist in (

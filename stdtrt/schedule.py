@@ -15,14 +15,14 @@ from dataclasses import dataclass
 
 import torch
 
+from stdtrt.errors import StdtrtError
+
 TEACHER_STEPS = 50  # N: the teacher's DDIM grid
 
 
 def alphas_cumprod(scheduler_config: dict) -> torch.Tensor:
     """alphabar_t for t = 0..T-1 (float32, as diffusers computes it) from a teacher's scheduler config."""
     from diffusers import DDPMScheduler
-
-    from stdtrt.errors import StdtrtError
 
     prediction = scheduler_config.get("prediction_type", "epsilon")
     if prediction != "epsilon":
@@ -81,7 +81,6 @@ def renoise(x: torch.Tensor, noise: torch.Tensor, abar_from: float, abar_to: flo
 def student_indices(eta: float, nfe: int, num_steps: int = TEACHER_STEPS) -> list[int]:
     """The NFE grid indices the student visits: evenly spaced from n_eta towards 0 (38, 29, 19, 10 for
     eta 0.75, NFE 4). The jump after the last one lands on s = 0."""
-    from stdtrt.errors import StdtrtError
 
     n_eta = start_index(eta, num_steps)
     if nfe < 1 or nfe > n_eta + 1:

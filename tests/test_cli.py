@@ -143,3 +143,14 @@ def test_export_needs_no_demo_extra(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert "frames (stream vs sequential torch)" in run.stdout and (tmp_path / "b" / "manifest.json").exists()
     assert "stdtrt.demo" not in run.stdout + run.stderr
+
+
+def test_gpu_check_imports_nothing_the_gpu_machines_lack():
+    """The lent GPU machines have no PyAV (and no diffusers until it is carried): benchmarks/gpu_check.py
+    must start without PyAV. It is not run here (no test depends on it); its imports are checked."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    code = f"import runpy, sys; sys.modules['av'] = None; sys.argv = ['gpu_check', '--help']; runpy.run_path({str(script)!r}, run_name='__main__')"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0 and "GPU check" in run.stdout, run.stderr[-2000:]

@@ -282,7 +282,6 @@ def test_saved_lora_reproduces_the_in_memory_student(data_dir, tmp_path):
     from stdtrt.distill.checkpoint import save_lora
     from stdtrt.models.conditioning import predict_eps
     from stdtrt.models.load import load_model
-
     from stdtrt.models.lora import student_grid
 
     run = _run(small(data_dir, tmp_path / "r", lr=1e-2, teacher_steps=25))

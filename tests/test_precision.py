@@ -149,7 +149,7 @@ def test_the_diffusers_baseline_in_half_precision_matches_fp32(precision):
     from PIL import Image
 
     from stdtrt import schedule
-    from stdtrt.eval.bench import img2img_pipeline
+    from stdtrt.eval.baseline import img2img_pipeline
     from stdtrt.models.load import load_model
 
     images = {}

@@ -85,7 +85,7 @@ def test_renoise_matches_the_forward_process_marginal():
 def _diffusers_tcd_latents(model, z0, seed, plan, guidance, gamma, prompt):
     """diffusers' own img2img pipeline with TCDScheduler over the plan's timesteps (the one bench times),
     on latents: a 4-channel `image` is taken as scaled latents, no VAE."""
-    from stdtrt.eval.bench import img2img_pipeline
+    from stdtrt.eval.baseline import img2img_pipeline
 
     pipe, kwargs = img2img_pipeline(model, plan, prompt, "", guidance, 64, 64)
     kwargs.update(eta=gamma, output_type="latent", generator=torch.Generator().manual_seed(seed))

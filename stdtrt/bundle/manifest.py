@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stdtrt.errors import StdtrtError
+from stdtrt.io.atomic import atomic_path
+from stdtrt.io.hashing import file_hash
+from stdtrt.schedule import StudentPlan
 
 FORMAT = "stdtrt-bundle"
 FORMAT_VERSION = 2  # 2: the placement (graph dtypes) and the teacher grid are recorded
@@ -93,7 +96,6 @@ def tensorrt_key(onnx_key: str, trt_version: str, arch: str) -> str:
 
 
 def file_entries(folder: Path, names) -> dict:
-    from stdtrt.io.hashing import file_hash
 
     return {
         name: {"sha256": file_hash(folder / name), "bytes": (folder / name).stat().st_size} for name in names
@@ -111,7 +113,6 @@ def library_versions() -> dict:
 
 
 def write_manifest(folder: Path, manifest: dict) -> Path:
-    from stdtrt.io.atomic import atomic_path
 
     path = Path(folder) / MANIFEST
     with atomic_path(path) as tmp:
@@ -162,7 +163,6 @@ class Bundle:
 
     def plan(self):
         """The StudentPlan baked into the graphs, as recorded (never recomputed)."""
-        from stdtrt.schedule import StudentPlan
 
         fields = dict(self.manifest["schedule"])
         fields.pop("num_train_timesteps", None)
@@ -176,7 +176,6 @@ class Bundle:
 
     def verify(self) -> None:
         """Every listed file exists with the recorded size and sha256 (a changed file is refused)."""
-        from stdtrt.io.hashing import file_hash
 
         for name, entry in self.manifest["files"].items():
             path = self.path / name

@@ -7,11 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from stdtrt.errors import StdtrtError
+from stdtrt.io.hashing import file_hash, module_hash
+from stdtrt.models.conditioning import encode_prompt
+from stdtrt.models.load import load_model, recorded_placement
+from stdtrt.models.lora import fuse_lora, load_lora
 
 
 def model_hash(model) -> str:
     """Content hash of the base model (UNet, VAE, text encoders), taken before any LoRA is loaded."""
-    from stdtrt.io.hashing import module_hash
 
     pipe = model.pipe
     modules = [pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)]
@@ -21,8 +24,6 @@ def model_hash(model) -> str:
 def conditioning_hash(model, cfg, width: int, height: int) -> str:
     """sha256 of the prompt embeddings the graph bakes in (tokenizer + text encoders + prompts)."""
     import hashlib
-
-    from stdtrt.models.conditioning import encode_prompt
 
     h = hashlib.sha256()
     prompts = [cfg.prompt, cfg.negative_prompt] if cfg.guidance > 1 else [cfg.prompt]
@@ -43,9 +44,6 @@ def source_of(name: str) -> str:
 def load_fused_model(bundle, device: str = "auto"):
     """The bundle's model with its LoRA fused, refused when either hashes differently from the manifest,
     placed in the bundle's own dtypes (its graphs') on `device`."""
-    from stdtrt.io.hashing import file_hash, module_hash
-    from stdtrt.models.load import load_model, recorded_placement
-    from stdtrt.models.lora import fuse_lora, load_lora
 
     m = bundle.manifest
     model = load_model(m["model"]["source"])  # float32 on the CPU: fused there, then placed

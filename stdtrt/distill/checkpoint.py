@@ -21,6 +21,7 @@ import torch
 
 from stdtrt.config import DistillConfig
 from stdtrt.errors import StdtrtError
+from stdtrt.models.lora import save_diffusers, save_kohya
 
 CONFIG_FILE = "config.json"
 LORA_FILE = "lora.safetensors"  # kohya form: diffusers, ComfyUI, A1111
@@ -165,7 +166,6 @@ def load_checkpoint(run, path: Path) -> None:
 def save_lora(run) -> Path:
     """The student as lora.safetensors (kohya) and pytorch_lora_weights.safetensors (diffusers), both with
     stdtrt's metadata (inference reads eta and the teacher grid from either)."""
-    from stdtrt.models.lora import save_diffusers, save_kohya
 
     out = Path(run.cfg.out)
     meta = {

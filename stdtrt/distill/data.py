@@ -13,7 +13,7 @@ import torch
 
 from stdtrt.errors import StdtrtError
 from stdtrt.io.images import IMAGE_SUFFIXES
-from stdtrt.io.video import VIDEO_SUFFIXES
+from stdtrt.io.video import VIDEO_SUFFIXES, probe, read_frames
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,6 @@ def _caption(path: Path, default: str) -> str:
 def _extract_frames(video: Path, count: int, cache: Path) -> list[Path]:
     """Decode `count` frames spread evenly over a video into PNGs (once; reused on resume)."""
     from PIL import Image
-
-    from stdtrt.io.video import probe, read_frames
 
     key = hashlib.sha256(f"{video.resolve()}:{video.stat().st_size}:{count}".encode()).hexdigest()[:16]
     folder = cache / f"{video.stem}-{key}"
@@ -87,8 +85,6 @@ def scan(folder: str | Path, prompt: str, template: str, frames_per_video: int, 
 def check_readable(files: list[Path]) -> None:
     """Open every image (and probe every video) once so that a bad file fails before training starts."""
     from PIL import Image, UnidentifiedImageError
-
-    from stdtrt.io.video import probe
 
     bad = []
     for path in files:

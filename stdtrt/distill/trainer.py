@@ -24,12 +24,16 @@ from stdtrt import schedule
 from stdtrt.config import DistillConfig
 from stdtrt.distill import checkpoint
 from stdtrt.distill import data as data_mod
+from stdtrt.distill.adversarial import AdversarialLoss
 from stdtrt.distill.bank import TrajectoryBank
 from stdtrt.distill.losses import FusedSTDLoss
+from stdtrt.distill.metrics import MetricsLog
 from stdtrt.distill.step import Batch, StepPlan, std_step
 from stdtrt.distill.teacher import Teacher
 from stdtrt.errors import StdtrtError
-from stdtrt.models.conditioning import Conditioning, encode_prompt, predict_eps
+from stdtrt.models.conditioning import Conditioning, encode_prompt, pooled_text, predict_eps
+from stdtrt.models.load import DTYPE_NAMES, load_model, resolve_device, resolve_dtype
+from stdtrt.models.lora import ADAPTER, add_lora
 from stdtrt.models.vae import vae_encode
 
 log = logging.getLogger(__name__)
@@ -50,8 +54,6 @@ class Run:
     """Everything one training process holds: models, data, bank, optimiser, generators."""
 
     def __init__(self, cfg: DistillConfig, accelerator, model=None):
-        from stdtrt.models.load import load_model
-        from stdtrt.models.lora import ADAPTER, add_lora
 
         self.cfg, self.acc = cfg, accelerator
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
@@ -118,9 +120,6 @@ class Run:
         self.generator = torch.Generator().manual_seed(cfg.seed * 104729 + self.rank)  # crops, noise, s
         self.adv = None
         if cfg.adv_weight > 0:  # nothing DINO-related is loaded otherwise
-            from stdtrt.distill.adversarial import AdversarialLoss
-            from stdtrt.models.conditioning import pooled_text
-
             pooled = pooled_text(self.model.pipe, self.prompt_list)
             self.adv = AdversarialLoss(cfg, self.model, self.device, accelerator, pooled)
         self.step = 0
@@ -287,7 +286,6 @@ class NonFinite(Exception):
 def mixed_precision(requested: str) -> str:
     """accelerate's mixed precision for --mixed-precision: auto is bf16 on a GPU that has it (no loss
     scaling), fp16 on other GPUs, none on the CPU; bf16 asked of a GPU without it is one line."""
-    from stdtrt.models.load import DTYPE_NAMES, resolve_device, resolve_dtype
 
     if requested == "no":
         return "no"
@@ -302,8 +300,6 @@ def distill(
     """Train the STD student described by cfg; write lora.safetensors (and checkpoints) to cfg.out."""
     from accelerate import Accelerator
     from tqdm import tqdm
-
-    from stdtrt.distill.metrics import MetricsLog
 
     out = Path(cfg.out)
     resume_from = checkpoint.prepare_out_dir(cfg, resume, overwrite)

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from stdtrt.errors import StdtrtError
+from stdtrt.io.video import probe, read_frames
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,6 @@ def warp_errors(inputs, outputs) -> FlickerReport:
 
 def report(input_path: str | Path, output_path: str | Path) -> FlickerReport:
     """Warp error of a stylized video against its input (streamed: two frames in memory at a time)."""
-    from stdtrt.io.video import probe, read_frames
 
     a, b = probe(input_path), probe(output_path)
     frames_in = (rgb for rgb, _ in read_frames(a))

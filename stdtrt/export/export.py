@@ -16,10 +16,20 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from stdtrt import schedule
+from stdtrt.availability import tensorrt_identity
 from stdtrt.bundle import manifest as mf
 from stdtrt.bundle.model import conditioning_hash, model_hash, source_of
+from stdtrt.bundle.networks import build_networks, example_inputs
 from stdtrt.config import ExportConfig, to_dict
 from stdtrt.errors import StdtrtError
+from stdtrt.export import tensorrt
+from stdtrt.export.onnx import export_networks
+from stdtrt.export.validate import Row, check, format_table, onnxruntime_rows, reference, tensorrt_rows
+from stdtrt.io.atomic import atomic_dir
+from stdtrt.io.hashing import file_hash, module_hash
+from stdtrt.models.load import DTYPES, load_model, placement_for
+from stdtrt.models.lora import fuse_lora, load_lora, student_grid
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +70,6 @@ def _existing(out: Path, key: str, overwrite: bool):
 
 def _engines_fit(bundle, key: str) -> bool:
     """The bundle's .plan engines were built from these graphs by this TensorRT for this GPU."""
-    from stdtrt.availability import tensorrt_identity
 
     built = bundle.tensorrt
     if not built:
@@ -100,13 +109,6 @@ def export_precision(requested: str, build_trt: bool) -> str:
 def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
     """Export (or reuse) the bundle cfg describes; see the module doc."""
     import torch
-
-    from stdtrt import schedule
-    from stdtrt.export import tensorrt
-    from stdtrt.io.atomic import atomic_dir
-    from stdtrt.io.hashing import file_hash, module_hash
-    from stdtrt.models.load import DTYPES, load_model, placement_for
-    from stdtrt.models.lora import load_lora, student_grid
 
     start, stages = time.perf_counter(), {}
     out = Path(cfg.out)
@@ -179,9 +181,6 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
 def _reference(cfg, model, plan, width, height):
     """Fuse the LoRA and build the float32 networks; with validation on, run the reference on them.
     Returns (networks, reference or None, the fuse report or None)."""
-    from stdtrt.bundle.networks import build_networks
-    from stdtrt.export.validate import reference
-    from stdtrt.models.lora import fuse_lora
 
     fused = fuse_lora(model)
     networks = build_networks(
@@ -195,9 +194,6 @@ def _reference(cfg, model, plan, width, height):
 def _export_onnx(cfg, model, networks, ref, fused, plan, fields, key, graphs_at, tmp: Path, stages):
     """Trace the three graphs in the graphs' placement, write a first manifest, validate them on
     onnxruntime; return (manifest, rows)."""
-    from stdtrt.bundle.networks import build_networks, example_inputs
-    from stdtrt.export.onnx import export_networks
-    from stdtrt.export.validate import onnxruntime_rows
 
     t = time.perf_counter()
     if graphs_at.half:  # trace the modules as they will run: half-precision weights and compute
@@ -226,7 +222,6 @@ def _export_onnx(cfg, model, networks, ref, fused, plan, fields, key, graphs_at,
 
 def _validate_engines(tmp: Path, manifest: dict, rows: list, ref, cfg, stages) -> list:
     """Run the fresh .plan engines on the GPU against the same reference; their rows join the table."""
-    from stdtrt.export.validate import tensorrt_rows
 
     t = time.perf_counter()
     manifest["files"] = _files(tmp, manifest["files"])
@@ -239,7 +234,6 @@ def _validate_engines(tmp: Path, manifest: dict, rows: list, ref, cfg, stages) -
 
 def _finish_validation(tmp: Path, manifest: dict, rows: list, cfg) -> str | None:
     """Print, check and save the validation table; a row over its tolerance fails the export."""
-    from stdtrt.export.validate import Row, check, format_table
 
     if not rows:
         return None

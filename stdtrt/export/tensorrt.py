@@ -20,8 +20,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from stdtrt.availability import tensorrt_identity
+from stdtrt.availability import is_tensorrt_available, tensorrt_identity
+from stdtrt.config import cache_root
 from stdtrt.errors import StdtrtError
+from stdtrt.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,6 @@ class BuildSpec:
 
 def decide(requested: bool | None) -> tuple[bool, str]:
     """(build engines?, the line to say): requested None builds when possible, True insists, False skips."""
-    from stdtrt.availability import is_tensorrt_available
 
     if requested is False:
         return False, "TensorRT engines skipped (--no-tensorrt)"
@@ -83,7 +84,6 @@ def decide(requested: bool | None) -> tuple[bool, str]:
 
 
 def timing_cache_path(ident: dict) -> Path:
-    from stdtrt.config import cache_root
 
     return cache_root() / "tensorrt" / f"timing-{ident['arch']}-trt{ident['version']}.cache"
 
@@ -136,8 +136,6 @@ def _first_line(exc: BaseException) -> str:
 def build_engine(spec: BuildSpec, progress: bool = True) -> float:
     """Parse spec.onnx, build and write spec.plan; returns the build seconds. Failures are one line."""
     import tensorrt as trt
-
-    from stdtrt.io.atomic import atomic_path
 
     start = time.perf_counter()
     plan = network_plan(trt.__version__, trt.NetworkDefinitionCreationFlag)

@@ -21,6 +21,12 @@ import numpy as np
 import torch
 
 from stdtrt.errors import StdtrtError
+from stdtrt.io.samples import sample_frames
+from stdtrt.runtime.backends.onnxruntime import OnnxRuntimeBackend
+from stdtrt.runtime.backends.tensorrt import TensorRTBackend
+from stdtrt.runtime.pipeline import compose
+from stdtrt.runtime.stream import StreamRunner
+from stdtrt.runtime.student import Student, make_noise, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +70,6 @@ class Reference:
 def reference(networks, model, plan, cfg, width: int, height: int) -> Reference:
     """Run the float32 torch modules (the bundle's networks, and the sequential student of the same fused
     model, plan, prompt and guidance, with the video noise of cfg.seed) on inputs seeded by cfg.seed."""
-    from stdtrt.io.samples import sample_frames
-    from stdtrt.runtime.student import Student, make_noise, to_uint8
 
     student = Student(model, plan, cfg.prompt, width, height, cfg.negative_prompt, cfg.guidance)
     b = networks.unet.batch
@@ -102,7 +106,6 @@ def compare(backend: str, name: str, ours: torch.Tensor, ref: torch.Tensor, rela
 @torch.no_grad()
 def check_backend(backend, ref: Reference, graphs: dict, label: str) -> list[Row]:
     """The rows of one loaded backend against the reference: each graph, then whole frames."""
-    from stdtrt.runtime.stream import StreamRunner
 
     tol = {g: TOLERANCES[graphs[g]["precision"]][0] for g in graphs}
     dev = backend.device
@@ -130,7 +133,6 @@ def check_backend(backend, ref: Reference, graphs: dict, label: str) -> list[Row
 
 def compose_all(runner, frames: np.ndarray):
     """Frames through a runner's network stages in the calling thread: (frame, tag) in order."""
-    from stdtrt.runtime.pipeline import compose
 
     return compose([runner.encode, runner.unet, runner.decode])(iter((f, i) for i, f in enumerate(frames)))
 
@@ -138,8 +140,6 @@ def compose_all(runner, frames: np.ndarray):
 def onnxruntime_rows(bundle, ref: Reference) -> list[Row]:
     """onnxruntime on the CPU, and with its CUDA provider when this onnxruntime has one and a GPU is here."""
     import onnxruntime as ort
-
-    from stdtrt.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
     graphs = bundle.manifest["graphs"]
     cpu = OnnxRuntimeBackend(bundle, device="cpu", threads=torch.get_num_threads(), concurrent=False)
@@ -152,7 +152,6 @@ def onnxruntime_rows(bundle, ref: Reference) -> list[Row]:
 
 def tensorrt_rows(bundle, ref: Reference, device: str) -> list[Row]:
     """The bundle's .plan engines, on the GPU they were built for."""
-    from stdtrt.runtime.backends.tensorrt import TensorRTBackend
 
     return check_backend(TensorRTBackend(bundle, device), ref, bundle.manifest["graphs"], "tensorrt")
 

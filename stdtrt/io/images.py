@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from stdtrt.errors import StdtrtError
+from stdtrt.io.atomic import atomic_path
 
 # What stdtrt reads and writes as an image (stylize-image, distill data): lower-case suffixes.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -38,8 +39,6 @@ def read_image(path: Path) -> np.ndarray:
 def write_image(path: Path, rgb: np.ndarray) -> None:
     """Write an RGB uint8 image atomically, in the format its suffix names."""
     from PIL import Image
-
-    from stdtrt.io.atomic import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:

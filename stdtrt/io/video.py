@@ -16,7 +16,7 @@ import av
 import numpy as np
 
 from stdtrt.errors import StdtrtError
-from stdtrt.io.atomic import check_writable
+from stdtrt.io.atomic import atomic_path, check_writable
 
 log = logging.getLogger(__name__)
 
@@ -300,7 +300,6 @@ def write_video(
 
     For making inputs (the demo video, test clips); atomic like every output.
     """
-    from stdtrt.io.atomic import atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:

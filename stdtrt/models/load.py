@@ -16,6 +16,7 @@ from stdtrt import schedule
 from stdtrt.config import round_size
 from stdtrt.errors import StdtrtError
 from stdtrt.models import presets
+from stdtrt.models.lora import fuse_lora, load_lora
 from stdtrt.models.presets import OFFLINE_HINT
 from stdtrt.models.vae import load_vae, vae_scale
 
@@ -294,8 +295,6 @@ def load_model(
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     load_dtype = resolve_dtype(precision, dev, training)
     if fuse and lora:
-        from stdtrt.models.lora import fuse_lora
-
         model = load_model(name, lora=lora)
         fuse_lora(model)
         model.place(placement_for(dev, load_dtype, model.kind, model.vae.config))
@@ -326,8 +325,6 @@ def load_model(
     model = LoadedModel(pipe=pipe, name=name, kind=kind, placement=placement)
     model.alphas_cumprod()  # fails early for v-prediction models
     if lora:
-        from stdtrt.models.lora import load_lora
-
         load_lora(model, lora)
     return model
 

@@ -17,7 +17,9 @@ from pathlib import Path
 import torch
 
 from stdtrt.errors import StdtrtError
+from stdtrt.io.atomic import atomic_path
 from stdtrt.models.conditioning import encode_prompt, predict_eps
+from stdtrt.schedule import TEACHER_STEPS
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +83,6 @@ def save_kohya(unet, path: str | Path, metadata: dict | None = None, adapter: st
     """Write the adapter as a kohya LoRA file, atomically. Metadata values become JSON strings."""
     from safetensors.torch import save_file
 
-    from stdtrt.io.atomic import atomic_path
-
     state = kohya_state_dict(unet, adapter)
     ranks = {int(v.shape[0]) for k, v in state.items() if k.endswith("lora_down.weight")}
     alphas = {float(v) for k, v in state.items() if k.endswith(".alpha")}
@@ -112,8 +112,6 @@ def save_diffusers(
     from peft.utils import get_peft_model_state_dict
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
-
-    from stdtrt.io.atomic import atomic_path
 
     state = get_peft_model_state_dict(unet, adapter_name=adapter)
     state = {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
@@ -150,7 +148,6 @@ def student_grid(path: str | Path | None, strength: float) -> int:
     without it, or for no LoRA), so that inference starts at exactly the x_start it was trained from.
     Warns when the LoRA was distilled for another strength (eta) than the one asked for: STD trains one
     LoRA per eta, and another start state is outside what it learned."""
-    from stdtrt.schedule import TEACHER_STEPS
 
     if path is None:
         return TEACHER_STEPS

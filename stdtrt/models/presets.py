@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from stdtrt.config import cache_root
+
 PRESETS = ("tiny-sd", "tiny-sdxl", "random-sd15")
 OFFLINE_HINT = "`--model tiny-sd` works offline"  # said wherever a model cannot be found
 SEED = 0
@@ -61,7 +63,6 @@ def tokenizer_files() -> Path:
     vocab.update({c + "</w>": i + len(chars) for i, c in enumerate(chars)})
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    from stdtrt.config import cache_root
 
     folder = cache_root() / "tiny-tokenizer"
     vocab_text = json.dumps(vocab, ensure_ascii=False)

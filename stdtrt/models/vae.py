@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from stdtrt.errors import StdtrtError
+from stdtrt.models.presets import OFFLINE_HINT
 
 TINY = {"sd": "madebyollin/taesd", "sdxl": "madebyollin/taesdxl"}  # TAESD per model family
 VAE_PRESETS = ("tiny-taesd", "random-taesd")
@@ -78,7 +79,6 @@ def vae_preset(name: str):
 
 def _folder(name: str) -> Path:
     """A local folder holding a VAE's config.json (the folder, its vae/ subfolder, or a cached hub id)."""
-    from stdtrt.models.presets import OFFLINE_HINT
 
     path = Path(name).expanduser()
     if not path.exists() and name.count("/") == 1 and not name.startswith((".", "/")):

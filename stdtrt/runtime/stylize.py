@@ -21,11 +21,22 @@ from pathlib import Path
 
 import numpy as np
 
+from stdtrt import schedule
+from stdtrt.bundle.manifest import read_bundle
+from stdtrt.bundle.model import source_of
 from stdtrt.config import DEFAULT_BUNDLE, StylizeConfig, defaults
 from stdtrt.errors import StdtrtError
+from stdtrt.io import video
 from stdtrt.io.atomic import atomic_path, check_writable
+from stdtrt.io.hashing import file_hash
 from stdtrt.io.images import IMAGE_SUFFIXES, read_image, resize, write_image
+from stdtrt.models.load import load_model
+from stdtrt.models.lora import student_grid
+from stdtrt.runtime.backends import load_backend
+from stdtrt.runtime.backends.torch import TorchBackend
 from stdtrt.runtime.pipeline import StageTimes, run_pipeline
+from stdtrt.runtime.stream import StreamRunner
+from stdtrt.runtime.student import Student, VideoNoise
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +61,6 @@ class VideoResult:
 def _load(cfg: StylizeConfig, image_w: int, image_h: int, fuse: bool):
     """(model, plan, width, height) for --model: the model (its LoRA fused when `fuse`) placed by the
     precision rule, and the student's plan on the grid its LoRA was distilled on."""
-    from stdtrt import schedule
-    from stdtrt.models.load import load_model
-    from stdtrt.models.lora import student_grid
 
     if cfg.model is None:
         raise StdtrtError("no model given: pass --model PATH_OR_ID (or --model tiny-sd to try it offline)")
@@ -66,7 +74,6 @@ def _load(cfg: StylizeConfig, image_w: int, image_h: int, fuse: bool):
 
 def load_student(cfg: StylizeConfig, image_w: int, image_h: int):
     """The sequential torch student (the reference: NFE steps per frame) for --model at the working size."""
-    from stdtrt.runtime.student import Student
 
     model, plan, width, height = _load(cfg, image_w, image_h, fuse=False)
     return Student(model, plan, cfg.prompt, width, height, cfg.negative_prompt, cfg.guidance)
@@ -75,7 +82,6 @@ def load_student(cfg: StylizeConfig, image_w: int, image_h: int):
 def load_model_backend(cfg: StylizeConfig, image_w: int, image_h: int):
     """--model without a bundle: the torch backend in stream form on the model itself (its LoRA fused at
     load), the same modules a bundle's torch backend runs, with its CUDA speed-ups."""
-    from stdtrt.runtime.backends.torch import TorchBackend
 
     model, plan, width, height = _load(cfg, image_w, image_h, fuse=True)
     return TorchBackend.from_model(
@@ -89,8 +95,6 @@ class StudentRunner:
 
     def __init__(self, student, cfg: StylizeConfig):
         import torch
-
-        from stdtrt.runtime.student import VideoNoise
 
         self.student, self.cfg = student, cfg
         self.width, self.height = student.width, student.height
@@ -127,7 +131,6 @@ class StudentRunner:
 
 def resolve_bundle(cfg: StylizeConfig):
     """The bundle to run: --bundle, else none when --model names the torch path, else the default folder."""
-    from stdtrt.bundle.manifest import read_bundle
 
     if cfg.bundle:
         return read_bundle(cfg.bundle)
@@ -150,8 +153,6 @@ def resolve_bundle(cfg: StylizeConfig):
 def check_request(cfg: StylizeConfig, bundle) -> None:
     """Refuse options that contradict the bundle: what it bakes in cannot change at run time. An option
     the user did not set (not in cfg.explicit, and at its default) takes the bundle's value."""
-    from stdtrt.bundle.model import source_of
-    from stdtrt.io.hashing import file_hash
 
     m, d = bundle.manifest, defaults(StylizeConfig)
     if cfg.gamma > 0:
@@ -192,7 +193,6 @@ def _refuse(bundle, option: str, baked, asked) -> None:
 def load_runner(cfg: StylizeConfig, image_w: int, image_h: int, image: bool = False):
     """What stylizes frames for this run: a bundle's backend, or (--model) the torch backend on the model,
     both in stream form; the sequential torch student for what the stream form cannot do."""
-    from stdtrt.runtime.stream import StreamRunner
 
     bundle = resolve_bundle(cfg)
     if bundle is None:
@@ -201,7 +201,6 @@ def load_runner(cfg: StylizeConfig, image_w: int, image_h: int, image: bool = Fa
         if image or cfg.gamma > 0:
             return StudentRunner(load_student(cfg, image_w, image_h), cfg)
         return StreamRunner(load_model_backend(cfg, image_w, image_h), cfg.seed, cfg.fresh_noise)
-    from stdtrt.runtime.backends import load_backend
 
     check_request(cfg, bundle)
     backend = load_backend(bundle, cfg.backend, cfg.device, torch_speedups=cfg.torch_speedups())
@@ -232,7 +231,6 @@ def stylize_image(cfg: StylizeConfig, input_path: str | Path, output_path: str |
 def _timed_frames(info, w: int, h: int, times: StageTimes):
     """Decoded frames at the working size (converted and resized in one swscale call); decoding time is
     recorded as `video_decode`."""
-    from stdtrt.io import video
 
     frames = video.read_frames(info, w, h)
     while True:
@@ -246,7 +244,6 @@ def _timed_frames(info, w: int, h: int, times: StageTimes):
 
 def stylize_video(cfg: StylizeConfig, input_path: str | Path, output_path: str | Path, progress: bool = True):
     """Stylize a video: same frame count, frame rate, timestamps, size and audio as the input."""
-    from stdtrt.io import video
 
     input_path, output_path = Path(input_path), Path(output_path)
     info = video.probe(input_path)
@@ -263,8 +260,6 @@ def stylize_video(cfg: StylizeConfig, input_path: str | Path, output_path: str |
 def run_video(runner, info, output_path: Path, cfg: StylizeConfig, progress: bool = True) -> VideoResult:
     """Stream the video `info` through a loaded runner into output_path (atomically)."""
     from tqdm import tqdm
-
-    from stdtrt.io import video
 
     w, h = runner.width, runner.height
     log.info("stylizing %dx%d video at %dx%d with %s", info.width, info.height, w, h, runner.describe())

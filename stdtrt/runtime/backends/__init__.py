@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import logging
 
+from stdtrt.availability import is_onnxruntime_available
 from stdtrt.bundle.manifest import Bundle
 from stdtrt.errors import StdtrtError
 from stdtrt.runtime.backends.base import Backend
+from stdtrt.runtime.backends.onnxruntime import OnnxRuntimeBackend
+from stdtrt.runtime.backends.tensorrt import TensorRTBackend, tensorrt_unusable
+from stdtrt.runtime.backends.torch import TorchBackend
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +25,6 @@ ORDER = ("tensorrt", "onnxruntime", "torch")  # what `auto` tries, fastest first
 
 
 def _load_tensorrt(bundle: Bundle, device: str) -> Backend:
-    from stdtrt.runtime.backends.tensorrt import TensorRTBackend, tensorrt_unusable
 
     reason = tensorrt_unusable(bundle, device)
     if reason:
@@ -30,18 +33,15 @@ def _load_tensorrt(bundle: Bundle, device: str) -> Backend:
 
 
 def _load_onnxruntime(bundle: Bundle, device: str) -> Backend:
-    from stdtrt.availability import is_onnxruntime_available
 
     ok, why = is_onnxruntime_available()
     if not ok:
         raise StdtrtError(f"backend onnxruntime cannot run {bundle.path}: {why}")
-    from stdtrt.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
     return OnnxRuntimeBackend(bundle, device)
 
 
 def _load_torch(bundle: Bundle, device: str, model, speedups: dict) -> Backend:
-    from stdtrt.runtime.backends.torch import TorchBackend
 
     return TorchBackend.from_bundle(bundle, device, model=model, **speedups)
 

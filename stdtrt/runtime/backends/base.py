@@ -16,6 +16,8 @@ import abc
 
 import torch
 
+from stdtrt.bundle.networks import example_inputs
+
 
 class Backend(abc.ABC):
     name = "?"
@@ -45,7 +47,6 @@ class Backend(abc.ABC):
 
     def example_inputs(self) -> dict[str, tuple[torch.Tensor, ...]]:
         """Zero inputs of the right shapes and dtypes for each call (warm-up, capture, timing)."""
-        from stdtrt.bundle.networks import example_inputs
 
         return example_inputs(
             self.plan.nfe, self.batch, self.latent_shape, self.width, self.height, self.device

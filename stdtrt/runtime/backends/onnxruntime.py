@@ -10,6 +10,7 @@ import torch
 
 from stdtrt.bundle.manifest import Bundle
 from stdtrt.bundle.networks import GRAPHS
+from stdtrt.config import cache_root
 from stdtrt.errors import StdtrtError
 from stdtrt.runtime.backends.base import Backend
 
@@ -151,7 +152,6 @@ class OnnxRuntimeBackend(Backend):
         """`concurrent`: the three graphs in threads of their own (the default; on a CPU each gets half the
         cores); `providers`: only these GPU providers (validation asks for CUDA alone)."""
         super().__init__(bundle.plan(), bundle.width, bundle.height, bundle.latent_shape, bundle.batch)
-        from stdtrt.config import cache_root
 
         cache = cache_root() / "ort-trt" / bundle.key[:16]
         allowed = None if providers is None else (*providers, "CPUExecutionProvider")

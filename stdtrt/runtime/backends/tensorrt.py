@@ -8,6 +8,7 @@ import logging
 import numpy as np
 import torch
 
+from stdtrt.availability import is_tensorrt_available, tensorrt_identity
 from stdtrt.bundle.networks import GRAPHS
 from stdtrt.errors import StdtrtError
 from stdtrt.models.load import resolve_device
@@ -18,7 +19,6 @@ log = logging.getLogger(__name__)
 
 def tensorrt_unusable(bundle, device: str) -> str | None:
     """Why the bundle's engines cannot run here (None when they can)."""
-    from stdtrt.availability import is_tensorrt_available
 
     if device == "cpu":
         return "TensorRT needs CUDA and --device cpu was asked for"
@@ -28,7 +28,6 @@ def tensorrt_unusable(bundle, device: str) -> str | None:
     ok, why = is_tensorrt_available()
     if not ok:
         return why
-    from stdtrt.availability import tensorrt_identity
 
     here = tensorrt_identity(device)
     if (built["version"], built["arch"]) != (here["version"], here["arch"]):

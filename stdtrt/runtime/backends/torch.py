@@ -14,6 +14,8 @@ import logging
 import torch
 
 from stdtrt.bundle.manifest import Bundle
+from stdtrt.bundle.model import load_fused_model
+from stdtrt.bundle.networks import build_networks
 from stdtrt.runtime.backends.base import Backend
 
 log = logging.getLogger(__name__)
@@ -90,7 +92,6 @@ class TorchBackend(Backend):
     ):  # fmt: skip
         """From a loaded model whose LoRA (if any) is already fused; B = `batch` frames per slot. `speed`:
         cuda_graphs, compile, channels_last (see the class)."""
-        from stdtrt.bundle.networks import build_networks
 
         nets = build_networks(model, plan, prompt, negative_prompt, guidance, width, height, batch)
         return cls(nets, plan, width, height, model.latent_shape(width, height), model.placement, **speed)
@@ -98,7 +99,6 @@ class TorchBackend(Backend):
     @classmethod
     def from_bundle(cls, bundle: Bundle, device: str = "auto", model=None, **speed):
         """Rebuild the bundle's fused model from its model and LoRA, refusing any that hash differently."""
-        from stdtrt.bundle.model import load_fused_model
 
         model = model or load_fused_model(bundle, device)
         m = bundle.manifest
