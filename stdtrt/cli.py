@@ -180,9 +180,10 @@ def stylize_video_cmd(input: str, output: str, no_progress: bool, report: bool, 
     from stdtrt.runtime.stylize import stylize_video
 
     result = stylize_video(build_config(StylizeConfig, given), input, output, progress=not no_progress)
+    skipped = f", {result.skipped} reused an output (--skip-threshold)" if result.skipped else ""
     click.echo(
         f"wrote {result.output}: {result.frames} frames at {result.width}x{result.height}, "
-        f"{result.fps:.2f} fps, audio {result.audio}"
+        f"{result.fps:.2f} fps, audio {result.audio}{skipped}"
     )
     if report:
         _echo_report(input, output)

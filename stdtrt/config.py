@@ -120,12 +120,25 @@ class StylizeConfig:
         group="video",
     )
     queue_size: int = opt(8, "frames buffered between decode, the networks and encode", group="video")
+    skip_threshold: float | None = opt(
+        None,
+        "reuse the last output for a frame at least this similar to the last frame that went through the "
+        "networks (cosine of 32x32 grey copies, in [0, 1]; 0.98 skips still stretches) [off]",
+        group="video",
+    )
+    max_skips: int = opt(
+        10, "at most this many frames in a row reuse an output (--skip-threshold)", group="video"
+    )
     crf: int = opt(18, "H.264 quality of the output video (lower is better)", group="video")
     cuda_graphs: bool = opt(
         True, "torch on a GPU: capture the networks as CUDA graphs at load (static shapes)"
     )
     compile: bool = opt(False, "torch: torch.compile the networks (faster frames, minutes at the first load)")
     channels_last: bool = opt(True, "torch on a GPU: channels_last memory format for the convolutions")
+    verify: bool = opt(
+        False,
+        "hash every file of the bundle at load (without: sizes and times, and the hash of what changed)",
+    )
     explicit: tuple[str, ...] = field(default=(), metadata={"cli": False})  # options the user set (the CLI
     # fills it): a bundle refuses those it contradicts, even when set to their default
 
@@ -141,6 +154,10 @@ class StylizeConfig:
             )
         if not 0 <= self.crf <= 51:
             raise StdtrtError(f"crf must be in [0, 51], got {self.crf}")
+        if self.skip_threshold is not None and not 0.0 <= self.skip_threshold <= 1.0:
+            raise StdtrtError(f"--skip-threshold must be in [0, 1], got {self.skip_threshold}")
+        if self.max_skips < 1:
+            raise StdtrtError(f"--max-skips must be at least 1, got {self.max_skips}")
 
     def torch_speedups(self) -> dict:
         """The torch backend's switches (runtime/backends/torch.py)."""
@@ -341,6 +358,7 @@ class BenchConfig:
         flag="--backend",
     )
     baseline: bool = opt(True, "also time diffusers' own img2img pipeline (TCD scheduler) on the same frames")
+    verify: bool = opt(False, "hash every file of each bundle at load")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
     plot: str | None = opt(None, "write a PNG chart here")
     json: str | None = opt(None, "write the results as JSON here")

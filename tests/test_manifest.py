@@ -96,3 +96,39 @@ def _edit(path, **changes):
 def test_missing_bundle_says_how_to_make_one(tmp_path):
     with pytest.raises(StdtrtError, match="stdtrt export"):
         mf.read_bundle(tmp_path / "nothing")
+
+
+def test_a_normal_start_hashes_nothing_and_a_changed_file_is_still_refused(sd_bundle, tmp_path):
+    """Hashes are taken at export; a load compares sizes and times and hashes only a file that changed
+    (copied or touched: hashed, and accepted when its content is the same). --verify hashes every file,
+    and catches even a change that kept the size and the time."""
+    import os
+
+    path = copy_bundle(sd_bundle, tmp_path)  # copytree keeps the times
+    bundle = mf.read_bundle(path, verify=False)
+    assert bundle.verify() == 0 and bundle.verify(full=True) == len(bundle.manifest["files"])
+    unet = path / "unet.onnx"
+    stat = unet.stat()
+    os.utime(unet, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched: same bytes
+    assert bundle.verify() == 1
+    data = bytearray(unet.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    unet.write_bytes(bytes(data))
+    os.utime(unet, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the size and the time as exported
+    assert bundle.verify() == 0  # what the cheap check cannot see ...
+    with pytest.raises(StdtrtError, match="unet.onnx does not match the sha256"):
+        bundle.verify(full=True)  # ... --verify does
+    unet.write_bytes(bytes(data[:-1]))
+    with pytest.raises(StdtrtError, match="unet.onnx has .* bytes, its manifest"):
+        bundle.verify()
+
+
+def test_the_torch_backend_checks_the_model_by_its_files_first(sd_bundle):
+    """The model, VAE and LoRA a bundle's torch backend rebuilds are fingerprinted at export (sizes and
+    times of their files): a start that finds them unchanged hashes no weights; presets are hashed."""
+    from stdtrt.bundle.model import fingerprint
+
+    m = mf.read_bundle(sd_bundle[1].path).manifest
+    assert m["model"]["fingerprint"] is None  # tiny-sd: a preset, built from code
+    lora = m["lora"]
+    assert lora["fingerprint"] == fingerprint(lora["path"]) and len(lora["fingerprint"]) == 1

@@ -137,3 +137,54 @@ def test_a_failing_stage_stops_the_pipeline_and_raises():
     with pytest.raises(ValueError, match="stage failed"):
         run_pipeline(iter(range(1000)), [boom, compose([lambda xs: (x * 2 for x in xs)])], seen.append, 2)
     assert seen == [0, 2, 4][: len(seen)]
+
+
+# -- the similarity filter ---------------------------------------------------------------------------------
+def _run_stages(runner, frames):
+    return list(
+        compose([runner.encode, runner.unet, runner.decode])(iter((f, i) for i, f in enumerate(frames)))
+    )
+
+
+@pytest.mark.parametrize("nfe,batch", [(4, 1), (1, 1), (2, 3)])
+def test_similar_frames_reuse_the_last_output_in_order(tiny_sd, nfe, batch):
+    """A still stretch: its frames reuse the output of the last frame that went through the networks,
+    whether that frame is still in the pipe, in the group being built, or already left (NFE 1)."""
+    plan = schedule.student_plan(tiny_sd.alphas_cumprod(), 0.75, nfe)
+    backend = TorchBackend.from_model(tiny_sd, plan, "ink", "", 1.0, 64, 64, batch)
+    moving = _frames(8)
+    frames = moving[:3] + [moving[3]] * 4 + moving[4:]  # frames 3..6 are one still picture
+    plain = _run_stages(StreamRunner(backend, seed=1), frames)
+    runner = StreamRunner(backend, seed=1, skip_threshold=0.999)
+    filtered = _run_stages(runner, frames)
+    assert [t for _, t in filtered] == list(range(len(frames))) == [t for _, t in plain]
+    assert runner.skipped == 3  # frames 4, 5, 6
+    for i, ((ours, _), (ref, _)) in enumerate(zip(filtered, plain, strict=True)):
+        want = plain[3][0] if 3 <= i <= 6 else ref  # the still frames: frame 3's output
+        assert np.array_equal(ours, want), i
+    assert not np.array_equal(filtered[6][0], plain[7][0])  # and the filter stopped when the scene moved
+
+
+def test_the_filter_is_deterministic_and_capped():
+    from stdtrt.runtime.stream import SimilarityFilter
+
+    frame = _frames(1)[0]
+    f = SimilarityFilter(0.0, max_skips=3)  # threshold 0: every frame may reuse, the cap decides
+    assert [f.skip(frame) for _ in range(9)] == [False, True, True, True, False, True, True, True, False]
+    g = SimilarityFilter(None)
+    assert not any(g.skip(frame) for _ in range(3)) and g.skipped == 0
+    a, b = _frames(2)
+    assert SimilarityFilter.similarity(SimilarityFilter.small(a), SimilarityFilter.small(a)) == pytest.approx(
+        1.0
+    )
+    assert SimilarityFilter.similarity(SimilarityFilter.small(a), SimilarityFilter.small(b)) < 0.999
+    bright = np.clip(a.astype(int) + 20, 0, 255).astype(np.uint8)  # the same picture, brighter: alike
+    assert SimilarityFilter.similarity(SimilarityFilter.small(a), SimilarityFilter.small(bright)) > 0.99
+
+
+def test_the_filter_threshold_is_checked():
+    from stdtrt.config import StylizeConfig
+
+    for bad in ({"skip_threshold": 1.5}, {"skip_threshold": -0.1}, {"max_skips": 0}):
+        with pytest.raises(StdtrtError, match="skip-threshold|max-skips"):
+            StylizeConfig(**bad)

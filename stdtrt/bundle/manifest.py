@@ -95,11 +95,15 @@ def tensorrt_key(onnx_key: str, trt_version: str, arch: str) -> str:
     return cache_key({"onnx_key": onnx_key, "tensorrt": trt_version, "arch": arch})
 
 
-def file_entries(folder: Path, names) -> dict:
+def file_entry(path: Path) -> dict:
+    """What the manifest records of a file: its sha256 (taken once, at export), size and modification time
+    (the cheap check at every load)."""
+    stat = path.stat()
+    return {"sha256": file_hash(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
-    return {
-        name: {"sha256": file_hash(folder / name), "bytes": (folder / name).stat().st_size} for name in names
-    }
+
+def file_entries(folder: Path, names) -> dict:
+    return {name: file_entry(folder / name) for name in names}
 
 
 def library_versions() -> dict:
@@ -113,7 +117,6 @@ def library_versions() -> dict:
 
 
 def write_manifest(folder: Path, manifest: dict) -> Path:
-
     path = Path(folder) / MANIFEST
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
@@ -174,22 +177,34 @@ class Bundle:
             raise StdtrtError(f"bundle {self.path} has no {kind} file for {graph}")
         return self.path / name
 
-    def verify(self) -> None:
-        """Every listed file exists with the recorded size and sha256 (a changed file is refused)."""
-
+    def verify(self, full: bool = False) -> int:
+        """Every listed file exists as exported: the same size and modification time as recorded, else (or
+        with `full`, --verify) the same sha256; a changed file is refused. Returns how many were hashed
+        (a large SDXL bundle takes minutes to hash on a slow disk: a normal start hashes none)."""
+        hashed = 0
         for name, entry in self.manifest["files"].items():
             path = self.path / name
             if not path.is_file():
                 raise StdtrtError(f"bundle {self.path} is missing {name}; export it again (`stdtrt export`)")
-            if path.stat().st_size != entry["bytes"] or file_hash(path) != entry["sha256"]:
+            stat = path.stat()
+            if stat.st_size != entry["bytes"]:
                 raise StdtrtError(
-                    f"bundle {self.path}: {name} does not match the sha256 in its manifest (changed or "
-                    f"corrupted after export); export the bundle again"
+                    f"bundle {self.path}: {name} has {stat.st_size} bytes, its manifest {entry['bytes']} (changed "
+                    f"or truncated after export); export the bundle again"
                 )
+            if full or stat.st_mtime_ns != entry.get("mtime_ns"):  # touched, copied or moved: hash it
+                hashed += 1
+                if file_hash(path) != entry["sha256"]:
+                    raise StdtrtError(
+                        f"bundle {self.path}: {name} does not match the sha256 in its manifest (changed or "
+                        f"corrupted after export); export the bundle again"
+                    )
+        return hashed
 
 
-def read_bundle(path: str | Path, verify: bool = True) -> Bundle:
-    """Read a bundle folder's manifest; with verify, check every file's size and sha256."""
+def read_bundle(path: str | Path, verify: bool = True, full: bool = False) -> Bundle:
+    """Read a bundle folder's manifest; with verify, check its files (Bundle.verify: sizes and times, the
+    sha256 of any that changed, of all with `full`)."""
     path = Path(path)
     if not path.is_dir():
         raise StdtrtError(f"bundle {path} does not exist (make one with `stdtrt export --out {path} ...`)")
@@ -212,5 +227,5 @@ def read_bundle(path: str | Path, verify: bool = True) -> Bundle:
         raise StdtrtError(f"{file} lacks {', '.join(missing)}; export the bundle again")
     bundle = Bundle(path, manifest)
     if verify:
-        bundle.verify()
+        bundle.verify(full)
     return bundle

@@ -41,33 +41,60 @@ def source_of(name: str) -> str:
     return str(path.resolve()) if path.exists() else name
 
 
-def load_fused_model(bundle, device: str = "auto"):
-    """The bundle's model with its LoRA fused, refused when either hashes differently from the manifest,
-    placed in the bundle's own dtypes (its graphs') on `device`."""
+def fingerprint(source: str) -> dict | None:
+    """Size and modification time of every file a model, VAE or LoRA is read from ({relative path: [bytes,
+    mtime_ns]}): the cheap check at load, instead of hashing gigabytes of weights at every start. None for
+    a built-in preset (built from code: its weights are hashed, cheaply)."""
+    from stdtrt.models.presets import PRESETS
+    from stdtrt.models.vae import VAE_PRESETS
 
+    if source in PRESETS or source in VAE_PRESETS:
+        return None
+    path = Path(source)
+    if not path.exists():  # a hub id: its snapshot in the local cache
+        from stdtrt.models.load import resolve
+
+        path = resolve(source)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return {
+        str(f.relative_to(path) if f != path else f.name): [f.stat().st_size, f.stat().st_mtime_ns]
+        for f in files
+    }
+
+
+def _unchanged(what: str, source: str, recorded: dict, digest, full: bool, bundle) -> None:
+    """Refuse `source` unless it is what the bundle recorded: by its fingerprint when that matches (and
+    not `full`), else by its content hash (`digest()`)."""
+    if (
+        not full
+        and recorded.get("fingerprint") is not None
+        and fingerprint(source) == recorded["fingerprint"]
+    ):
+        return
+    if digest() != recorded["hash"]:
+        raise StdtrtError(
+            f"{what} {source} is not the one bundle {bundle.path} was exported with (hash differs)"
+        )
+
+
+def load_fused_model(bundle, device: str = "auto", full: bool = False):
+    """The bundle's model with its LoRA fused, refused when the model, its VAE or the LoRA is not what the
+    manifest records (files unchanged since export, else the same content hash; `full`: always hashed),
+    placed in the bundle's own dtypes (its graphs') on `device`."""
     m = bundle.manifest
     model = load_model(m["model"]["source"])  # float32 on the CPU: fused there, then placed
-    if model_hash(model) != m["model"]["hash"]:
-        raise StdtrtError(
-            f"{m['model']['source']} is not the model bundle {bundle.path} was exported from (hash differs)"
-        )
+    _unchanged("the model", m["model"]["source"], m["model"], lambda: model_hash(model), full, bundle)
     vae = m["vae"]
     if vae["spec"] != "full":
         model.use_vae(vae["source"])
-        if module_hash(model.vae) != vae["hash"]:
-            raise StdtrtError(
-                f"the VAE {vae['source']} is not the one bundle {bundle.path} was exported with (hash differs)"
-            )
+        _unchanged("the VAE", vae["source"], vae, lambda: module_hash(model.vae), full, bundle)
     lora = m.get("lora")
     if lora:
         if not Path(lora["path"]).is_file():
             raise StdtrtError(
                 f"the bundle's LoRA {lora['path']} is not here (the torch backend rebuilds from it)"
             )
-        if file_hash(lora["path"]) != lora["hash"]:
-            raise StdtrtError(
-                f"LoRA {lora['path']} changed since bundle {bundle.path} was exported (hash differs)"
-            )
+        _unchanged("the LoRA", lora["path"], lora, lambda: file_hash(lora["path"]), full, bundle)
         load_lora(model, lora["path"])
         fuse_lora(model)
     model.place(recorded_placement(device, bundle.placement))

@@ -54,7 +54,6 @@ class Run:
     """Everything one training process holds: models, data, bank, optimiser, generators."""
 
     def __init__(self, cfg: DistillConfig, accelerator, model=None):
-
         self.cfg, self.acc = cfg, accelerator
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         self.device = accelerator.device

@@ -152,7 +152,6 @@ def _warm_up(backend) -> None:
 
 
 def time_backend(bundle, name: str, device: str, info, folder: Path, model=None) -> BackendRun:
-
     start = time.perf_counter()
     backend = load_backend(bundle, name, device, model=model)
     load_s = time.perf_counter() - start
@@ -183,12 +182,11 @@ def run_bench(cfg: BenchConfig) -> BenchResult:
 
 
 def bench_bundle(cfg: BenchConfig, path: Path) -> BundleBench:
-
     if not path.exists():
         raise StdtrtError(
             f"no bundle at {path}: make one with `stdtrt export --model ... --out {path}` first"
         )
-    bundle = read_bundle(path)
+    bundle = read_bundle(path, full=cfg.verify)
     m = bundle.manifest
     setup = {
         "model": m["model"]["name"], "width": bundle.width, "height": bundle.height, "nfe": bundle.nfe,
@@ -203,7 +201,7 @@ def bench_bundle(cfg: BenchConfig, path: Path) -> BundleBench:
             try:
                 start = time.perf_counter()
                 if name == "torch":  # the fused model is shared with the diffusers baseline
-                    model = model or load_fused_model(bundle, cfg.device)
+                    model = model or load_fused_model(bundle, cfg.device, full=cfg.verify)
                 extra = time.perf_counter() - start
                 run = time_backend(bundle, name, cfg.device, info, Path(tmp), model)
                 run.load_s += extra
@@ -212,7 +210,7 @@ def bench_bundle(cfg: BenchConfig, path: Path) -> BundleBench:
             except StdtrtError as exc:
                 result.skipped[name] = str(exc)
         if cfg.baseline:  # the same fused weights and the same VAE as the bundle
-            model = model or load_fused_model(bundle, cfg.device)
+            model = model or load_fused_model(bundle, cfg.device, full=cfg.verify)
             frames = [rgb for rgb, _ in read_frames(info)]
             result.baseline = diffusers_baseline(model, bundle, frames)
     return result

@@ -19,7 +19,7 @@ from pathlib import Path
 from stdtrt import schedule
 from stdtrt.availability import tensorrt_identity
 from stdtrt.bundle import manifest as mf
-from stdtrt.bundle.model import conditioning_hash, model_hash, source_of
+from stdtrt.bundle.model import conditioning_hash, fingerprint, model_hash, source_of
 from stdtrt.bundle.networks import build_networks, example_inputs
 from stdtrt.config import ExportConfig, to_dict
 from stdtrt.errors import StdtrtError
@@ -265,6 +265,7 @@ def _manifest(cfg, model, fused, plan, fields, key, graphs) -> dict:
             "source": source_of(cfg.model),
             "kind": model.kind,
             "hash": fields["model_hash"],
+            "fingerprint": fingerprint(source_of(cfg.model)),
             "scaling_factor": model.scaling_factor,
             "vae_scale": model.vae_scale,
             "native_size": model.native_size,
@@ -274,6 +275,7 @@ def _manifest(cfg, model, fused, plan, fields, key, graphs) -> dict:
         else {
             "path": str(Path(cfg.lora).expanduser().resolve()),
             "hash": fields["lora_hash"],
+            "fingerprint": fingerprint(str(Path(cfg.lora).expanduser().resolve())),
             "fused": fused.as_dict() if fused else None,
         },
         "prompt": cfg.prompt,
@@ -285,7 +287,10 @@ def _manifest(cfg, model, fused, plan, fields, key, graphs) -> dict:
         "batch": fields["batch"],
         "precision": fields["precision"],
         "placement": fields["placement"],
-        "vae": fields["vae"],
+        "vae": {
+            **fields["vae"],
+            "fingerprint": None if cfg.vae == "full" else fingerprint(fields["vae"]["source"]),
+        },
         "graphs": graphs,
         "versions": mf.library_versions(),
         "validation": None,

@@ -84,7 +84,6 @@ def decide(requested: bool | None) -> tuple[bool, str]:
 
 
 def timing_cache_path(ident: dict) -> Path:
-
     return cache_root() / "tensorrt" / f"timing-{ident['arch']}-trt{ident['version']}.cache"
 
 

@@ -108,6 +108,10 @@ class StreamState:
         group that finished, if any: [(latents (B, 4, h, w), tags)]."""
         return self._advance(z0, tags, self.noise(self.batch))
 
+    def newest(self) -> list | None:
+        """The tags of the newest group still in the pipe (None when it has left, or none is in)."""
+        return self.tags[1] if len(self.tags) > 1 else None
+
     def flush(self) -> list[tuple[torch.Tensor, list]]:
         """Run the pipe empty: the groups still in flight, in order."""
         done = []
@@ -125,17 +129,85 @@ class StreamState:
         return [(out, held[-1])] if held[-1] is not None else []
 
 
+class SimilarityFilter:
+    """`--skip-threshold`: a frame whose input is as similar as the threshold, or more, to the last frame
+    that went through the networks reuses that frame's output, at most `max_skips` times in a row.
+    Similarity: the cosine of 32x32 grey copies with their mean removed (1: the same picture, up to
+    brightness and contrast). Deterministic: the same video gives the same frames every run."""
+
+    SIDE = 32
+
+    def __init__(self, threshold: float | None, max_skips: int = 10):
+        self.threshold, self.max_skips = threshold, max_skips
+        self.ref, self.run, self.skipped = None, 0, 0
+
+    @classmethod
+    def small(cls, rgb: np.ndarray) -> np.ndarray:
+        import cv2
+
+        grey = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
+        x = cv2.resize(grey, (cls.SIDE, cls.SIDE), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
+        return x - x.mean()
+
+    @staticmethod
+    def similarity(a: np.ndarray, b: np.ndarray) -> float:
+        na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+        if na < 1e-3 or nb < 1e-3:  # a flat picture: alike only another flat one
+            return 1.0 if na < 1e-3 and nb < 1e-3 else 0.0
+        return float(a @ b) / (na * nb)
+
+    def skip(self, rgb: np.ndarray) -> bool:
+        """Whether this frame reuses the last processed frame's output (and if not, it becomes that frame)."""
+        if self.threshold is None:
+            return False
+        small = self.small(rgb)
+        if (
+            self.ref is not None
+            and self.run < self.max_skips
+            and self.similarity(small, self.ref) >= self.threshold
+        ):
+            self.run += 1
+            self.skipped += 1
+            return True
+        self.ref, self.run = small, 0
+        return False
+
+
+class Skip:
+    """A frame that reuses the output of the last frame that went through the networks."""
+
+    def __init__(self, tag):
+        self.tag = tag
+
+
 class StreamRunner:
     """A loaded backend as the stages of a video: VAE encode -> stream UNet -> VAE decode.
 
     Items are (uint8 frame (H, W, 3) at the working size, tag); tags (timestamps) travel with them, frames
-    go through the networks B at a time (a short last group is padded, its padding dropped).
+    go through the networks B at a time (a short last group is padded, its padding dropped). Inside, each
+    frame of a group carries a list of tags: its own, then those of the frames the similarity filter let
+    reuse its output; a frame skipped while no group is being built travels as a `Skip` and is attached to
+    the newest group still in the pipe, or (once that has left) repeats the last decoded frame.
     """
 
-    def __init__(self, backend, seed: int = 0, fresh_noise: bool = False, times: StageTimes | None = None):
+    def __init__(
+        self,
+        backend,
+        seed: int = 0,
+        fresh_noise: bool = False,
+        times: StageTimes | None = None,
+        skip_threshold: float | None = None,
+        max_skips: int = 10,
+    ):
         self.backend, self.seed, self.fresh_noise = backend, seed, fresh_noise
         self.width, self.height, self.batch = backend.width, backend.height, backend.batch
         self.times = times or StageTimes()
+        self.filter = SimilarityFilter(skip_threshold, max_skips)
+
+    @property
+    def skipped(self) -> int:
+        """Frames that reused an output instead of going through the networks."""
+        return self.filter.skipped
 
     def describe(self) -> str:
         b = self.batch
@@ -143,9 +215,16 @@ class StreamRunner:
         return f"{self.backend.describe()}, stream form ({self.backend.plan.nfe} slots, {per})"
 
     def _groups(self, items: Iterator):
+        """Groups of B (frame, [tags]), and Skip markers, in order."""
         group = []
         for rgb, tag in items:
-            group.append((rgb, tag))
+            if self.filter.skip(rgb):
+                if group:
+                    group[-1][1].append(tag)  # the newest processed frame is in the group being built
+                else:
+                    yield Skip(tag)
+                continue
+            group.append((rgb, [tag]))
             if len(group) == self.batch:
                 yield group
                 group = []
@@ -157,16 +236,27 @@ class StreamRunner:
         lane = Lane(device)
         staging = Staging((self.batch, self.height, self.width, 3), device)
         for group in self._groups(items):
+            if isinstance(group, Skip):
+                yield group
+                continue
             frames = np.stack([np.asarray(rgb) for rgb, _ in group])
             with lane.run():
                 z0 = self.times.timed("vae_encode", self.backend.encode, staging.up(frames))
-            yield z0, [tag for _, tag in group], lane.mark()
+            yield z0, [tags for _, tags in group], lane.mark()
 
     def unet(self, items: Iterator) -> Iterator:
         lane = Lane(self.backend.device)
         noise = VideoNoise(self.backend.latent_shape, self.seed, self.fresh_noise, self.backend.device)
         state = StreamState(self.backend, noise.take, self.times)
-        for z0, tags, event in items:
+        for item in items:
+            if isinstance(item, Skip):
+                newest = state.newest()
+                if newest is None:
+                    yield item  # its frame has left the pipe: the decode stage repeats it
+                else:
+                    next(t for t in reversed(newest) if t is not None).append(item.tag)
+                continue
+            z0, tags, event = item
             with lane.run(event, z0):
                 done = state.push(z0, tags)
             for latents, done_tags in done:
@@ -179,10 +269,18 @@ class StreamRunner:
     def decode(self, items: Iterator) -> Iterator:
         lane = Lane(self.backend.device)
         staging = Staging((self.batch, self.height, self.width, 3), self.backend.device)
-        for latents, tags, event in items:
+        last = None
+        for item in items:
+            if isinstance(item, Skip):
+                yield last, item.tag
+                continue
+            latents, tags, event = item
             with lane.run(event, latents):
                 frames = staging.down(self.times.timed("vae_decode", self.backend.decode, latents))
-            yield from ((frame, tag) for frame, tag in zip(frames, tags, strict=True) if tag is not None)
+            for frame, frame_tags in zip(frames, tags, strict=True):
+                for tag in frame_tags or ():
+                    yield frame, tag
+                last = frame if frame_tags else last
 
     def stages(self) -> list:
         """The network stages: three threads where they can overlap (CUDA; a CPU backend says), else one."""

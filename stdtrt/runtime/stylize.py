@@ -49,6 +49,7 @@ class VideoResult:
     width: int  # working size
     height: int
     audio: str  # "copied", "re-encoded" or "none"
+    skipped: int = 0  # frames that reused an output (--skip-threshold)
     backend: str = ""  # what ran the networks
     stages: dict[str, float] = field(default_factory=dict)  # ms per call of each stage
     frame_times: list[float] = field(default_factory=list)  # when each frame was written (s from start)
@@ -93,6 +94,8 @@ def load_model_backend(cfg: StylizeConfig, image_w: int, image_h: int):
 class StudentRunner:
     """The torch reference (no bundle) as one stage: batches of frames, NFE sequential steps each."""
 
+    skipped = 0  # the similarity filter belongs to the stream form
+
     def __init__(self, student, cfg: StylizeConfig):
         import torch
 
@@ -133,7 +136,7 @@ def resolve_bundle(cfg: StylizeConfig):
     """The bundle to run: --bundle, else none when --model names the torch path, else the default folder."""
 
     if cfg.bundle:
-        return read_bundle(cfg.bundle)
+        return read_bundle(cfg.bundle, full=cfg.verify)
     if cfg.model:
         if cfg.backend in ("tensorrt", "onnxruntime"):
             raise StdtrtError(
@@ -147,7 +150,7 @@ def resolve_bundle(cfg: StylizeConfig):
             f"PATH_OR_ID --prompt ... --out {DEFAULT_BUNDLE}`, or pass --model to run the torch path without "
             f"a bundle (--model tiny-sd works offline)"
         )
-    return read_bundle(DEFAULT_BUNDLE)
+    return read_bundle(DEFAULT_BUNDLE, full=cfg.verify)
 
 
 def check_request(cfg: StylizeConfig, bundle) -> None:
@@ -199,17 +202,22 @@ def load_runner(cfg: StylizeConfig, image_w: int, image_h: int, image: bool = Fa
         # an image takes NFE sequential calls of batch 1, not NFE calls of the stream's batch NFE; and
         # gamma > 0 is what the stream form cannot do: both run the sequential student
         if image or cfg.gamma > 0:
+            if cfg.skip_threshold is not None and not image:
+                log.warning("--skip-threshold works on the stream form: --gamma > 0 runs every frame")
             return StudentRunner(load_student(cfg, image_w, image_h), cfg)
-        return StreamRunner(load_model_backend(cfg, image_w, image_h), cfg.seed, cfg.fresh_noise)
+        backend = load_model_backend(cfg, image_w, image_h)
+        return StreamRunner(backend, cfg.seed, cfg.fresh_noise, None, cfg.skip_threshold, cfg.max_skips)
 
     check_request(cfg, bundle)
-    backend = load_backend(bundle, cfg.backend, cfg.device, torch_speedups=cfg.torch_speedups())
+    backend = load_backend(
+        bundle, cfg.backend, cfg.device, torch_speedups=cfg.torch_speedups(), verify=cfg.verify
+    )
     if (image_w, image_h) != (bundle.width, bundle.height):
         log.warning(
             "the input is %dx%d and bundle %s works at %dx%d: frames are resized to it and back",
             image_w, image_h, bundle.path, bundle.width, bundle.height,
         )  # fmt: skip
-    return StreamRunner(backend, cfg.seed, cfg.fresh_noise)
+    return StreamRunner(backend, cfg.seed, cfg.fresh_noise, None, cfg.skip_threshold, cfg.max_skips)
 
 
 def stylize_image(cfg: StylizeConfig, input_path: str | Path, output_path: str | Path) -> Path:
@@ -289,5 +297,6 @@ def run_video(runner, info, output_path: Path, cfg: StylizeConfig, progress: boo
         seconds = time.perf_counter() - start
     audio = "none" if not info.has_audio else ("copied" if writer.copy_audio else "re-encoded")
     return VideoResult(
-        output_path, writer.frames, seconds, w, h, audio, runner.describe(), times.ms_per_call(), frame_times
-    )
+        output_path, writer.frames, seconds, w, h, audio, runner.skipped, runner.describe(),
+        times.ms_per_call(), frame_times,
+    )  # fmt: skip

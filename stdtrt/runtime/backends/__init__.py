@@ -25,7 +25,6 @@ ORDER = ("tensorrt", "onnxruntime", "torch")  # what `auto` tries, fastest first
 
 
 def _load_tensorrt(bundle: Bundle, device: str) -> Backend:
-
     reason = tensorrt_unusable(bundle, device)
     if reason:
         raise StdtrtError(f"backend tensorrt cannot run {bundle.path}: {reason}")
@@ -33,7 +32,6 @@ def _load_tensorrt(bundle: Bundle, device: str) -> Backend:
 
 
 def _load_onnxruntime(bundle: Bundle, device: str) -> Backend:
-
     ok, why = is_onnxruntime_available()
     if not ok:
         raise StdtrtError(f"backend onnxruntime cannot run {bundle.path}: {why}")
@@ -41,21 +39,25 @@ def _load_onnxruntime(bundle: Bundle, device: str) -> Backend:
     return OnnxRuntimeBackend(bundle, device)
 
 
-def _load_torch(bundle: Bundle, device: str, model, speedups: dict) -> Backend:
-
-    return TorchBackend.from_bundle(bundle, device, model=model, **speedups)
+def _load_torch(bundle: Bundle, device: str, model, speedups: dict, verify: bool) -> Backend:
+    return TorchBackend.from_bundle(bundle, device, model=model, verify=verify, **speedups)
 
 
 def load_backend(
-    bundle: Bundle, name: str = "auto", device: str = "auto", model=None, torch_speedups: dict | None = None
+    bundle: Bundle,
+    name: str = "auto",
+    device: str = "auto",
+    model=None,
+    torch_speedups: dict | None = None,
+    verify: bool = False,
 ) -> Backend:
     """Pick and load a backend for a verified bundle (see the module doc). `model`: an already loaded and
     fused model for the torch backend (bench shares it with the diffusers baseline); `torch_speedups`: its
-    switches (StylizeConfig.torch_speedups)."""
+    switches (StylizeConfig.torch_speedups); `verify`: the torch backend hashes the model it rebuilds."""
     loaders = {
         "tensorrt": _load_tensorrt,
         "onnxruntime": _load_onnxruntime,
-        "torch": lambda b, d: _load_torch(b, d, model, torch_speedups or {}),
+        "torch": lambda b, d: _load_torch(b, d, model, torch_speedups or {}, verify),
     }
     if name != "auto":
         if name not in loaders:
