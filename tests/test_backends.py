@@ -58,7 +58,7 @@ def test_torch_backend_refuses_a_bundle_of_another_model(sd_bundle, tmp_path):
     m = json.loads((path / "manifest.json").read_text())
     m["model"]["hash"] = "0" * 64  # as if exported from another checkpoint under the same name
     (path / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(StdtrtError, match="not the model bundle .* was exported from"):
+    with pytest.raises(StdtrtError, match="is not the one bundle .* was exported with"):
         load_backend(read_bundle(path), "torch", "cpu")
 
 
