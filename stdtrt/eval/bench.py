@@ -46,6 +46,7 @@ class BackendRun:
     stages_ms: dict[str, float]  # ms per call
     fps: float  # the whole clip, pipe fill and flush included
     steady_fps: float  # while frames enter (see steady_fps())
+    outside: float | None = None  # share of the clip's time outside the network calls (one-thread stages)
 
     @property
     def network_ms(self) -> float:
@@ -82,7 +83,7 @@ class BundleBench:
             f"bench: {s['bundle']}: {s['model']} {s['width']}x{s['height']}, VAE {s['vae']}, nfe {s['nfe']}, "
             f"guidance {s['guidance']}, {s['precision']}, {s['frames']} frames on {s['machine']}",
             f"{'backend':<12} {'load s':>7} {'v.dec':>7} {'vae enc':>8} {'unet':>8} {'vae dec':>8} {'v.enc':>7} "
-            f"{'net sum':>8} {'e2e/frm':>8} {'over':>6} {'fps':>6} {'clip fps':>8} {'vs diffusers':>12}",
+            f"{'net sum':>8} {'e2e/frm':>8} {'over':>6} {'fps':>6} {'clip fps':>8} {'vs diffusers':>12} {'outside':>8}",
         ]
         for r in self.runs:
             ms = [r.stages_ms.get(k, float("nan")) for k in STAGES]
@@ -90,7 +91,8 @@ class BundleBench:
             lines.append(
                 f"{r.name:<12} {r.load_s:>7.1f} {ms[0]:>7.1f} {ms[1]:>8.1f} {ms[2]:>8.1f} {ms[3]:>8.1f} {ms[4]:>7.1f} "
                 f"{r.network_ms:>8.1f} {r.frame_ms:>8.1f} {100 * (r.frame_ms / r.network_ms - 1):>5.1f}% "
-                f"{r.steady_fps:>6.3f} {r.fps:>8.3f} {f'{ratio:.2f}x' if ratio else '-':>12}"
+                f"{r.steady_fps:>6.3f} {r.fps:>8.3f} {f'{ratio:.2f}x' if ratio else '-':>12} "
+                f"{'-' if r.outside is None else f'{100 * r.outside:.1f}%':>8}"
             )
         if self.baseline:
             b = self.baseline
@@ -103,7 +105,8 @@ class BundleBench:
             )
         lines.append(
             "ms per call; fps, e2e/frm: steady state (first written frame to the last one an input frame pushed "
-            "out); clip fps: whole clip with fill and flush; over: e2e/frm vs net sum"
+            "out); clip fps: whole clip with fill and flush; over: e2e/frm vs net sum; outside: the clip's time "
+            "outside network calls (backends whose networks run in one thread)"
         )
         lines += [f"skipped {name}: {why}" for name, why in self.skipped.items()]
         return "\n".join(lines)
@@ -159,8 +162,18 @@ def time_backend(bundle, name: str, device: str, info, folder: Path, model=None)
     result = run_video(
         StreamRunner(backend), info, folder / f"out-{name}.mp4", StylizeConfig(), progress=False
     )
+    outside = None
+    if not backend.concurrent_stages:  # one thread runs the networks: the rest of the clip's time is overhead
+        network_s = sum(result.stage_seconds.get(s, 0.0) for s in NETWORKS)
+        outside = 1 - network_s / result.seconds
     return BackendRun(
-        name, backend.describe(), load_s, result.stages, result.fps, steady_fps(result, backend.plan.nfe)
+        name,
+        backend.describe(),
+        load_s,
+        result.stages,
+        result.fps,
+        steady_fps(result, backend.plan.nfe),
+        outside,
     )
 
 

@@ -53,6 +53,7 @@ class VideoResult:
     backend: str = ""  # what ran the networks
     stages: dict[str, float] = field(default_factory=dict)  # ms per call of each stage
     frame_times: list[float] = field(default_factory=list)  # when each frame was written (s from start)
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # total seconds in each stage
 
     @property
     def fps(self) -> float:
@@ -298,5 +299,5 @@ def run_video(runner, info, output_path: Path, cfg: StylizeConfig, progress: boo
     audio = "none" if not info.has_audio else ("copied" if writer.copy_audio else "re-encoded")
     return VideoResult(
         output_path, writer.frames, seconds, w, h, audio, runner.skipped, runner.describe(),
-        times.ms_per_call(), frame_times,
+        times.ms_per_call(), frame_times, dict(times.total),
     )  # fmt: skip

@@ -123,6 +123,18 @@ def create_session(path: Path, options, providers: list) -> tuple[object, list[s
         return sess, notes
 
 
+def vae_is_small(bundle: Bundle) -> bool:
+    """Whether the VAE graphs cost little beside the UNet (TAESD: a few MB of weights against gigabytes):
+    judged by the graphs' files, as recorded in the manifest."""
+    files = bundle.manifest["files"]
+
+    def size(graph: str) -> int:
+        entry = bundle.manifest["graphs"][graph]
+        return sum(files.get(n, {}).get("bytes", 0) for n in (entry["onnx"], entry.get("external_data")) if n)
+
+    return size("vae_encoder") + size("vae_decoder") < 0.1 * size("unet")
+
+
 def session_options(threads: int | None = None):
     """CPU tuning measured on the SD-1.5-sized bundle (README, "Benchmarks"): all graph optimizations
     (the VAE runs 10-15% faster than with basic ones, the UNet the same), no spinning between calls,
@@ -157,11 +169,13 @@ class OnnxRuntimeBackend(Backend):
         allowed = None if providers is None else (*providers, "CPUExecutionProvider")
         asked, notes = ort_providers(device, cache, allowed)
         cpu_only = asked == ["CPUExecutionProvider"]
-        concurrent = True if concurrent is None else concurrent
+        if concurrent is None:
+            concurrent = not cpu_only or not vae_is_small(bundle)
         if cpu_only and threads is None and concurrent:
-            # On a CPU the three graphs run concurrently (a stage each), each with half the cores: the VAE
-            # pair and the UNet take about as long, and pipelining them beat one graph at a time with
-            # every core (0.153 against 0.121 fps, SD-1.5-sized, 2 cores).
+            # On a CPU the three graphs run concurrently (a stage each), each with half the cores: the full
+            # VAE pair and the UNet take about as long, and pipelining them beat one graph at a time with
+            # every core (0.153 against 0.121 fps, SD-1.5-sized, 2 cores). With a tiny VAE the UNet is
+            # nearly all of a frame: the graphs run one after the other, each with every core.
             threads = max(1, torch.get_num_threads() // 2)
         self.sessions, self.io = {}, {}
         for graph in GRAPHS:
