@@ -91,6 +91,14 @@ class StylizeConfig:
         "full (the model's own), tiny (TAESD for the model's family: a fraction of the full VAE's cost), a "
         "folder or cached hub id, or tiny-taesd (built in, random: offline runs)",
     )
+    motion_adapter: str | None = opt(
+        None,
+        "run a video student (a LoRA distilled with --motion-adapter): the teacher's AnimateDiff motion adapter "
+        "(folder, cached hub id, or tiny-motion), frames in overlapping windows",
+        group="video",
+    )
+    window: int = opt(16, "frames per window of the video student (one trajectory each)", group="video")
+    overlap: int = opt(4, "frames consecutive windows share, blended so there is no seam", group="video")
     bundle: str | None = opt(
         None, f"an exported engine bundle (stdtrt export) [./{DEFAULT_BUNDLE} unless --model is given]"
     )
@@ -154,6 +162,10 @@ class StylizeConfig:
             )
         if not 0 <= self.crf <= 51:
             raise StdtrtError(f"crf must be in [0, 51], got {self.crf}")
+        if self.window < 2 or not 0 <= self.overlap < self.window:
+            raise StdtrtError(
+                f"--window must be at least 2 and --overlap in [0, window), got window {self.window}, overlap {self.overlap}"
+            )
         if self.skip_threshold is not None and not 0.0 <= self.skip_threshold <= 1.0:
             raise StdtrtError(f"--skip-threshold must be in [0, 1], got {self.skip_threshold}")
         if self.max_skips < 1:
@@ -177,7 +189,9 @@ class DistillConfig:
     prompt: str = opt("", "caption for files without a sidecar .txt")
     prompt_template: str = opt("{caption}", "e.g. '{caption}, oil painting in the style of ...'")
     strength: float = opt(0.75, "eta: the partial-noise level the student is trained from (one LoRA per eta)")
-    rho: float = opt(0.5, "target window R = ceil(N eta rho): 0.5 for images, 0.3 for video clips")
+    rho: float | None = opt(
+        None, "target window R = ceil(N eta rho) [0.5 for images, 0.3 for clips with --motion-adapter]"
+    )
     teacher_steps: int = opt(50, "N: the teacher's DDIM grid")
     mode: str = opt(
         "std",
@@ -217,7 +231,16 @@ class DistillConfig:
     compile_loss: bool = opt(
         True, "fuse the jump + pseudo-Huber with torch.compile (eager fallback)", flag="--compile"
     )
-    frames_per_video: int = opt(8, "frames sampled evenly from each video in the data folder")
+    frames_per_video: int = opt(8, "frames sampled evenly from each video in the data folder (image mode)")
+    motion_adapter: str = opt(
+        "",
+        "train the video student: the teacher with this AnimateDiff motion adapter (folder, cached hub id, "
+        "or tiny-motion), on clips of the videos in --data",
+    )
+    clip_frames: int = opt(8, "frames per training clip (the authors: 8)")
+    frame_stride: int = opt(4, "frames between the frames of a clip (the authors: 4)")
+    clips_per_video: int = opt(4, "clips taken evenly from each video")
+    adv_frames: int = opt(2, "frames of each clip the discriminator sees (the authors: 2)")
     checkpoint_every: int = opt(250, "steps between checkpoints (one is always written at the end)")
     keep_checkpoints: int = opt(2, "checkpoints kept; older ones are deleted")
     log_every: int = opt(10, "steps between metrics.jsonl lines")
@@ -234,6 +257,12 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         check_strength(self.strength)
+        if self.rho is None:  # resolved here, so the saved config says what ran
+            object.__setattr__(self, "rho", 0.3 if self.motion_adapter else 0.5)
+        if min(self.clip_frames, self.frame_stride, self.clips_per_video, self.adv_frames) < 1:
+            raise StdtrtError("clip-frames, frame-stride, clips-per-video and adv-frames must be at least 1")
+        if self.adv_frames > self.clip_frames:
+            raise StdtrtError(f"--adv-frames {self.adv_frames} exceeds --clip-frames {self.clip_frames}")
         if not 0 < self.rho <= 1:
             raise StdtrtError(f"rho must be in (0, 1], got {self.rho}")
         if not 0 <= self.p_bank <= 1:

@@ -175,9 +175,12 @@ def grid_time_tensor(n: torch.Tensor, num_train_timesteps: int = 1000, num_steps
     return torch.where(n < 0, torch.zeros_like(n), k * (n + 1) - 1)
 
 
-def coefficients_tensor(abar: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(a(t), b(t)) for a (B,) tensor of timesteps, shaped (B, 1, 1, 1) to broadcast over latents."""
-    ab = abar.to(t.device)[t].view(-1, 1, 1, 1)
+def coefficients_tensor(
+    abar: torch.Tensor, t: torch.Tensor, ndim: int = 4
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a(t), b(t)) for a (B,) tensor of timesteps, shaped (B, 1, ...) to broadcast over latents of `ndim`
+    dimensions: 4 for images (B, 4, h, w), 5 for clips (B, 4, F, h, w)."""
+    ab = abar.to(t.device)[t].view(-1, *([1] * (ndim - 1)))
     return ab.sqrt(), (1 - ab).sqrt()
 
 

@@ -174,6 +174,7 @@ def save_lora(run) -> Path:
         "nfe_hint": run.cfg.nfe_hint,
         "base_model": run.cfg.model,
         "kind": run.model.kind,
+        "motion_adapter": run.cfg.motion_adapter or None,  # a video student runs with its adapter
         "steps": run.step,
         "config": asdict(run.cfg),
     }

@@ -1,5 +1,11 @@
 """Training data: a folder of images and/or videos (recursive), captions from sidecar .txt files, random
-resize-crops drawn from a seeded generator so that a resumed run sees exactly the same batches."""
+resize-crops drawn from a seeded generator so that a resumed run sees exactly the same batches.
+
+Two kinds of item: an image (`Item`: image mode; video frames are sampled into images), or a clip (`Clip`:
+`--clip-frames F` consecutive frames `--frame-stride` apart, for the motion student; one crop and zoom for
+every frame of a clip). Video frames are decoded once into the run's cache, at most as large as the
+largest crop needs (bounded disk), and a finished video is marked so that a resumed run reuses it.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +27,12 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Item:
     image: Path  # an image file (video frames are extracted to PNG once, into the run's cache)
+    prompt: str
+
+
+@dataclass(frozen=True)
+class Clip:
+    frames: tuple[Path, ...]  # F frame PNGs in the run's cache, in order
     prompt: str
 
 
@@ -54,6 +66,77 @@ def _extract_frames(video: Path, count: int, cache: Path) -> list[Path]:
             out.append(path)
     done.touch()
     return out
+
+
+def clip_starts(total: int, frames: int, stride: int, count: int) -> list[int]:
+    """First-frame indices of up to `count` clips spread evenly over a video of `total` frames (a clip spans
+    (frames - 1) * stride + 1 of them); none when the video is shorter than one clip."""
+    span = (frames - 1) * stride + 1
+    if total < span:
+        return []
+    return sorted(set(np.linspace(0, total - span, num=count).round().astype(int).tolist()))
+
+
+def _extract_clips(
+    video: Path, frames: int, stride: int, count: int, side: int, cache: Path
+) -> list[list[Path]]:
+    """Decode the frames of a video's clips into PNGs (once; reused on resume), the short side at most
+    `side`. [] (with one line) for a video shorter than one clip."""
+    import cv2
+    from PIL import Image
+
+    key = hashlib.sha256(
+        f"{video.resolve()}:{video.stat().st_size}:{frames}:{stride}:{count}:{side}".encode()
+    )
+    folder = cache / f"{video.stem}-{key.hexdigest()[:16]}"
+    info = probe(video)
+    total = info.frames or sum(1 for _ in read_frames(info))
+    starts = clip_starts(total, frames, stride, count)
+    if not starts:
+        log.warning(
+            "%s: %d frames, shorter than one clip of %d frames at stride %d: skipped",
+            video,
+            total,
+            frames,
+            stride,
+        )
+        return []
+    clips = [[start + k * stride for k in range(frames)] for start in starts]
+    if not (folder / ".complete").exists():
+        wanted = {i for clip in clips for i in clip}
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, (rgb, _) in enumerate(read_frames(info)):
+            if i in wanted:
+                scale = side / min(rgb.shape[:2])
+                if scale < 1:
+                    size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
+                    rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+                Image.fromarray(rgb).save(folder / f"{i:06d}.png")
+        (folder / ".complete").touch()
+    return [[folder / f"{i:06d}.png" for i in clip] for clip in clips]
+
+
+def scan_clips(
+    folder, prompt: str, template: str, frames: int, stride: int, count: int, side: int, cache: Path
+):
+    """All training clips under `folder` (videos only), in a stable order; images are refused."""
+    files = list_files(folder)
+    images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
+    if images:
+        raise StdtrtError(
+            f"the motion student trains on clips of videos; {images[0]} is an image ({len(images)} in the data "
+            f"folder): move them out, or drop --motion-adapter to train the image student"
+        )
+    clips = []
+    for path in files:
+        caption = template.format(caption=_caption(path, prompt))
+        clips += [Clip(tuple(c), caption) for c in _extract_clips(path, frames, stride, count, side, cache)]
+    if not clips:
+        raise StdtrtError(
+            f"no video in {folder} holds a clip of {frames} frames at stride {stride} "
+            f"({(frames - 1) * stride + 1} frames): lower --clip-frames or --frame-stride"
+        )
+    return clips
 
 
 def list_files(folder: str | Path) -> list[Path]:
@@ -101,21 +184,35 @@ def check_readable(files: list[Path]) -> None:
         raise StdtrtError(f"unreadable files in the data folder: {', '.join(bad[:3])}{more}")
 
 
-def random_crop(path: Path, size: int, generator: torch.Generator, zoom: float) -> torch.Tensor:
-    """Resize the short side to `size` (times a random zoom in [1, zoom]) and take a random size x size
-    crop; returns (3, size, size) in [-1, 1]."""
+def _crop(rgb: np.ndarray, size: int, u: list[float], zoom: float) -> torch.Tensor:
+    """Resize the short side to `size` times a zoom in [1, zoom] (u[0]) and take the size x size crop at
+    (u[1], u[2]) of the room left; (3, size, size) in [-1, 1]."""
     import cv2
-    from PIL import Image
 
-    with Image.open(path) as im:
-        rgb = np.asarray(im.convert("RGB"))
-    u = torch.rand(3, generator=generator).tolist()
     scale = size * (1 + (zoom - 1) * u[0]) / min(rgb.shape[:2])
     h, w = max(size, round(rgb.shape[0] * scale)), max(size, round(rgb.shape[1] * scale))
     rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
     top, left = int(u[1] * (h - size + 1)), int(u[2] * (w - size + 1))
     crop = np.ascontiguousarray(rgb[top : top + size, left : left + size])
     return torch.from_numpy(crop).permute(2, 0, 1).float() / 127.5 - 1
+
+
+def _rgb(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def random_crop(path: Path, size: int, generator: torch.Generator, zoom: float) -> torch.Tensor:
+    """A random zoom and size x size crop of an image; (3, size, size) in [-1, 1]."""
+    return _crop(_rgb(path), size, torch.rand(3, generator=generator).tolist(), zoom)
+
+
+def random_crop_clip(paths, size: int, generator: torch.Generator, zoom: float) -> torch.Tensor:
+    """The same random zoom and crop for every frame of a clip; (F, 3, size, size) in [-1, 1]."""
+    u = torch.rand(3, generator=generator).tolist()
+    return torch.stack([_crop(_rgb(p), size, u, zoom) for p in paths])
 
 
 class Sampler:

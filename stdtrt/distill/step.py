@@ -37,9 +37,9 @@ class StepPlan:
 class Batch:
     """Trajectory states and what each one carries (its own prompt, content latent and guidance)."""
 
-    x: torch.Tensor  # (B, 4, h, w) float32: the states, at grid index n
+    x: torch.Tensor  # (B, 4, h, w) float32 (clips: (B, 4, F, h, w)): the states, at grid index n
     n: torch.Tensor  # (B,) grid indices
-    z0: torch.Tensor  # (B, 4, h, w) the content latents they started from
+    z0: torch.Tensor  # like x: the content latents they started from
     w: torch.Tensor  # (B,) teacher guidance
     prompt: torch.Tensor  # (B,) index into the run's prompt table
     cond: Conditioning  # (B, ...) the prompt conditioning
@@ -84,9 +84,11 @@ def std_step(
     else:
         s_idx = schedule.sample_target_index(n, plan.window_r, generator)
     s = schedule.grid_time_tensor(s_idx - 1, T, plan.num_steps)
-    a_t, b_t = schedule.coefficients_tensor(plan.abar, t)
-    a_p, b_p = schedule.coefficients_tensor(plan.abar, t_prev)
-    a_s, b_s = schedule.coefficients_tensor(plan.abar, s)
+    a_t, b_t = schedule.coefficients_tensor(
+        plan.abar, t, x.ndim
+    )  # images (B, 4, h, w), clips (B, 4, F, h, w)
+    a_p, b_p = schedule.coefficients_tensor(plan.abar, t_prev, x.ndim)
+    a_s, b_s = schedule.coefficients_tensor(plan.abar, s, x.ndim)
 
     eps = student(x, t, batch.cond)  # with grad
     with torch.no_grad():

@@ -63,7 +63,16 @@ class Run:
         # placed by the one precision rule: the frozen UNet and text encoders in the mixed-precision dtype,
         # the VAE likewise unless it is SDXL's upcast one (the trainable LoRA weights stay float32)
         precision = {"no": "fp32"}.get(accelerator.mixed_precision, accelerator.mixed_precision)
-        self.model = model or load_model(cfg.model, device=self.device, precision=precision, training=True)
+        self.model = model or load_model(
+            cfg.model,
+            device=self.device,
+            precision=precision,
+            training=True,
+            motion_adapter=cfg.motion_adapter or None,
+        )
+        self.clips = bool(
+            cfg.motion_adapter
+        )  # the video student: clips (B, 4, F, h, w) through the motion UNet
         self.weight_dtype = self.model.dtype
         self.abar = self.model.alphas_cumprod().to(self.device)
         self.T = self.abar.shape[0]
@@ -107,9 +116,12 @@ class Run:
         self.raw_unet = unet
         self.loss_fn = FusedSTDLoss(cfg.compile_loss)
 
+        latent = self.model.latent_shape(cfg.resolution, cfg.resolution)
+        if self.clips:  # a slot holds a whole clip's state: (4, F, h, w)
+            latent = (latent[0], cfg.clip_frames, *latent[1:])
         self.bank = TrajectoryBank(
             cfg.bank_size,
-            self.model.latent_shape(cfg.resolution, cfg.resolution),
+            latent,
             cfg.p_bank,
             (cfg.w_min, cfg.w_max),
             cfg.seed * 7919 + self.rank,
@@ -129,7 +141,16 @@ class Run:
         cfg = self.cfg
         cache = Path(cfg.out) / "cache" / "frames"
         with self.acc.main_process_first():  # one process extracts video frames, the others reuse them
-            self.items = data_mod.scan(cfg.data, cfg.prompt, cfg.prompt_template, cfg.frames_per_video, cache)
+            if self.clips:
+                side = int(cfg.resolution * cfg.crop_zoom + 0.999)  # the largest any crop of a clip needs
+                self.items = data_mod.scan_clips(
+                    cfg.data, cfg.prompt, cfg.prompt_template, cfg.clip_frames, cfg.frame_stride,
+                    cfg.clips_per_video, side, cache,
+                )  # fmt: skip
+            else:
+                self.items = data_mod.scan(
+                    cfg.data, cfg.prompt, cfg.prompt_template, cfg.frames_per_video, cache
+                )
         prompts = self.prompt_list = sorted({item.prompt for item in self.items})
         self.prompt_index = {p: i for i, p in enumerate(prompts)}
         res = cfg.resolution
@@ -145,15 +166,28 @@ class Run:
         """New trajectories: content latents of the next items, fresh noise, x_start at n_eta (STD) or,
         in LCM mode, forward-noised to a random grid index."""
         idx = self.sampler.take(count)
-        images = torch.stack(
-            [
-                data_mod.random_crop(
-                    self.items[i].image, self.cfg.resolution, self.generator, self.cfg.crop_zoom
-                )
-                for i in idx
-            ]
-        )
-        z0 = vae_encode(self.model.vae, images.to(self.device), self.model.scaling_factor)  # float32
+        cfg = self.cfg
+        if self.clips:  # (count, F, 3, H, W): one crop per clip; the VAE sees frames, the UNet clips
+            images = torch.stack(
+                [
+                    data_mod.random_crop_clip(
+                        self.items[i].frames, cfg.resolution, self.generator, cfg.crop_zoom
+                    )
+                    for i in idx
+                ]
+            )
+            frames = vae_encode(
+                self.model.vae, images.flatten(0, 1).to(self.device), self.model.scaling_factor
+            )
+            z0 = frames.unflatten(0, images.shape[:2]).transpose(1, 2)  # (count, 4, F, h, w)
+        else:
+            images = torch.stack(
+                [
+                    data_mod.random_crop(self.items[i].image, cfg.resolution, self.generator, cfg.crop_zoom)
+                    for i in idx
+                ]
+            )
+            z0 = vae_encode(self.model.vae, images.to(self.device), self.model.scaling_factor)  # float32
         noise = torch.randn(z0.shape, generator=self.generator).to(self.device)
         if self.cfg.mode == "lcm":
             n = torch.randint(1, self.cfg.teacher_steps, (count,), generator=self.generator)
@@ -161,7 +195,7 @@ class Run:
             n = torch.full((count,), self.n_eta, dtype=torch.long)
         n = n.to(self.device)
         a, b = schedule.coefficients_tensor(
-            self.abar, schedule.grid_time_tensor(n, self.T, self.cfg.teacher_steps)
+            self.abar, schedule.grid_time_tensor(n, self.T, self.cfg.teacher_steps), z0.ndim
         )
         return {
             "x": schedule.x_start(z0, noise, a, b),
@@ -205,7 +239,8 @@ class Run:
     def _student(self, x, t, cond):
         """The LoRA student's noise estimate, with grad (through the accelerate-prepared UNet)."""
         dt = self.weight_dtype
-        return self.unet(x.to(dt), t, **cond.to(dtype=dt).unet_kwargs(), return_dict=False)[0].float()
+        cond = cond.for_latents(x).to(dtype=dt)
+        return self.unet(x.to(dt), t, **cond.unet_kwargs(), return_dict=False)[0].float()
 
     @torch.no_grad()
     def _target_net(self, x, t, cond):
@@ -227,21 +262,48 @@ class Run:
         )
         loss = out.loss
         metrics = {"loss_std": loss.detach()}
+        adv = None
         if self.adv is not None:
-            adv_loss, adv_metrics = self.adv.generator_loss(out.pred, out.s, b["z0"], b["prompt"], self.abar)
+            adv = self._adversarial_view(out.pred, out.s, b["z0"], b["prompt"])
+            adv_loss, adv_metrics = self.adv.generator_loss(
+                adv["pred"], adv["s"], adv["z0"], adv["prompt"], self.abar
+            )
             loss = loss + self.cfg.adv_weight * adv_loss
             metrics.update(adv_metrics)
         self.bank.update(slots, out.x_next, out.n_next, b["z0"], b["w"], b["prompt"])
         self.n_seen.extend(b["n"].tolist())
         metrics["loss"] = loss.detach()
-        return loss, metrics, (b, out.s)
+        return loss, metrics, adv
+
+    def _adversarial_view(self, pred, s, z0, prompt) -> dict:
+        """What the discriminator sees: images as they are; of each clip, --adv-frames frames drawn at
+        random (the same frames of pred and of z0), as a batch of images."""
+        if not self.clips:
+            return {"pred": pred, "s": s, "z0": z0, "prompt": prompt}
+        frames = pred.shape[2]
+        pick = (
+            torch.randperm(frames, generator=self.generator)[: self.cfg.adv_frames]
+            .sort()
+            .values.to(pred.device)
+        )
+        k = len(pick)
+
+        def flat(x):  # (B, 4, F, h, w) -> (B * k, 4, h, w)
+            return x.index_select(2, pick).transpose(1, 2).flatten(0, 1)
+
+        return {
+            "pred": flat(pred),
+            "s": s.repeat_interleave(k),
+            "z0": flat(z0),
+            "prompt": prompt.repeat_interleave(k),
+        }
 
     def optimise(self) -> dict:
         """One optimiser step (grad_accum micro-batches)."""
         totals: dict[str, float] = {}
         for _ in range(self.cfg.grad_accum):
             with self.acc.accumulate(self.unet):
-                loss, metrics, (b, s) = self.train_step()
+                loss, metrics, adv = self.train_step()
                 self._check_finite(loss.detach(), "loss")
                 self.acc.backward(loss)
                 grad_norm = None
@@ -251,7 +313,7 @@ class Run:
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
             if self.adv is not None:
-                metrics.update(self.adv.discriminator_step(b["z0"], s, b["prompt"], self.abar))
+                metrics.update(self.adv.discriminator_step(adv["z0"], adv["s"], adv["prompt"], self.abar))
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + float(v) / self.cfg.grad_accum
         # Under fp16 an inf gradient norm is the loss scaler's overflow probe: the step was skipped and the

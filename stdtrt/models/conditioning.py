@@ -42,6 +42,15 @@ class Conditioning:
         """Repeat a batch-1 conditioning n times along the batch."""
         return self.map(lambda t: t.expand(n, *t.shape[1:]).contiguous())
 
+    def for_latents(self, x: torch.Tensor) -> Conditioning:
+        """This conditioning for a UNet call on `x`: batch-1 repeated to x's batch, and for clips (B, 4, F, h,
+        w) one row per frame, clip by clip (a UNetMotionModel runs its spatial layers on B*F frames)."""
+        cond = self.repeat(x.shape[0]) if self.batch != x.shape[0] else self
+        if x.ndim == 5:
+            frames = x.shape[2]
+            cond = cond.map(lambda t: t.repeat_interleave(frames, dim=0))
+        return cond
+
     @staticmethod
     def cat(items: list[Conditioning]) -> Conditioning:
         first = items[0]
@@ -101,23 +110,20 @@ def compute_dtype(unet) -> torch.dtype:
 def predict_eps(unet, x, t, cond: Conditioning, uncond: Conditioning | None = None, guidance=1.0):
     """The UNet's noise estimate, with classifier-free guidance e_u + g (e_c - e_u) when uncond is given.
 
-    x: (B, 4, h, w), any float dtype: cast to the UNet's dtype here (so are the conditionings); t: scalar or
-    (B,) timesteps; cond/uncond: batch B (or 1, broadcast here); guidance: a float or a (B, 1, 1, 1) tensor.
+    x: (B, 4, h, w), or clips (B, 4, F, h, w) for a motion UNet, any float dtype: cast to the UNet's dtype
+    here (so are the conditionings); t: scalar or (B,) timesteps; cond/uncond: batch B (or 1, broadcast
+    here); guidance: a float or a tensor shaped (B, 1, ...) like x.
     The estimate comes back float32, and the guidance combine runs in float32.
     """
     dtype = compute_dtype(unet)
-    batch = x.shape[0]
+    cond = cond.for_latents(x).to(dtype=dtype)
     x = x.to(dtype)
-    if cond.batch != batch:
-        cond = cond.repeat(batch)
-    cond = cond.to(dtype=dtype)
     if uncond is None:
         return unet(x, t, **cond.unet_kwargs(), return_dict=False)[0].float()
-    if uncond.batch != batch:
-        uncond = uncond.repeat(batch)
+    uncond = uncond.for_latents(x).to(dtype=dtype)
     t = torch.as_tensor(t, device=x.device)
     t2 = t.repeat(2) if t.ndim else t
-    both = Conditioning.cat([uncond.to(dtype=dtype), cond])
+    both = Conditioning.cat([uncond, cond])
     e_u, e_c = unet(torch.cat([x, x]), t2, **both.unet_kwargs(), return_dict=False)[0].float().chunk(2)
     if isinstance(guidance, torch.Tensor):
         guidance = guidance.float()

@@ -31,6 +31,7 @@ class LoadedModel:
     placement: Placement  # the device and dtypes it runs in (models.load.place moves it)
     lora: str | None = None  # the LoRA file loaded onto the UNet, if any
     vae_info: dict = field(default_factory=lambda: {"spec": "full"})  # which VAE runs (use_vae)
+    motion: str | None = None  # the motion adapter joined into the UNet (a UNetMotionModel), if any
 
     @property
     def unet(self):
@@ -285,10 +286,12 @@ def load_model(
     lora: str | None = None,
     fuse: bool = False,
     training: bool = False,
+    motion_adapter: str | None = None,
 ) -> LoadedModel:
     """Load a teacher by name (folder, hub id in the local cache, single file, or preset) and place it
     (resolve_placement: the device, --precision, the model's kind and VAE config). With `fuse`, the LoRA
-    is merged into the UNet weights in float32 on the CPU first, then the model is placed."""
+    is merged into the UNet weights in float32 on the CPU first, then the model is placed. With
+    `motion_adapter` the UNet becomes a UNetMotionModel (models/motion.py) before any LoRA is loaded."""
     from diffusers.utils import logging as dlogging
 
     dlogging.set_verbosity_error()
@@ -316,13 +319,17 @@ def load_model(
         except Exception as exc:
             raise StdtrtError(f"could not load model from {path}: {exc}") from None
     check_supported(name, pipe.unet.config, getattr(pipe, "text_encoder", None) is not None)
+    if motion_adapter:
+        from stdtrt.models.motion import load_adapter, motion_unet
+
+        pipe.unet = motion_unet(pipe.unet, load_adapter(motion_adapter), motion_adapter, name)
     pipe.set_progress_bar_config(disable=True)
     placement = placement_for(dev, load_dtype, kind, pipe.vae.config)
     place(pipe, placement)
     for module in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
         if module is not None:
             module.requires_grad_(False).eval()
-    model = LoadedModel(pipe=pipe, name=name, kind=kind, placement=placement)
+    model = LoadedModel(pipe=pipe, name=name, kind=kind, placement=placement, motion=motion_adapter or None)
     model.alphas_cumprod()  # fails early for v-prediction models
     if lora:
         load_lora(model, lora)

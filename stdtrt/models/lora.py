@@ -52,10 +52,27 @@ def add_lora(unet, rank: int = 64, alpha: float = 64.0, targets=TARGET_MODULES, 
     from peft import LoraConfig
 
     unet.requires_grad_(False)
-    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), init_lora_weights=init)
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha, target_modules=_target_names(unet, targets), init_lora_weights=init
+    )
     unet.add_adapter(config, adapter_name=ADAPTER)
     unet.set_adapter(ADAPTER)
     return unet
+
+
+def _target_names(unet, targets) -> list[str]:
+    """peft's target list: the suffixes themselves for an image UNet; for a motion UNet every matching
+    module by full name except the motion modules' proj_in and proj_out, which diffusers calls with a
+    keyword argument (`proj_in(input=...)`) that a peft LoRA layer does not take."""
+    targets = list(targets)
+    if not any("motion_modules" in name for name, _ in unet.named_modules()):
+        return targets
+    return [
+        name
+        for name, _ in unet.named_modules()
+        if any(name == t or name.endswith("." + t) for t in targets)
+        and not ("motion_modules" in name and name.endswith((".proj_in", ".proj_out")))
+    ]
 
 
 def lora_layers(unet, adapter: str = ADAPTER) -> dict[str, object]:
@@ -190,12 +207,17 @@ def load_lora(model, path: str | Path, scale: float = 1.0) -> None:
     expected = _unet_pairs(keys)
     if expected == 0:
         raise StdtrtError(f"LoRA file {path} holds no UNet LoRA weights (no lora_unet_* or unet.* keys)")
+    _check_motion(model, path, keys)
     from diffusers.utils import logging as dlogging
 
     verbosity = dlogging.get_verbosity()
     dlogging.set_verbosity(dlogging.CRITICAL)  # diffusers logs the whole failure; we say it in one line
     try:
-        model.pipe.load_lora_weights(str(path), adapter_name=ADAPTER)
+        kohya = any(k.startswith("lora_unet_") for k in keys)
+        if model.motion and kohya:  # diffusers' kohya names know no motion modules: map them here
+            model.pipe.load_lora_weights(kohya_to_diffusers(path, model.unet), adapter_name=ADAPTER)
+        else:
+            model.pipe.load_lora_weights(str(path), adapter_name=ADAPTER)
     except Exception as exc:
         _unload(model)
         lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
@@ -213,6 +235,46 @@ def load_lora(model, path: str | Path, scale: float = 1.0) -> None:
     model.pipe.set_adapters([ADAPTER], adapter_weights=[scale])
     model.unet.requires_grad_(False)
     model.lora = str(path)
+
+
+def _check_motion(model, path: Path, keys) -> None:
+    """A video student's LoRA (it adapts motion modules) runs with its motion adapter, and an image
+    student's without one: each learned the trajectory of its own network."""
+    meta = read_metadata(path)
+    motion = meta.get("motion_adapter") or any("motion_modules" in k for k in keys)
+    if motion and not model.motion:
+        raise StdtrtError(
+            f"LoRA {path.name} is a video student (it adapts motion modules"
+            f"{', distilled with ' + meta['motion_adapter'] if meta.get('motion_adapter') else ''}): pass "
+            f"--motion-adapter {meta.get('motion_adapter') or 'ADAPTER'}"
+        )
+    if model.motion and not motion:
+        raise StdtrtError(
+            f"LoRA {path.name} is an image student (no motion modules): drop --motion-adapter to run it per "
+            f"frame, or distill a video student with --motion-adapter {model.motion}"
+        )
+
+
+def kohya_to_diffusers(path: Path, unet) -> dict:
+    """A kohya file's LoRA in diffusers' naming for this UNet (`unet.<module>.lora_A/B.weight`), module
+    names found by the UNet's own (its dots are the file's underscores), alpha / rank folded into lora_B."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    names = {name.replace(".", "_"): name for name, _ in unet.named_modules()}
+    out = {}
+    for key, down in state.items():
+        if not (key.startswith("lora_unet_") and key.endswith(".lora_down.weight")):
+            continue
+        stem = key[: -len(".lora_down.weight")]
+        module = names.get(stem[len("lora_unet_") :])
+        if module is None:
+            continue  # counted as a layer that does not fit
+        up = state[f"{stem}.lora_up.weight"]
+        alpha = float(state.get(f"{stem}.alpha", torch.tensor(float(down.shape[0]))))
+        out[f"unet.{module}.lora_A.weight"] = down
+        out[f"unet.{module}.lora_B.weight"] = up * (alpha / down.shape[0])
+    return out
 
 
 def _unload(model) -> None:

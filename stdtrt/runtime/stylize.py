@@ -67,7 +67,14 @@ def _load(cfg: StylizeConfig, image_w: int, image_h: int, fuse: bool):
     if cfg.model is None:
         raise StdtrtError("no model given: pass --model PATH_OR_ID (or --model tiny-sd to try it offline)")
     grid = student_grid(cfg.lora, cfg.strength)
-    model = load_model(cfg.model, device=cfg.device, precision=cfg.precision, lora=cfg.lora, fuse=fuse)
+    model = load_model(
+        cfg.model,
+        device=cfg.device,
+        precision=cfg.precision,
+        lora=cfg.lora,
+        fuse=fuse,
+        motion_adapter=cfg.motion_adapter,
+    )
     model.use_vae(cfg.vae)
     width, height = model.working_size(image_w, image_h, cfg.width, cfg.height)
     plan = schedule.student_plan(model.alphas_cumprod(), cfg.strength, cfg.nfe, cfg.gamma, grid)
@@ -194,10 +201,32 @@ def _refuse(bundle, option: str, baked, asked) -> None:
     )
 
 
+def load_window_runner(cfg: StylizeConfig, image_w: int, image_h: int, image: bool):
+    """--motion-adapter: the video student in overlapping windows, on the torch path."""
+    from stdtrt.runtime.windows import WindowRunner
+
+    if image:
+        raise StdtrtError("--motion-adapter stylizes videos in windows of frames; for an image drop it")
+    if cfg.bundle is not None:
+        raise StdtrtError(
+            "the video student runs on the torch path: pass --model (and its --lora) with --motion-adapter, "
+            "not a bundle"
+        )
+    student = load_student(cfg, image_w, image_h)
+    longest = student.model.unet.config.motion_max_seq_length
+    if cfg.window > longest:
+        raise StdtrtError(
+            f"--window {cfg.window} is longer than the {longest} frames {cfg.motion_adapter} attends over"
+        )
+    return WindowRunner(student, cfg.window, cfg.overlap, cfg.seed, cfg.fresh_noise)
+
+
 def load_runner(cfg: StylizeConfig, image_w: int, image_h: int, image: bool = False):
     """What stylizes frames for this run: a bundle's backend, or (--model) the torch backend on the model,
     both in stream form; the sequential torch student for what the stream form cannot do."""
 
+    if cfg.motion_adapter:  # before the bundle is read: the video student never runs from one
+        return load_window_runner(cfg, image_w, image_h, image)
     bundle = resolve_bundle(cfg)
     if bundle is None:
         # an image takes NFE sequential calls of batch 1, not NFE calls of the stream's batch NFE; and

@@ -1,0 +1,249 @@
+"""The video student: the teacher with a motion adapter (tiny-motion on tiny-sd), clips as data, STD over
+clips (exact resume, the adversarial branch on frames of each clip), LoRA files diffusers' AnimateDiff loads,
+inference in overlapping windows blended without seams, and one line for each bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import frames_of, losses, make_video, small
+
+from stdtrt.config import StylizeConfig
+from stdtrt.errors import StdtrtError
+from stdtrt.models.conditioning import Conditioning, predict_eps
+from stdtrt.models.load import load_model
+
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
+
+
+@pytest.fixture(scope="module")
+def clips_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clips")
+    make_video(folder / "a.mp4", frames=10, size=(48, 40), audio=False)
+    make_video(folder / "b.mp4", frames=8, size=(48, 40), audio=False)
+    (folder / "a.txt").write_text("a cat")
+    return folder
+
+
+def _clip_cfg(clips_dir, out, **changes):
+    base = dict(motion_adapter="tiny-motion", clip_frames=4, frame_stride=2, clips_per_video=2, batch_size=2)
+    return small(clips_dir, out, **{**base, **changes})
+
+
+def test_the_motion_adapter_joins_the_unet_and_keeps_its_spatial_weights():
+    base, motion = load_model("tiny-sd"), load_model("tiny-sd", motion_adapter="tiny-motion")
+    assert type(motion.unet).__name__ == "UNetMotionModel" and motion.motion == "tiny-motion"
+    assert torch.equal(motion.unet.conv_in.weight, base.unet.conv_in.weight)
+    x = torch.randn(1, 4, 5, 8, 8, generator=torch.Generator().manual_seed(0))  # 1 clip of 5 frames
+    cond = Conditioning(torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(1)))
+    with torch.no_grad():
+        eps = predict_eps(motion.unet, x, 500, cond)
+        assert eps.shape == x.shape
+        # every frame sees the prompt: with the motion modules' output projections zeroed (the identity
+        # AnimateDiff starts training from) each frame is what the image UNet gives for it alone
+        zeroed = 0
+        for name, module in motion.unet.named_modules():
+            if "motion_modules" in name and name.endswith("proj_out"):
+                module.weight.zero_(), module.bias.zero_()
+                zeroed += 1
+        assert zeroed and not torch.allclose(predict_eps(motion.unet, x, 500, cond), eps)
+        eps = predict_eps(motion.unet, x, 500, cond)
+        alone = predict_eps(base.unet, x[:, :, 2], 500, cond)
+    torch.testing.assert_close(eps[:, :, 2], alone, rtol=1e-4, atol=1e-5)
+
+
+def test_an_adapter_for_another_base_is_refused(tmp_path):
+    from diffusers import MotionAdapter
+
+    MotionAdapter(block_out_channels=(32, 64, 64), motion_layers_per_block=1, motion_norm_num_groups=8,
+                  motion_num_attention_heads=2).save_pretrained(tmp_path / "xl-adapter")  # fmt: skip
+    with pytest.raises(StdtrtError, match=r"made for a UNet with blocks of \[32, 64, 64\] channels"):
+        load_model("tiny-sd", motion_adapter=str(tmp_path / "xl-adapter"))
+    with pytest.raises(StdtrtError, match="hf download nobody/adapter.*tiny-motion"):
+        load_model("tiny-sd", motion_adapter="nobody/adapter")
+
+
+def test_clips_are_consecutive_frames_at_the_stride_cached_once(clips_dir, tmp_path, caplog):
+    from stdtrt.distill.data import clip_starts, scan_clips
+
+    assert clip_starts(10, 4, 2, 2) == [0, 3] and clip_starts(6, 4, 2, 2) == []  # a clip spans 7 frames
+    cache = tmp_path / "cache"
+    clips = scan_clips(clips_dir, "x", "{caption}", 4, 2, 2, 40, cache)
+    assert len(clips) == 4  # a.mp4 (10 frames): starts 0 and 3; b.mp4 (8 frames): starts 0 and 1
+    by_video = {}
+    for c in clips:
+        by_video.setdefault(c.frames[0].parent, []).append([int(p.stem) for p in c.frames])
+    assert sorted(map(sorted, by_video.values())) == [
+        [[0, 2, 4, 6], [1, 3, 5, 7]],
+        [[0, 2, 4, 6], [3, 5, 7, 9]],
+    ]
+    stamps = {p: p.stat().st_mtime_ns for p in cache.rglob("*.png")}
+    again = scan_clips(clips_dir, "x", "{caption}", 4, 2, 2, 40, cache)
+    assert again == clips and stamps == {p: p.stat().st_mtime_ns for p in cache.rglob("*.png")}  # reused
+    with caplog.at_level("WARNING"):
+        long = scan_clips(
+            clips_dir, "x", "{caption}", 5, 2, 1, 40, tmp_path / "c2"
+        )  # spans 9: b is too short
+    assert len(long) == 1 and "shorter than one clip" in caplog.text
+    with pytest.raises(StdtrtError, match="no video .* holds a clip of 8 frames at stride 4"):
+        scan_clips(clips_dir, "x", "{caption}", 8, 4, 1, 40, tmp_path / "c3")
+
+
+def test_images_are_refused_in_clip_mode(data_dir, tmp_path):
+    from stdtrt.distill.trainer import distill
+
+    with pytest.raises(StdtrtError, match="trains on clips of videos; .* is an image"):
+        distill(_clip_cfg(data_dir, tmp_path / "r"), progress=False)
+
+
+def test_std_over_clips_trains_the_motion_modules_and_resumes_exactly(clips_dir, tmp_path):
+    import shutil
+
+    from stdtrt.distill.trainer import distill
+
+    cfg = _clip_cfg(clips_dir, tmp_path / "straight", max_steps=4, checkpoint_every=2)
+    assert cfg.rho == 0.3  # the video default
+    distill(cfg, progress=False)
+    split = tmp_path / "split"
+    shutil.copytree(tmp_path / "straight", split)
+    shutil.rmtree(split / "checkpoints" / "step-000004")
+    (split / "lora.safetensors").unlink()
+    distill(_clip_cfg(clips_dir, split, max_steps=4, checkpoint_every=2), resume=True, progress=False)
+    assert losses(tmp_path / "straight") == losses(split)
+    from safetensors import safe_open
+
+    from stdtrt.models.lora import read_metadata
+
+    with safe_open(str(split / "lora.safetensors"), framework="pt") as f:
+        keys = list(f.keys())
+    assert any("motion_modules" in k for k in keys)
+    assert read_metadata(split / "lora.safetensors")["motion_adapter"] == "tiny-motion"
+    rows = [json.loads(line) for line in (split / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) for r in rows)
+
+
+def test_the_adversarial_branch_sees_frames_of_each_clip(clips_dir, tmp_path):
+    from conftest import start_run
+
+    run = start_run(
+        _clip_cfg(clips_dir, tmp_path / "r", adv_weight=0.5, adv_model="tiny-dinov2", adv_frames=2)
+    )
+    seen = []
+    hook = run.adv.disc.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
+    try:
+        metrics = run.optimise()
+    finally:
+        hook.remove()
+    assert seen[0] == 2 * 2 and np.isfinite(metrics["loss_g"])  # batch 2 clips x 2 frames
+
+
+@pytest.fixture(scope="module")
+def motion_lora(clips_dir, tmp_path_factory):
+    from stdtrt.distill.trainer import distill
+
+    out = tmp_path_factory.mktemp("motion-run")
+    distill(_clip_cfg(clips_dir, out, max_steps=2, lr=1e-2), progress=False)
+    return out
+
+
+def test_both_lora_files_load_onto_the_motion_model_and_in_diffusers_animatediff(motion_lora):
+    from diffusers import AnimateDiffVideoToVideoPipeline, DDIMScheduler
+
+    from stdtrt.models.lora import lora_layers
+    from stdtrt.models.motion import motion_preset
+
+    x = torch.randn(1, 4, 4, 4, 4, generator=torch.Generator().manual_seed(3))
+    plain = load_model("tiny-sd", motion_adapter="tiny-motion")
+    cond = Conditioning(torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(4)))
+    with torch.no_grad():
+        base = predict_eps(plain.unet, x, 500, cond)
+    outs = []
+    for name in ("lora.safetensors", "pytorch_lora_weights.safetensors"):
+        model = load_model("tiny-sd", motion_adapter="tiny-motion", lora=str(motion_lora / name))
+        assert any("motion_modules" in n for n in lora_layers(model.unet))
+        with torch.no_grad():
+            outs.append(predict_eps(model.unet, x, 500, cond))
+    assert (outs[0] - outs[1]).abs().max() < 1e-5 and (outs[0] - base).abs().max() > 1e-4
+    sd = load_model("tiny-sd").pipe  # diffusers' own AnimateDiff video-to-video pipeline, its own loader
+    pipe = AnimateDiffVideoToVideoPipeline(
+        vae=sd.vae, text_encoder=sd.text_encoder, tokenizer=sd.tokenizer, unet=sd.unet,
+        motion_adapter=motion_preset("tiny-motion"), scheduler=DDIMScheduler.from_config(sd.scheduler.config),
+    )  # fmt: skip
+    pipe.load_lora_weights(str(motion_lora), weight_name="pytorch_lora_weights.safetensors")
+    with torch.no_grad():
+        theirs = predict_eps(pipe.unet, x, 500, cond)
+    assert (theirs - outs[1]).abs().max() < 1e-5
+
+
+def test_a_video_student_needs_its_adapter_and_an_image_student_none(motion_lora, tmp_path):
+    from conftest import make_lora
+
+    with pytest.raises(StdtrtError, match="is a video student .*--motion-adapter tiny-motion"):
+        load_model("tiny-sd", lora=str(motion_lora / "lora.safetensors"))
+    with pytest.raises(StdtrtError, match="is an image student .*drop --motion-adapter"):
+        load_model("tiny-sd", motion_adapter="tiny-motion", lora=str(make_lora("tiny-sd", tmp_path)))
+
+
+def test_windows_overlap_and_blend_without_seams(motion_lora):
+    """Windows of 4 frames overlapping by 2 over 9 frames: each frame's latents are its window's (or, in an
+    overlap, the blend of both windows' with weights summing to one); frames leave in order."""
+    from stdtrt.io.samples import sample_frames
+    from stdtrt.runtime.student import to_uint8
+    from stdtrt.runtime.stylize import load_runner
+    from stdtrt.runtime.windows import blend_weights
+
+    cfg = StylizeConfig(model="tiny-sd", motion_adapter="tiny-motion", lora=str(motion_lora / "lora.safetensors"),
+                        width=48, height=40, window=4, overlap=2)  # fmt: skip
+    runner = load_runner(cfg, 48, 40)
+    frames = list(sample_frames(9, 48, 40))
+    out = list(runner.stylize((f, i) for i, f in enumerate(frames)))
+    assert [t for _, t in out] == list(range(9))
+    # by hand: windows start at 0, 2, 4, 6 (the last one padded with its last frame)
+    lat = [runner.latents(np.stack((frames + [frames[-1]] * 4)[s : s + 4])) for s in (0, 2, 4, 6)]
+    ramp = blend_weights(2).view(-1, 1, 1, 1)
+    assert torch.allclose(ramp.flatten(), torch.tensor([1 / 3, 2 / 3]))
+    want = [lat[0][0], lat[0][1]]
+    for k in range(1, 4):
+        want += list((1 - ramp) * lat[k - 1][2:4] + ramp * lat[k][:2])
+    want.append(lat[3][2])  # frame 8: the last window's own
+    for i, (frame, _) in enumerate(out):
+        ref = to_uint8(runner.student.decode(want[i][None]))[0]
+        assert np.abs(frame.astype(int) - ref.astype(int)).max() <= 1, i
+    assert not np.array_equal(out[2][0], to_uint8(runner.student.decode(lat[0][2][None]))[0])  # it did blend
+
+
+def test_stylize_video_with_the_motion_student_keeps_the_video(motion_lora, tmp_path):
+    from stdtrt.runtime.stylize import stylize_video
+
+    src = make_video(tmp_path / "in.mp4", frames=7, size=(48, 40))
+    cfg = StylizeConfig(model="tiny-sd", motion_adapter="tiny-motion", lora=str(motion_lora / "lora.safetensors"),
+                        window=4, overlap=1)  # fmt: skip
+    result = stylize_video(cfg, src, tmp_path / "out.mp4", progress=False)
+    assert result.frames == 7 and result.audio == "copied" and "windows of 4 frames" in result.backend
+    assert len(frames_of(result.output)) == 7
+
+
+@pytest.mark.parametrize(
+    "changes,match",
+    [
+        ({"window": 1}, "--window must be at least 2"),
+        ({"window": 4, "overlap": 4}, "--overlap in"),
+        ({"window": 40}, "longer than the 32 frames"),
+        ({"bundle": "somewhere"}, "runs on the torch path"),
+    ],
+)
+def test_bad_window_input_is_one_line(changes, match, motion_lora, video, tmp_path):
+    from stdtrt.runtime.stylize import stylize_video
+
+    base = dict(model="tiny-sd", motion_adapter="tiny-motion", lora=str(motion_lora / "lora.safetensors"))
+    if "bundle" in changes:
+        base.pop("model")
+        (tmp_path / "somewhere").mkdir()
+        (tmp_path / "somewhere" / "manifest.json").write_text("{}")
+        changes = {"bundle": str(tmp_path / "somewhere")}
+    with pytest.raises(StdtrtError, match=match):
+        stylize_video(StylizeConfig(**{**base, **changes}), video, tmp_path / "out.mp4")
+    assert not (tmp_path / "out.mp4").exists()
