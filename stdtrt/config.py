@@ -75,6 +75,32 @@ def opt(
     return field(default=default, metadata=meta)
 
 
+def check_style_scale(scale: float) -> None:
+    if not 0.0 <= scale <= 2.0:
+        raise StdtrtError(f"--style-scale must be in [0, 2], got {scale}")
+
+
+# The style-image options (models/style.py), the same on stylize and export: one home for their help.
+def style_image_opt():
+    return opt(
+        None, "style after this picture too: its IP-Adapter image embedding joins the prompt (encoded once)"
+    )
+
+
+def style_scale_opt():
+    return opt(1.0, "weight of the style image in the style blocks, in [0, 2]")
+
+
+def ip_adapter_opt():
+    return opt("h94/IP-Adapter", "the IP-Adapter for --style-image: folder or cached hub id in the h94 layout, or "
+               "tiny-ip-adapter (built in, random)")  # fmt: skip
+
+
+def style_blocks_opt():
+    return opt("instantstyle", "where the style goes: the block InstantStyle found to carry style (instantstyle) "
+               "or every IP-Adapter layer (all)", choices=("instantstyle", "all"))  # fmt: skip
+
+
 @dataclass(frozen=True)
 class StylizeConfig:
     """How to stylize images and videos (the `stylize-image`, `stylize-video` and `demo` commands)."""
@@ -91,6 +117,10 @@ class StylizeConfig:
         "full (the model's own), tiny (TAESD for the model's family: a fraction of the full VAE's cost), a "
         "folder or cached hub id, or tiny-taesd (built in, random: offline runs)",
     )
+    style_image: str | None = style_image_opt()
+    style_scale: float = style_scale_opt()
+    ip_adapter: str = ip_adapter_opt()
+    style_blocks: str = style_blocks_opt()
     motion_adapter: str | None = opt(
         None,
         "run a video student (a LoRA distilled with --motion-adapter): the teacher's AnimateDiff motion adapter "
@@ -162,6 +192,7 @@ class StylizeConfig:
             )
         if not 0 <= self.crf <= 51:
             raise StdtrtError(f"crf must be in [0, 51], got {self.crf}")
+        check_style_scale(self.style_scale)
         if self.window < 2 or not 0 <= self.overlap < self.window:
             raise StdtrtError(
                 f"--window must be at least 2 and --overlap in [0, window), got window {self.window}, overlap {self.overlap}"
@@ -331,6 +362,10 @@ class ExportConfig:
         "full, tiny (TAESD for the model's family), a folder or cached hub id, tiny-taesd or random-taesd",
     )
     prompt: str = opt("", "the style prompt: its embeddings become constants of the UNet graph", short="-p")
+    style_image: str | None = style_image_opt()
+    style_scale: float = style_scale_opt()
+    ip_adapter: str = ip_adapter_opt()
+    style_blocks: str = style_blocks_opt()
     negative_prompt: str = opt("", "the unconditional branch's prompt (baked in only with --guidance > 1)")
     strength: float = opt(0.75, "eta; the start timestep and x_start's coefficients are baked into the graph")
     nfe: int = opt(4, "student steps = slots of the stream-form UNet graph")
@@ -356,6 +391,7 @@ class ExportConfig:
     seed: int = opt(0, "seeds the validation inputs")
 
     def __post_init__(self) -> None:
+        check_style_scale(self.style_scale)
         if not self.model:
             raise StdtrtError(
                 "no model given: pass --model PATH_OR_ID (or --model tiny-sd to try it offline)"

@@ -65,11 +65,13 @@ def onnx_key_fields(
     opset: int,
     plan: dict | None = None,
     conditioning_hash: str | None = None,
+    style: dict | None = None,
 ) -> dict:
     """What the ONNX graphs depend on (the negative prompt only when guidance bakes it in). The baked plan
     covers the scheduler config (timesteps and coefficients); the conditioning hash covers the tokenizer
-    and text encoders through the prompt embeddings that become constants."""
-    return {
+    and text encoders through the prompt embeddings that become constants; a style (models.style.Style's
+    record) covers the image, the IP-Adapter, the scale and the blocks."""
+    fields = {
         "plan": plan,
         "conditioning_hash": conditioning_hash,
         "graph_version": GRAPH_VERSION,
@@ -88,6 +90,9 @@ def onnx_key_fields(
         "vae": vae,
         "opset": int(opset),
     }
+    if style is not None:  # the style image by content, not by where it lies
+        fields["style"] = {k: v for k, v in style.items() if k != "image"}
+    return fields
 
 
 def tensorrt_key(onnx_key: str, trt_version: str, arch: str) -> str:

@@ -11,6 +11,7 @@ from stdtrt.io.hashing import file_hash, module_hash
 from stdtrt.models.conditioning import encode_prompt
 from stdtrt.models.load import load_model, recorded_placement
 from stdtrt.models.lora import fuse_lora, load_lora
+from stdtrt.models.style import load_style
 
 
 def model_hash(model) -> str:
@@ -99,3 +100,24 @@ def load_fused_model(bundle, device: str = "auto", full: bool = False):
         fuse_lora(model)
     model.place(recorded_placement(device, bundle.placement))
     return model
+
+
+def load_bundle_style(bundle, model):
+    """The style image a bundle baked in (None without one), loaded again onto `model` for the torch
+    backend: refused when the image or the IP-Adapter file is not here or not what the manifest records."""
+    recorded = bundle.manifest.get("style")
+    if not recorded:
+        return None
+    if not Path(recorded["image"]).is_file():
+        raise StdtrtError(
+            f"the bundle's style image {recorded['image']} is not here (the torch backend rebuilds from it)"
+        )
+    style = load_style(model, recorded["image"], recorded["adapter"], recorded["scale"], recorded["blocks"])
+    mine = style.record()
+    for field in ("image_sha256", "adapter_sha256"):  # the embedding itself follows the placement's dtype
+        if mine[field] != recorded[field]:
+            what = "style image" if field == "image_sha256" else "IP-Adapter"
+            raise StdtrtError(
+                f"the {what} of bundle {bundle.path} changed since it was exported (hash differs)"
+            )
+    return style

@@ -22,7 +22,7 @@ import torch
 
 from stdtrt import schedule
 from stdtrt.errors import StdtrtError
-from stdtrt.models.conditioning import Conditioning, encode_prompt, predict_eps
+from stdtrt.models.conditioning import Conditioning, conditionings, predict_eps
 from stdtrt.models.vae import pixels_to_unit, unit_to_pixels, vae_decode, vae_encode
 
 GRAPHS = ("vae_encoder", "unet", "vae_decoder")  # bundle file stems, in pipeline order
@@ -84,14 +84,19 @@ class StreamUNet(torch.nn.Module):
         self._register_cond("uncond", uncond.repeat(plan.nfe * batch) if self.has_uncond else None)
 
     def _register_cond(self, prefix: str, c: Conditioning | None) -> None:
-        for field in ("embeds", "pooled", "time_ids"):
+        for field in ("embeds", "pooled", "time_ids", "image"):
             self.register_buffer(f"{prefix}_{field}", None if c is None else getattr(c, field))
 
     def _cond(self, prefix: str) -> Conditioning | None:
         embeds = getattr(self, f"{prefix}_embeds")
         if embeds is None:
             return None
-        return Conditioning(embeds, getattr(self, f"{prefix}_pooled"), getattr(self, f"{prefix}_time_ids"))
+        return Conditioning(
+            embeds,
+            getattr(self, f"{prefix}_pooled"),
+            getattr(self, f"{prefix}_time_ids"),
+            getattr(self, f"{prefix}_image"),
+        )
 
     def forward(self, slots: torch.Tensor, z0: torch.Tensor, noise: torch.Tensor):
         """slots (NFE*B, 4, h, w) (slot 0's rows are overwritten), z0 and noise (B, 4, h, w), all float32 ->
@@ -134,10 +139,11 @@ def build_networks(
     width: int,
     height: int,
     batch: int = 1,
+    style=None,
 ) -> Networks:
-    """The three bundle networks of a loaded (fused) model for one prompt, size and B, on its device."""
-    cond = encode_prompt(model.pipe, prompt, height, width)
-    uncond = encode_prompt(model.pipe, negative_prompt, height, width) if guidance > 1 else None
+    """The three bundle networks of a loaded (fused) model for one prompt (and style image), size and B, on
+    its device."""
+    cond, uncond = conditionings(model.pipe, prompt, negative_prompt, guidance, height, width, style)
     unet = StreamUNet(model.unet, plan, cond, uncond, guidance, batch).to(model.device)  # coefficients: fp32
     return Networks(
         VaeEncoder(model.vae, model.scaling_factor).eval(),

@@ -30,6 +30,7 @@ from stdtrt.io.atomic import atomic_dir
 from stdtrt.io.hashing import file_hash, module_hash
 from stdtrt.models.load import DTYPES, load_model, placement_for
 from stdtrt.models.lora import fuse_lora, load_lora, student_grid
+from stdtrt.models.style import attach_style, encode_style
 
 log = logging.getLogger(__name__)
 
@@ -128,12 +129,16 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
     if cfg.lora:
         load_lora(model, cfg.lora)  # refuses a LoRA of another UNet
         lora_hash = file_hash(cfg.lora)
+    style = None
+    if cfg.style_image:  # its embedding becomes a constant of the UNet graph, like the prompt's
+        style = encode_style(model, cfg.style_image, cfg.ip_adapter, cfg.style_scale, cfg.style_blocks)
     fields = mf.onnx_key_fields(
         model_hash=base_hash, lora_hash=lora_hash, prompt=cfg.prompt, negative_prompt=cfg.negative_prompt,
         eta=cfg.strength, nfe=cfg.nfe, guidance=cfg.guidance, width=width, height=height,
         batch=cfg.frames_per_step,
         precision=precision, placement=graphs_at.dtypes(), vae=vae, opset=cfg.opset, plan=plan.as_dict(),
         conditioning_hash=conditioning_hash(model, cfg, width, height),
+        style=None if style is None else style.record(),
     )  # fmt: skip
     key = mf.cache_key(fields)
     existing = _existing(out, key, cfg.overwrite)
@@ -145,11 +150,11 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
         return ExportResult(out, True, time.perf_counter() - start, sizes, None, trt_line)
     with atomic_dir(out) as tmp:
         t = time.perf_counter()
-        networks, ref, fused = _reference(cfg, model, plan, width, height)
+        networks, ref, fused = _reference(cfg, model, plan, width, height, style)
         stages["reference"] = time.perf_counter() - t
         if existing is None:
             manifest, rows = _export_onnx(
-                cfg, model, networks, ref, fused, plan, fields, key, graphs_at, tmp, stages
+                cfg, model, networks, ref, fused, plan, fields, key, graphs_at, tmp, stages, style
             )
         else:
             manifest = dict(existing.manifest)
@@ -178,20 +183,22 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
     )
 
 
-def _reference(cfg, model, plan, width, height):
+def _reference(cfg, model, plan, width, height, style):
     """Fuse the LoRA and build the float32 networks; with validation on, run the reference on them.
     Returns (networks, reference or None, the fuse report or None)."""
 
     fused = fuse_lora(model)
+    if style is not None:
+        attach_style(model, style)
     networks = build_networks(
-        model, plan, cfg.prompt, cfg.negative_prompt, cfg.guidance, width, height, cfg.frames_per_step
+        model, plan, cfg.prompt, cfg.negative_prompt, cfg.guidance, width, height, cfg.frames_per_step, style
     )
     if not cfg.validate:
         return networks, None, fused
-    return networks, reference(networks, model, plan, cfg, width, height), fused
+    return networks, reference(networks, model, plan, cfg, width, height, style), fused
 
 
-def _export_onnx(cfg, model, networks, ref, fused, plan, fields, key, graphs_at, tmp: Path, stages):
+def _export_onnx(cfg, model, networks, ref, fused, plan, fields, key, graphs_at, tmp: Path, stages, style):
     """Trace the three graphs in the graphs' placement, write a first manifest, validate them on
     onnxruntime; return (manifest, rows)."""
 
@@ -200,7 +207,7 @@ def _export_onnx(cfg, model, networks, ref, fused, plan, fields, key, graphs_at,
         model.place(graphs_at)
         networks = build_networks(
             model, plan, cfg.prompt, cfg.negative_prompt, cfg.guidance, fields["width"], fields["height"],
-            fields["batch"],
+            fields["batch"], style,
         )  # fmt: skip
     dtypes = graphs_at.dtypes()
     precision = {"vae_encoder": dtypes["vae"], "unet": dtypes["unet"], "vae_decoder": dtypes["vae"]}
@@ -209,6 +216,7 @@ def _export_onnx(cfg, model, networks, ref, fused, plan, fields, key, graphs_at,
     graphs = export_networks(networks, tmp, examples, cfg.opset, precision)
     stages["onnx"] = time.perf_counter() - t
     manifest = _manifest(cfg, model, fused, plan, fields, key, graphs)
+    manifest["style"] = None if style is None else style.record()
     manifest["files"] = _files(tmp, {})
     mf.write_manifest(tmp, manifest)
     if ref is None:

@@ -67,11 +67,11 @@ class Reference:
 
 
 @torch.no_grad()
-def reference(networks, model, plan, cfg, width: int, height: int) -> Reference:
+def reference(networks, model, plan, cfg, width: int, height: int, style=None) -> Reference:
     """Run the float32 torch modules (the bundle's networks, and the sequential student of the same fused
-    model, plan, prompt and guidance, with the video noise of cfg.seed) on inputs seeded by cfg.seed."""
+    model, plan, prompt, style and guidance, with the video noise of cfg.seed) on inputs seeded by cfg.seed."""
 
-    student = Student(model, plan, cfg.prompt, width, height, cfg.negative_prompt, cfg.guidance)
+    student = Student(model, plan, cfg.prompt, width, height, cfg.negative_prompt, cfg.guidance, style)
     b = networks.unet.batch
     frames = np.stack(list(sample_frames(b, width, height)))
     pixels = torch.from_numpy(frames)

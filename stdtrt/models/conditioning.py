@@ -1,7 +1,8 @@
 """Text conditioning and the one way stdtrt calls a UNet (with classifier-free guidance when asked).
 
 A `Conditioning` carries what a UNet call needs besides the latent and the timestep: the text hidden
-states, and for SDXL the pooled text embedding and the six micro-conditioning time ids.
+states, for SDXL the pooled text embedding and the six micro-conditioning time ids, and with a style image
+(models/style.py) its IP-Adapter image embedding.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ class Conditioning:
     embeds: torch.Tensor  # (B, L, D) text hidden states
     pooled: torch.Tensor | None = None  # (B, P) SDXL pooled text embedding
     time_ids: torch.Tensor | None = None  # (B, 6) SDXL (orig h, orig w, crop top, crop left, h, w)
+    image: torch.Tensor | None = None  # (B, 1, D) IP-Adapter image embedding (zeros: the unconditional one)
 
     @property
     def batch(self) -> int:
@@ -23,9 +25,19 @@ class Conditioning:
 
     def unet_kwargs(self) -> dict:
         kwargs = {"encoder_hidden_states": self.embeds}
+        added = {}
         if self.pooled is not None:
-            kwargs["added_cond_kwargs"] = {"text_embeds": self.pooled, "time_ids": self.time_ids}
+            added.update(text_embeds=self.pooled, time_ids=self.time_ids)
+        if self.image is not None:
+            added["image_embeds"] = [self.image]
+        if added:
+            kwargs["added_cond_kwargs"] = added
         return kwargs
+
+    def with_image(self, image: torch.Tensor | None) -> Conditioning:
+        """This conditioning with an image embedding (1, 1, D) for every row (None: without one)."""
+        rows = None if image is None else image.to(self.embeds.device).expand(self.batch, *image.shape[1:])
+        return Conditioning(self.embeds, self.pooled, self.time_ids, rows)
 
     def map(self, fn) -> Conditioning:
         """Apply fn to every tensor (to(), expand, index, ...)."""
@@ -33,6 +45,7 @@ class Conditioning:
             fn(self.embeds),
             None if self.pooled is None else fn(self.pooled),
             None if self.time_ids is None else fn(self.time_ids),
+            None if self.image is None else fn(self.image),
         )
 
     def to(self, device=None, dtype=None) -> Conditioning:
@@ -58,6 +71,7 @@ class Conditioning:
             torch.cat([c.embeds for c in items]),
             None if first.pooled is None else torch.cat([c.pooled for c in items]),
             None if first.time_ids is None else torch.cat([c.time_ids for c in items]),
+            None if first.image is None else torch.cat([c.image for c in items]),
         )
 
 
@@ -100,6 +114,20 @@ def pooled_text(pipe, prompts: list[str]) -> torch.Tensor:
         return_tensors="pt",
     )
     return pipe.text_encoder(tok.input_ids.to(pipe.text_encoder.device)).pooler_output
+
+
+def conditionings(
+    pipe, prompt: str, negative_prompt: str, guidance: float, height: int, width: int, style=None
+) -> tuple[Conditioning, Conditioning | None]:
+    """The run's (cond, uncond) for a prompt, computed once: uncond only with guidance > 1; a style (a
+    models.style.Style) adds its image embedding to cond and zeros of its shape to uncond."""
+    cond = encode_prompt(pipe, prompt, height, width)
+    uncond = encode_prompt(pipe, negative_prompt, height, width) if guidance > 1 else None
+    if style is not None:
+        cond = cond.with_image(style.embeds.to(cond.embeds.dtype))
+        if uncond is not None:
+            uncond = uncond.with_image(torch.zeros_like(style.embeds, dtype=uncond.embeds.dtype))
+    return cond, uncond
 
 
 def compute_dtype(unet) -> torch.dtype:

@@ -49,8 +49,6 @@ def motion_preset(name: str):
 
 def load_adapter(name: str):
     """A MotionAdapter by name: a preset, a folder, or a hub id in the local HF cache."""
-    from stdtrt.models.presets import OFFLINE_HINT
-
     if name in MOTION_PRESETS:
         return motion_preset(name)
     from diffusers import MotionAdapter
@@ -68,7 +66,7 @@ def load_adapter(name: str):
         except Exception as exc:
             raise StdtrtError(
                 f"motion adapter {name!r} is not in the local Hugging Face cache and stdtrt never downloads on its "
-                f"own: run `hf download {name}`; `--motion-adapter tiny-motion` works offline with {OFFLINE_HINT[2:-1]} "
+                f"own: run `hf download {name}`; `--motion-adapter tiny-motion` (with `--model tiny-sd`) works offline "
                 f"[{type(exc).__name__}]"
             ) from None
     if (

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from stdtrt import schedule
-from stdtrt.models.conditioning import Conditioning, encode_prompt, predict_eps
+from stdtrt.models.conditioning import Conditioning, conditionings, predict_eps
 from stdtrt.models.vae import vae_decode, vae_encode
 
 
@@ -42,12 +42,14 @@ class Student:
         height: int,
         negative_prompt: str = "",
         guidance: float = 1.0,
+        style=None,
     ):
         self.model, self.plan, self.guidance = model, plan, guidance
         self.width, self.height = width, height
-        self.cond: Conditioning = encode_prompt(model.pipe, prompt, height, width)
-        self.uncond: Conditioning | None = (
-            encode_prompt(model.pipe, negative_prompt, height, width) if guidance > 1 else None
+        self.cond: Conditioning
+        self.uncond: Conditioning | None
+        self.cond, self.uncond = conditionings(
+            model.pipe, prompt, negative_prompt, guidance, height, width, style
         )
         self.latent_shape = model.latent_shape(width, height)
 

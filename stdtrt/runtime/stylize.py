@@ -32,6 +32,7 @@ from stdtrt.io.hashing import file_hash
 from stdtrt.io.images import IMAGE_SUFFIXES, read_image, resize, write_image
 from stdtrt.models.load import load_model
 from stdtrt.models.lora import student_grid
+from stdtrt.models.style import load_style
 from stdtrt.runtime.backends import load_backend
 from stdtrt.runtime.backends.torch import TorchBackend
 from stdtrt.runtime.pipeline import StageTimes, run_pipeline
@@ -61,8 +62,9 @@ class VideoResult:
 
 
 def _load(cfg: StylizeConfig, image_w: int, image_h: int, fuse: bool):
-    """(model, plan, width, height) for --model: the model (its LoRA fused when `fuse`) placed by the
-    precision rule, and the student's plan on the grid its LoRA was distilled on."""
+    """(model, plan, width, height, style) for --model: the model (its LoRA fused when `fuse`) placed by
+    the precision rule, the student's plan on the grid its LoRA was distilled on, and the style image
+    (--style-image) encoded once, its IP-Adapter in the model's cross-attention (else None)."""
 
     if cfg.model is None:
         raise StdtrtError("no model given: pass --model PATH_OR_ID (or --model tiny-sd to try it offline)")
@@ -78,23 +80,26 @@ def _load(cfg: StylizeConfig, image_w: int, image_h: int, fuse: bool):
     model.use_vae(cfg.vae)
     width, height = model.working_size(image_w, image_h, cfg.width, cfg.height)
     plan = schedule.student_plan(model.alphas_cumprod(), cfg.strength, cfg.nfe, cfg.gamma, grid)
-    return model, plan, width, height
+    style = None
+    if cfg.style_image:
+        style = load_style(model, cfg.style_image, cfg.ip_adapter, cfg.style_scale, cfg.style_blocks)
+    return model, plan, width, height, style
 
 
 def load_student(cfg: StylizeConfig, image_w: int, image_h: int):
     """The sequential torch student (the reference: NFE steps per frame) for --model at the working size."""
 
-    model, plan, width, height = _load(cfg, image_w, image_h, fuse=False)
-    return Student(model, plan, cfg.prompt, width, height, cfg.negative_prompt, cfg.guidance)
+    model, plan, width, height, style = _load(cfg, image_w, image_h, fuse=False)
+    return Student(model, plan, cfg.prompt, width, height, cfg.negative_prompt, cfg.guidance, style)
 
 
 def load_model_backend(cfg: StylizeConfig, image_w: int, image_h: int):
     """--model without a bundle: the torch backend in stream form on the model itself (its LoRA fused at
     load), the same modules a bundle's torch backend runs, with its CUDA speed-ups."""
 
-    model, plan, width, height = _load(cfg, image_w, image_h, fuse=True)
+    model, plan, width, height, style = _load(cfg, image_w, image_h, fuse=True)
     return TorchBackend.from_model(
-        model, plan, cfg.prompt, cfg.negative_prompt, cfg.guidance, width, height, cfg.frames_per_step,
+        model, plan, cfg.prompt, cfg.negative_prompt, cfg.guidance, width, height, cfg.frames_per_step, style,
         **cfg.torch_speedups(),
     )  # fmt: skip
 
@@ -175,7 +180,14 @@ def check_request(cfg: StylizeConfig, bundle) -> None:
     lora = m.get("lora")
     if cfg.lora and (not lora or file_hash(cfg.lora) != lora["hash"]):
         _refuse(bundle, "LoRA", lora and lora["path"], cfg.lora)
+    style = m.get("style")
+    if cfg.style_image and not Path(cfg.style_image).is_file():
+        raise StdtrtError(f"style image {cfg.style_image} does not exist")
+    if cfg.style_image and (not style or file_hash(cfg.style_image) != style["image_sha256"]):
+        _refuse(bundle, "style image", style and style["image"], cfg.style_image)
     baked = {
+        "style_scale": style["scale"] if style else d["style_scale"],
+        "style_blocks": style["blocks"] if style else d["style_blocks"],
         "prompt": m["prompt"],
         "negative_prompt": m["negative_prompt"],
         "strength": m["schedule"]["eta"],

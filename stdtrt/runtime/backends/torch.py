@@ -14,7 +14,7 @@ import logging
 import torch
 
 from stdtrt.bundle.manifest import Bundle
-from stdtrt.bundle.model import load_fused_model
+from stdtrt.bundle.model import load_bundle_style, load_fused_model
 from stdtrt.bundle.networks import build_networks
 from stdtrt.runtime.backends.base import Backend
 
@@ -88,12 +88,12 @@ class TorchBackend(Backend):
     @classmethod
     def from_model(
         cls, model, plan, prompt: str, negative_prompt: str, guidance: float, width: int, height: int,
-        batch: int = 1, **speed,
+        batch: int = 1, style=None, **speed,
     ):  # fmt: skip
-        """From a loaded model whose LoRA (if any) is already fused; B = `batch` frames per slot. `speed`:
-        cuda_graphs, compile, channels_last (see the class)."""
+        """From a loaded model whose LoRA (if any) is already fused; B = `batch` frames per slot; `style`: a
+        loaded models.style.Style. `speed`: cuda_graphs, compile, channels_last (see the class)."""
 
-        nets = build_networks(model, plan, prompt, negative_prompt, guidance, width, height, batch)
+        nets = build_networks(model, plan, prompt, negative_prompt, guidance, width, height, batch, style)
         return cls(nets, plan, width, height, model.latent_shape(width, height), model.placement, **speed)
 
     @classmethod
@@ -102,10 +102,11 @@ class TorchBackend(Backend):
         the export (`verify`: hash them all, not only those whose files changed)."""
 
         model = model or load_fused_model(bundle, device, full=verify)
+        style = load_bundle_style(bundle, model)
         m = bundle.manifest
         return cls.from_model(
             model, bundle.plan(), m["prompt"], m["negative_prompt"], m["guidance"], bundle.width,
-            bundle.height, bundle.batch, **speed,
+            bundle.height, bundle.batch, style, **speed,
         )  # fmt: skip
 
     @torch.inference_mode()

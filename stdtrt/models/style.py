@@ -1,0 +1,256 @@
+"""Style from an image (`--style-image`): an IP-Adapter in the model's cross-attention, injected only
+into the style block InstantStyle identified (`--style-blocks instantstyle`, the default) or into every
+IP-Adapter layer (`all`), scaled by `--style-scale`.
+
+The adapter comes in the h94/IP-Adapter layout, from a folder or the local Hugging Face cache (never
+downloaded): `models/ip-adapter_sd15.safetensors` with the ViT-H encoder `models/image_encoder` for SD 1.x,
+`sdxl_models/ip-adapter_sdxl_vit-h.safetensors` with the same encoder for SDXL (what InstantStyle uses), or
+the built-in random `tiny-ip-adapter`, which fits `tiny-sd`. diffusers' own `load_ip_adapter` loads it.
+
+The style image is encoded once per run: its CLIP image embedding (1, 1, D) joins the prompt in the
+`Conditioning`; the unconditional branch gets zeros, as diffusers' pipelines give a plain IP-Adapter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from stdtrt.config import cache_root, check_style_scale
+from stdtrt.errors import StdtrtError
+from stdtrt.io.hashing import file_hash
+
+STYLE_PRESETS = ("tiny-ip-adapter",)
+DEFAULT_ADAPTER = "h94/IP-Adapter"
+BLOCK_CHOICES = ("instantstyle", "all")
+# (subfolder, weight file, image encoder folder) in the h94/IP-Adapter layout, by model family
+LAYOUT = {
+    "sd": ("models", "ip-adapter_sd15.safetensors", "models/image_encoder"),
+    "sdxl": ("sdxl_models", "ip-adapter_sdxl_vit-h.safetensors", "models/image_encoder"),
+}
+
+
+@dataclass(frozen=True)
+class Style:
+    """A style image as the UNet sees it, and what made it (recorded in a bundle's manifest)."""
+
+    embeds: torch.Tensor  # (1, 1, D) the image encoder's projected embedding
+    image: str  # the style image's resolved path
+    image_sha256: str
+    adapter: str  # as named (--ip-adapter)
+    adapter_sha256: str  # its weight file's
+    scale: float
+    blocks: str
+    weight_file: Path  # the IP-Adapter's weights (SUBFOLDER/FILE in the adapter's folder)
+
+    def record(self) -> dict:
+        """What a bundle's manifest records of the style (and its cache key holds)."""
+        return {
+            "image": self.image,
+            "image_sha256": self.image_sha256,
+            "adapter": self.adapter,
+            "adapter_sha256": self.adapter_sha256,
+            "embeds_sha256": hashlib.sha256(self.embeds.float().numpy().tobytes()).hexdigest(),
+            "scale": self.scale,
+            "blocks": self.blocks,
+        }
+
+
+def check_style_options(scale: float, blocks: str) -> None:
+    check_style_scale(scale)
+    if blocks not in BLOCK_CHOICES:
+        raise StdtrtError(f"--style-blocks must be one of {', '.join(BLOCK_CHOICES)}, got {blocks!r}")
+
+
+def _tiny_folder(cross_attention_dim: int, unet) -> Path:
+    """The `tiny-ip-adapter` preset for tiny-sd, written once into stdtrt's cache: a random ViT image encoder
+    (32 px, 2 layers, 16-dim projection) and random IP-Adapter weights, seed 0, in the h94 layout."""
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    folder = cache_root() / f"tiny-ip-adapter-{cross_attention_dim}"
+    sub, weight, encoder = LAYOUT["sd"]
+    if (folder / sub / weight).is_file() and (folder / encoder / "config.json").is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=32, patch_size=8, projection_dim=16)  # fmt: skip
+    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+        root = Path(tmp) / "tiny-ip-adapter"
+        with _quiet_transformers():
+            CLIPVisionModelWithProjection(config).save_pretrained(root / encoder)
+        state = {
+            "image_proj.proj.weight": torch.randn(4 * cross_attention_dim, 16) * 0.1,
+            "image_proj.proj.bias": torch.zeros(4 * cross_attention_dim),
+            "image_proj.norm.weight": torch.ones(cross_attention_dim),
+            "image_proj.norm.bias": torch.zeros(cross_attention_dim),
+        }
+        key = 1  # diffusers' numbering: every attention processor counts, the cross-attention ones carry keys
+        for _, module in _attn2_modules(unet):
+            hidden = module.to_q.out_features
+            state[f"ip_adapter.{key}.to_k_ip.weight"] = torch.randn(hidden, cross_attention_dim) * 0.1
+            state[f"ip_adapter.{key}.to_v_ip.weight"] = torch.randn(hidden, cross_attention_dim) * 0.1
+            key += 2
+        (root / sub).mkdir(parents=True, exist_ok=True)
+        save_file(state, str(root / sub / weight))
+        with contextlib.suppress(OSError):  # another process wrote it first
+            os.replace(root, folder)
+    return folder
+
+
+def _attn2_modules(unet):
+    """The cross-attention modules in attn_processors order (where an IP-Adapter adds its keys)."""
+    modules = dict(unet.named_modules())
+    for name in unet.attn_processors:
+        if name.endswith("attn2.processor") and "motion_modules" not in name:
+            yield name, modules[name[: -len(".processor")]]
+
+
+def resolve_adapter(name: str, model) -> tuple[Path, tuple[str, str, str]]:
+    """(folder, (subfolder, weight file, image encoder folder)) for an IP-Adapter name."""
+    layout = LAYOUT["sdxl" if model.kind == "sdxl" else "sd"]
+    if name in STYLE_PRESETS:
+        if model.kind == "sdxl":
+            raise StdtrtError("tiny-ip-adapter fits tiny-sd (SD 1.x); for SDXL pass an SDXL IP-Adapter")
+        return _tiny_folder(model.unet.config.cross_attention_dim, model.unet), LAYOUT["sd"]
+    path = Path(name).expanduser()
+    if not path.exists():
+        if name.count("/") != 1 or name.startswith((".", "/")):
+            raise StdtrtError(
+                f"IP-Adapter {name!r} is neither a folder nor a hub id; `tiny-ip-adapter` is built in"
+            )
+        from huggingface_hub import snapshot_download
+
+        try:
+            path = Path(snapshot_download(name, local_files_only=True))
+        except Exception as exc:
+            raise StdtrtError(
+                f"IP-Adapter {name!r} is not in the local Hugging Face cache and stdtrt never downloads on its own: "
+                f"run `hf download {name} --include '{layout[0]}/{layout[1]}' '{layout[2]}/*'`; "
+                f"`--ip-adapter tiny-ip-adapter` (with `--model tiny-sd`) works offline [{type(exc).__name__}]"
+            ) from None
+    for need in (Path(layout[0]) / layout[1], Path(layout[2]) / "config.json"):
+        if not (path / need).is_file():
+            raise StdtrtError(f"IP-Adapter folder {path} has no {need} (the h94/IP-Adapter layout)")
+    return path, layout
+
+
+def _adapter_width(file: Path) -> int:
+    """The cross-attention width an IP-Adapter file was made for, from its image projection."""
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as f:
+        names = f.keys()  # a safetensors handle is not iterable itself
+        keys = [k for k in names if k.startswith("image_proj.") and k.endswith("proj.weight")]
+        if not keys:
+            raise StdtrtError(f"{file} is not a plain IP-Adapter (no image_proj.proj.weight)")
+        return f.get_slice(keys[0]).get_shape()[0] // 4
+
+
+def style_processors(unet, blocks: str) -> list[str]:
+    """The attention processors the style goes into. `instantstyle`: the middle attention of the first up
+    block with cross-attention, `attentions.1` (SDXL: up_blocks.0.attentions.1, the block InstantStyle
+    found to carry style; SD 1.x: up_blocks.1.attentions.1, the same place at the lowest-resolution up
+    block with attention, which InstantStyle does not name); `all`: every IP-Adapter layer."""
+    names = [n for n, _ in _attn2_modules(unet)]
+    if blocks == "all":
+        return names
+    first = next(n.split(".attentions.")[0] for n in names if n.startswith("up_blocks."))
+    return [n for n in names if n.startswith(f"{first}.attentions.1.")]
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """No per-load progress bar from transformers (a run prints its own progress)."""
+    from transformers.utils import logging as tlog
+
+    enabled = tlog.is_progress_bar_enabled()
+    tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            tlog.enable_progress_bar()
+
+
+def encode_style(model, image: str, adapter: str, scale: float, blocks: str) -> Style:
+    """The style image encoded once, by the IP-Adapter's own image encoder in float32 on the CPU (one
+    image: the encoder, 0.6 B parameters for ViT-H, never takes GPU memory), its preprocessing diffusers'
+    (CLIPImageProcessor at the encoder's size). Nothing is attached to the model yet (attach_style)."""
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+    check_style_options(scale, blocks)
+    rgb = read_style_image(image)
+    folder, (sub, weight, encoder) = resolve_adapter(adapter, model)
+    width, ours = _adapter_width(folder / sub / weight), model.unet.config.cross_attention_dim
+    if width != ours:
+        raise StdtrtError(
+            f"IP-Adapter {adapter} is made for cross-attention of width {width}; {model.name}'s is {ours} "
+            f"(an SD 1.5 adapter on SDXL, or the other way round?)"
+        )
+    try:
+        with _quiet_transformers():
+            enc = CLIPVisionModelWithProjection.from_pretrained(
+                folder / encoder, local_files_only=True
+            ).eval()
+    except Exception as exc:
+        raise StdtrtError(
+            f"could not load the image encoder of {adapter}: {str(exc).splitlines()[0][:200]}"
+        ) from None
+    size = enc.config.image_size
+    pixels = CLIPImageProcessor(size=size, crop_size=size)(rgb, return_tensors="pt").pixel_values
+    with torch.no_grad():
+        embeds = enc(pixels.float()).image_embeds  # (1, D)
+    return Style(
+        embeds.float()[None], str(Path(image).resolve()), file_hash(image), adapter,
+        file_hash(folder / sub / weight), float(scale), blocks, folder / sub / weight,
+    )  # fmt: skip
+
+
+def attach_style(model, style: Style) -> None:
+    """Load the IP-Adapter's layers into the model's UNet (diffusers' `load_ip_adapter`, without its
+    image encoder) and set each layer's scale: `style.scale` in the chosen blocks, 0 elsewhere. After any
+    LoRA fusion (the fused model's check runs without an image)."""
+    from diffusers.models.attention_processor import IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0
+
+    file = style.weight_file
+    try:
+        model.pipe.load_ip_adapter(str(file.parents[1]), subfolder=file.parent.name, weight_name=file.name,
+                                   image_encoder_folder=None, local_files_only=True)  # fmt: skip
+    except Exception as exc:
+        raise StdtrtError(
+            f"could not load IP-Adapter {style.adapter}: {str(exc).splitlines()[0][:200]}"
+        ) from None
+    chosen = set(style_processors(model.unet, style.blocks))
+    for name, proc in model.unet.attn_processors.items():
+        if isinstance(proc, (IPAdapterAttnProcessor, IPAdapterAttnProcessor2_0)):
+            proc.scale = [style.scale if name in chosen else 0.0]
+
+
+def load_style(model, image: str, adapter: str, scale: float, blocks: str) -> Style:
+    """encode_style, then attach_style: the style ready for the model's UNet calls."""
+    style = encode_style(model, image, adapter, scale, blocks)
+    attach_style(model, style)
+    return style
+
+
+def read_style_image(path: str):
+    """The style image as RGB, or one line saying why not."""
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise StdtrtError(f"style image {path} does not exist")
+    try:
+        with Image.open(p) as im:
+            im.load()
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise StdtrtError(f"style image {path} is not a readable image ({type(exc).__name__})") from None

@@ -1,0 +1,212 @@
+"""Style from an image: the student with a style image equals diffusers' own img2img pipeline given the same
+ip_adapter_image and scales (InstantStyle's block selection written in diffusers' own scale form), the
+stream form equals the sequential student with it, and bad style input is one line each."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stdtrt import schedule
+from stdtrt.errors import StdtrtError
+from stdtrt.io.samples import sample_frames
+from stdtrt.models.load import load_model
+from stdtrt.models.style import load_style, style_processors
+
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
+
+
+@pytest.fixture(scope="module")
+def style_png(tmp_path_factory):
+    path = tmp_path_factory.mktemp("style") / "starry.png"
+    Image.fromarray(next(iter(sample_frames(1, 40, 40)))).save(path)
+    return path
+
+
+def _diffusers_latents(z0, plan, seed, guidance, style_png, scale):
+    """diffusers' StableDiffusionImg2ImgPipeline (TCD, the plan's timesteps) with its own IP-Adapter loader
+    and `set_ip_adapter_scale`, on a freshly loaded tiny-sd."""
+    from diffusers import StableDiffusionImg2ImgPipeline, TCDScheduler
+
+    from stdtrt.models.conditioning import encode_prompt
+    from stdtrt.models.style import LAYOUT, resolve_adapter
+
+    model = load_model("tiny-sd")
+    folder, (sub, weight, encoder) = resolve_adapter("tiny-ip-adapter", model)
+    components = dict(model.pipe.components)
+    components["scheduler"] = TCDScheduler.from_config(model.pipe.scheduler.config)
+    components["image_encoder"] = components["feature_extractor"] = None
+    pipe = StableDiffusionImg2ImgPipeline(**components)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_ip_adapter(str(folder), subfolder=sub, weight_name=weight, image_encoder_folder=encoder)
+    assert (sub, weight) == LAYOUT["sd"][:2]
+    pipe.set_ip_adapter_scale(scale)
+    cond, uncond = encode_prompt(pipe, "an oil painting", 64, 64), encode_prompt(pipe, "", 64, 64)
+    out = pipe(
+        image=z0, ip_adapter_image=Image.open(style_png).convert("RGB"), prompt_embeds=cond.embeds,
+        negative_prompt_embeds=uncond.embeds, strength=1.0, timesteps=list(plan.timesteps),
+        guidance_scale=guidance, eta=0.0, output_type="latent", generator=torch.Generator().manual_seed(seed),
+    )  # fmt: skip
+    return out.images
+
+
+@pytest.mark.parametrize("blocks", ["instantstyle", "all"])
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_the_style_image_student_equals_diffusers_img2img(blocks, guidance, style_png):
+    from stdtrt.runtime.student import Student
+
+    model = load_model("tiny-sd")
+    style = load_style(model, str(style_png), "tiny-ip-adapter", 0.8, blocks)
+    plan = schedule.student_plan(model.alphas_cumprod(), 0.75, 4)
+    student = Student(model, plan, "an oil painting", 64, 64, "", guidance, style)
+    z0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(11)
+    ours = student.sample(z0, torch.randn((1, 4, 8, 8), generator=g))
+    # InstantStyle in diffusers' own words: tiny-sd's first up block, its second attention only
+    scale = {"up": {"block_0": [0.0, 0.8]}} if blocks == "instantstyle" else 0.8
+    theirs = _diffusers_latents(z0, plan, 11, guidance, style_png, scale)
+    assert (ours - theirs).abs().max().item() < 1e-4
+    plain = Student(load_model("tiny-sd"), plan, "an oil painting", 64, 64, "", guidance)
+    assert (
+        plain.sample(z0, torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(11))) - ours
+    ).abs().max() > 1e-3
+
+
+def test_instantstyle_scales_only_the_style_block(style_png):
+    from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
+
+    model = load_model("tiny-sd")
+    load_style(model, str(style_png), "tiny-ip-adapter", 1.5, "instantstyle")
+    scaled = {
+        n
+        for n, p in model.unet.attn_processors.items()
+        if isinstance(p, IPAdapterAttnProcessor2_0) and p.scale[0]
+    }
+    assert scaled == {"up_blocks.0.attentions.1.transformer_blocks.0.attn2.processor"}
+    assert all(p.scale == [1.5] for n, p in model.unet.attn_processors.items() if n in scaled)
+    assert len(style_processors(model.unet, "all")) == sum(
+        isinstance(p, IPAdapterAttnProcessor2_0) for p in model.unet.attn_processors.values()
+    )
+
+
+def test_the_stream_form_equals_the_sequential_student_with_a_style(style_png):
+    from stdtrt.runtime.backends.torch import TorchBackend
+    from stdtrt.runtime.stream import StreamState
+    from stdtrt.runtime.student import Student, make_noise, to_tensor
+
+    model = load_model("tiny-sd")
+    style = load_style(model, str(style_png), "tiny-ip-adapter", 1.0, "all")
+    plan = schedule.student_plan(model.alphas_cumprod(), 0.75, 4)
+    student = Student(model, plan, "an oil painting", 64, 64, "", 3.0, style)
+    backend = TorchBackend.from_model(model, plan, "an oil painting", "", 3.0, 64, 64, 1, style)
+    noise = make_noise(model.latent_shape(64, 64), seed=3)
+    z0s = [student.encode(to_tensor(f[None], "cpu")) for f in sample_frames(3, 64, 64)]
+    state = StreamState(backend, lambda n: noise.expand(n, -1, -1, -1))
+    done = []
+    for i, z0 in enumerate(z0s):
+        done += state.push(z0, [i])
+    done += state.flush()
+    for z0, (ours, _) in zip(z0s, done, strict=True):
+        ref = student.sample(z0, noise)
+        assert (ours - ref).abs().max() < 1e-4 * max(1.0, float(ref.abs().max()))
+
+
+def test_stylize_video_with_a_style_image(style_png, tmp_path):
+    from conftest import frames_of, make_video
+
+    from stdtrt.config import StylizeConfig
+    from stdtrt.runtime.stylize import stylize_video
+
+    src = make_video(tmp_path / "in.mp4", frames=3, size=(48, 40))
+    outs = []
+    for style in (None, str(style_png)):
+        cfg = StylizeConfig(
+            model="tiny-sd", style_image=style, ip_adapter="tiny-ip-adapter", style_blocks="all"
+        )
+        result = stylize_video(cfg, src, tmp_path / f"out-{style is None}.mp4", progress=False)
+        assert result.frames == 3
+        outs.append(np.stack(frames_of(result.output)).astype(int))
+    assert np.abs(outs[0] - outs[1]).max() > 0  # the style image changes the frames
+
+
+@pytest.mark.parametrize(
+    "what,match",
+    [
+        ("missing", "style image .* does not exist"),
+        ("not-an-image", "is not a readable image"),
+        ("scale", r"--style-scale must be in \[0, 2\]"),
+        ("other-family", "made for cross-attention of width 64; tiny-sd's is 32"),
+        ("not-cached", "hf download nobody/ip-adapter --include .models/ip-adapter_sd15.safetensors"),
+    ],
+)
+def test_bad_style_input_is_one_line(what, match, style_png, tmp_path):
+    from stdtrt.models.style import _tiny_folder
+
+    image, adapter, scale = str(style_png), "tiny-ip-adapter", 1.0
+    if what == "missing":
+        image = str(tmp_path / "nope.png")
+    elif what == "not-an-image":
+        (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+        image = str(tmp_path / "bad.png")
+    elif what == "scale":
+        scale = 2.5
+    elif what == "other-family":
+        adapter = str(_tiny_folder(64, load_model("tiny-sd").unet))  # keys for tiny-sd, width 64
+    elif what == "not-cached":
+        adapter = "nobody/ip-adapter"
+    with pytest.raises(StdtrtError, match=match):
+        load_style(load_model("tiny-sd"), image, adapter, scale, "instantstyle")
+
+
+@pytest.fixture(scope="module")
+def style_bundle(style_png, tmp_path_factory):
+    """tiny-sd + LoRA with the style image baked in, guidance 2 (its zero image embedding in the other
+    branch), validated against torch at export."""
+    from conftest import export_tiny
+
+    return export_tiny(tmp_path_factory.mktemp("style-bundle"), "tiny-sd", 2.0, style_image=str(style_png),
+                       ip_adapter="tiny-ip-adapter", style_scale=1.2)  # fmt: skip
+
+
+def test_export_bakes_the_style_image_and_the_backends_agree(style_bundle, style_png, tmp_path):
+    from conftest import frames_of, make_video
+
+    from stdtrt.bundle.manifest import read_bundle
+    from stdtrt.config import StylizeConfig
+    from stdtrt.runtime.stylize import stylize_video
+
+    bundle = read_bundle(style_bundle[1].path)
+    style = bundle.manifest["style"]
+    assert style["scale"] == 1.2 and style["blocks"] == "instantstyle" and len(style["image_sha256"]) == 64
+    assert bundle.manifest["key_fields"]["style"]["image_sha256"] == style["image_sha256"]
+    assert all(r["ok"] for r in bundle.manifest["validation"]["rows"])  # the graphs equal the torch modules
+    src = make_video(tmp_path / "in.mp4", frames=3, size=(64, 64))
+    outs = {}
+    for backend in ("onnxruntime", "torch"):
+        cfg = StylizeConfig(bundle=str(bundle.path), backend=backend)
+        outs[backend] = np.stack(
+            frames_of(stylize_video(cfg, src, tmp_path / f"{backend}.mp4", progress=False).output)
+        )
+    assert np.abs(outs["onnxruntime"].astype(int) - outs["torch"].astype(int)).mean() < 1.0
+
+
+def test_a_bundle_refuses_another_style(style_bundle, sd_bundle, style_png, tmp_path):
+    from stdtrt.config import StylizeConfig
+    from stdtrt.runtime.stylize import stylize_image
+
+    other = tmp_path / "other.png"
+    Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(other)
+    for bundle, image, match in [
+        (style_bundle, other, "exported for style image .*starry.png"),
+        (sd_bundle, style_png, "exported for style image None"),
+        (style_bundle, tmp_path / "gone.png", "style image .*gone.png does not exist"),
+    ]:
+        cfg = StylizeConfig(bundle=str(bundle[1].path), style_image=str(image))
+        with pytest.raises(StdtrtError, match=match):
+            stylize_image(cfg, style_png, tmp_path / "out.png")
+    with pytest.raises(StdtrtError, match="exported for style scale 1.2, not 0.5"):
+        stylize_image(
+            StylizeConfig(bundle=str(style_bundle[1].path), style_scale=0.5), style_png, tmp_path / "o.png"
+        )
