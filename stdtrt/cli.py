@@ -314,16 +314,37 @@ def bench(**given) -> None:
     click.echo(run_bench(build_config(BenchConfig, given)).table())
 
 
+class Terminated(BaseException):
+    """SIGTERM (systemd, `docker stop`, job schedulers), raised in the main thread where Ctrl-C would be,
+    so the same clean-up runs (temporary outputs removed, worker threads stopped); not a KeyboardInterrupt,
+    which click would turn into its own Abort."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user mistakes become one line on stderr and exit code 2, never a traceback."""
+    """Entry point: user mistakes become one line on stderr and exit code 2, never a traceback; SIGINT and
+    SIGTERM clean up and exit 130 and 143."""
+    import signal
+
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no import-time chatter about torchvision
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         cli.main(args=argv, prog_name="stdtrt", standalone_mode=False)
+    except Terminated:
+        click.echo("terminated (SIGTERM): stopped, nothing half-written left", err=True)
+        sys.exit(143)
     except click.exceptions.Abort:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except click.UsageError as exc:  # click's own: the same one line as stdtrt's, with where to look
+        command = exc.ctx.command_path if exc.ctx else "stdtrt"
+        click.echo(f"error: {exc.format_message()} (see `{command} --help`)", err=True)
+        sys.exit(2)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
     except StdtrtError as exc:
         click.echo(f"error: {exc}", err=True)

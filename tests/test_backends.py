@@ -11,6 +11,7 @@ import pytest
 from conftest import copy_bundle, frames_of, make_video
 
 from stdtrt.availability import is_tensorrt_available
+from stdtrt.bundle import manifest as mf
 from stdtrt.bundle.manifest import read_bundle
 from stdtrt.config import StylizeConfig
 from stdtrt.errors import StdtrtError
@@ -74,7 +75,7 @@ def test_torch_backend_refuses_a_bundle_of_another_model(sd_bundle, tmp_path):
     path = copy_bundle(sd_bundle, tmp_path)
     m = json.loads((path / "manifest.json").read_text())
     m["model"]["hash"] = "0" * 64  # as if exported from another checkpoint under the same name
-    (path / "manifest.json").write_text(json.dumps(m))
+    mf.write_manifest(path, m)  # sealed, as an export would
     with pytest.raises(StdtrtError, match="is not the one bundle .* was exported with"):
         load_backend(read_bundle(path), "torch", "cpu")
 

@@ -41,6 +41,13 @@ def test_every_command_has_help(command, capsys):
         (["stylize-video", "{video}", "-o", "o.mp4", "--model", "who/what"], "tiny-sd"),
         (["stylize-video", "{video}", "-o", "{video}", "--model", "tiny-sd"], "is the input"),
         (["stylize-image", "missing.png", "-o", "o.png", "--model", "tiny-sd"], "does not exist"),
+        (["stylize-video", "{video}", "-o", ".", "--model", "tiny-sd"], "is a directory"),
+        # click's own mistakes read the same way
+        (["stylize-video", "{video}", "--model", "tiny-sd", "--nope"], "No such option '--nope'"),
+        (["stylize-video", "{video}", "--nfe", "four"], "'four' is not a valid integer"),
+        (["stylize-video", "{video}", "--style-blocks", "middle"], "'middle' is not one of"),
+        (["stylize-video"], "Missing argument"),
+        (["stylize-video", "{video}", "-o", "o.mp4", "--style-scale", "3"], "[0, 2]"),
     ],
 )
 def test_user_mistakes_are_one_line_and_exit_2(argv, needle, capsys, video, monkeypatch, tmp_path):

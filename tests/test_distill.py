@@ -4,6 +4,7 @@ calls, exact resume, the NaN guard, bad input, and the LoRA files it writes."""
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import losses, small
@@ -477,3 +478,22 @@ def test_toml_value_of_the_wrong_type_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as done:
         main(["distill", "--config", str(toml)])
     assert done.value.code == 2 and "lr: '1e-4' is not a float" in capsys.readouterr().err
+
+
+def test_an_image_over_the_decompression_bomb_limit_is_one_line(tmp_path, monkeypatch):
+    """Pillow raises past twice MAX_IMAGE_PIXELS; the limit is lowered here instead of writing a huge file."""
+    from PIL import Image
+
+    from stdtrt.io.images import read_image
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(folder / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 pixels > 2 x 1000
+    with pytest.raises(
+        StdtrtError, match=r"huge.png \(over Pillow's decompression-bomb limit of 1000 pixels\)"
+    ):
+        distill(small(folder, tmp_path / "run"), progress=False)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(StdtrtError, match="more pixels than Pillow's decompression-bomb limit"):
+        read_image(folder / "huge.png")

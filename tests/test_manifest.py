@@ -132,3 +132,23 @@ def test_the_torch_backend_checks_the_model_by_its_files_first(sd_bundle):
     assert m["model"]["fingerprint"] is None  # tiny-sd: a preset, built from code
     lora = m["lora"]
     assert lora["fingerprint"] == fingerprint(lora["path"]) and len(lora["fingerprint"]) == 1
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m["schedule"].__setitem__("a_start", m["schedule"]["a_start"] * 0.9),  # changes the output
+        lambda m: m.__setitem__("width", 128),  # the graphs were built for 64
+        lambda m: m.__setitem__("prompt", "a watercolour"),  # the graph's constants say otherwise
+    ],
+)
+def test_a_hand_edited_manifest_is_refused_with_one_line(edit, sd_bundle, tmp_path):
+    path = copy_bundle(sd_bundle, tmp_path)
+    m = json.loads((path / "manifest.json").read_text())
+    edit(m)
+    (path / "manifest.json").write_text(json.dumps(m, indent=2))
+    with pytest.raises(StdtrtError, match="was changed after export") as err:
+        mf.read_bundle(path)
+    assert "\n" not in str(err.value)
+    mf.write_manifest(path, json.loads((sd_bundle[1].path / "manifest.json").read_text()))
+    assert mf.read_bundle(path).width == 64  # the manifest as exported reads again

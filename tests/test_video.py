@@ -233,3 +233,125 @@ def test_noise_is_the_same_on_every_device():
 
     assert torch.equal(make_noise((4, 8, 8), 3), make_noise((4, 8, 8), 3))
     assert not torch.equal(make_noise((4, 8, 8), 3), make_noise((4, 8, 8), 4))
+
+
+def _rotated_clip(path: Path, degrees: int, frames: int = 3) -> Path:
+    """A 64x48 coded clip, a red block in its top-left corner, with a display matrix of `degrees`
+    counter-clockwise (PyAV's convention, what `VideoFrame.rotation` reads back): a phone's portrait clip."""
+    out = av.open(str(path), "w")
+    stream = out.add_stream("libx264", rate=8)
+    stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+    stream.set_display_rotation(degrees)
+    for i in range(frames):
+        rgb = np.full((48, 64, 3), 40, np.uint8)
+        rgb[:16, :16] = (255, 0, 0)
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        frame.pts = i
+        out.mux(stream.encode(frame))
+    out.mux(stream.encode(None))
+    out.close()
+    return path
+
+
+@pytest.mark.parametrize(
+    "degrees,size,corner",
+    [(90, (48, 64), "bottom-left"), (270, (48, 64), "top-right"), (180, (64, 48), "bottom-right")],
+)
+def test_a_rotated_video_is_read_upright_and_written_upright(degrees, size, corner, tmp_path):
+    from stdtrt.io.video import read_frames
+
+    src = _rotated_clip(tmp_path / "phone.mp4", degrees)
+    info = probe(src)
+    assert (info.width, info.height, info.rotation) == (*size, degrees)
+    rgb, _ = next(read_frames(info))
+    h, w = rgb.shape[:2]
+    corners = {"top-left": rgb[:8, :8], "top-right": rgb[:8, w - 8 :], "bottom-left": rgb[h - 8 :, :8],
+               "bottom-right": rgb[h - 8 :, w - 8 :]}  # fmt: skip
+    red = [
+        name for name, patch in corners.items() if patch[..., 0].mean() > 200 and patch[..., 1].mean() < 60
+    ]
+    assert (w, h) == size and red == [corner]
+    small, _ = next(
+        read_frames(info, size[0] // 2, size[1] // 2)
+    )  # resized in the coded orientation, then turned
+    assert small.shape[1::-1] == (size[0] // 2, size[1] // 2)
+    result = stylize_video(StylizeConfig(model="tiny-sd"), src, tmp_path / "out.mp4", progress=False)
+    out = probe(result.output)
+    assert (out.width, out.height, out.rotation) == (*size, 0)  # upright pixels, no display matrix left
+
+
+def _multi_track(
+    path: Path, audio: list[tuple[str, int, str]], subtitle: bool = False, frames: int = 8
+) -> Path:
+    """A 64x48 clip at 8 fps with the audio streams asked for ((encoder, rate, layout), one second each)
+    and optionally a subrip subtitle, in a container that holds them all (.mkv)."""
+    out = av.open(str(path), "w")
+    video = out.add_stream("libx264", rate=8)
+    video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+    tracks = []
+    for codec, rate, layout in audio:
+        stream = out.add_stream(codec, rate=rate)
+        stream.layout = layout
+        tracks.append((stream, rate, layout))
+    sub = out.add_mux_stream("subrip") if subtitle else None
+    for i in range(frames):
+        frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 30 * i % 255, np.uint8), format="rgb24")
+        frame.pts, frame.time_base = i, Fraction(1, 8)
+        out.mux(video.encode(frame))
+    out.mux(video.encode(None))
+    for stream, rate, layout in tracks:
+        size, channels = stream.codec_context.frame_size or 1024, 1 if layout == "mono" else 2
+        resampler = av.AudioResampler(format=stream.codec_context.format.name, layout=layout, rate=rate)
+        for start in range(0, rate * frames // 8, size):
+            t = (start + np.arange(size)) / rate
+            wave = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+            frame = av.AudioFrame.from_ndarray(
+                np.repeat(wave[None], channels, axis=0), format="fltp", layout=layout
+            )
+            frame.sample_rate, frame.pts = rate, start
+            for f in resampler.resample(frame):
+                out.mux(stream.encode(f))
+        out.mux(stream.encode(None))
+    if sub is not None:
+        packet = av.Packet(b"a line of dialogue")
+        packet.stream, packet.pts, packet.dts, packet.duration = sub, 0, 0, 500
+        packet.time_base = Fraction(1, 1000)
+        out.mux(packet)
+    out.close()
+    return path
+
+
+def _streams(path: Path) -> list[tuple[str, str]]:
+    with av.open(str(path)) as c:
+        return [(s.type, s.codec_context.name) for s in c.streams]
+
+
+def test_every_audio_and_subtitle_stream_is_kept_or_said(tmp_path, caplog):
+    src = _multi_track(
+        tmp_path / "in.mkv", [("aac", 44100, "mono"), ("libopus", 48000, "stereo")], subtitle=True
+    )
+    assert _streams(src) == [("video", "h264"), ("audio", "aac"), ("audio", "opus"), ("subtitle", "srt")]
+    mkv = stylize_video(StylizeConfig(model="tiny-sd"), src, tmp_path / "out.mkv", progress=False)
+    assert _streams(mkv.output) == _streams(src) and mkv.audio == "copied"
+    with caplog.at_level("WARNING", logger="stdtrt"):
+        mp4 = stylize_video(StylizeConfig(model="tiny-sd"), src, tmp_path / "out.mp4", progress=False)
+    assert _streams(mp4.output) == [("video", "h264"), ("audio", "aac"), ("audio", "aac")]
+    assert mp4.audio == "copied, re-encoded"  # the Opus track into AAC: .mp4 copies AAC only
+    assert "dropped subtitle stream 0 (subrip): .mp4 takes mov_text only" in caplog.text
+
+
+@pytest.mark.parametrize("codec", ["libopus", "libmp3lame", "pcm_s16le"])
+@pytest.mark.parametrize("suffix", [".mp4", ".mov", ".mkv", ".webm"])
+def test_frame_rate_count_and_duration_hold_in_every_container(codec, suffix, tmp_path):
+    rate = 48000 if codec == "libopus" else 44100
+    src = _multi_track(tmp_path / "in.mkv", [(codec, rate, "stereo")])
+    result = stylize_video(StylizeConfig(model="tiny-sd"), src, tmp_path / f"out{suffix}", progress=False)
+    a, b = probe(src), probe(result.output)
+    assert (b.rate, len(frames_of(result.output))) == (a.rate, 8)
+    with av.open(str(src)) as ci, av.open(str(result.output)) as co:
+        t_in = [float(f.pts * f.time_base) for f in ci.decode(video=0)]
+        t_out = [float(f.pts * f.time_base) for f in co.decode(video=0)]
+        kept = co.streams.audio[0].codec_context.name
+    assert np.allclose(t_in, t_out, atol=1e-3)
+    players = {".mp4": {"aac"}, ".mov": {"aac", "pcm_s16le"}, ".webm": {"opus"}}
+    assert suffix == ".mkv" or kept in players[suffix]  # what that container's players take

@@ -23,7 +23,7 @@ from stdtrt.io.hashing import file_hash
 from stdtrt.schedule import StudentPlan
 
 FORMAT = "stdtrt-bundle"
-FORMAT_VERSION = 2  # 2: the placement (graph dtypes) and the teacher grid are recorded
+FORMAT_VERSION = 3  # 2: the placement (graph dtypes) and the teacher grid are recorded; 3: manifest_sha256
 MANIFEST = "manifest.json"
 # Bump when the graphs' meaning changes (inputs, outputs, what is baked in): old bundles stop matching.
 GRAPH_VERSION = 2  # 2: fp16 graphs are the fp16 modules traced, with float32 islands
@@ -121,10 +121,18 @@ def library_versions() -> dict:
     return out
 
 
+def manifest_digest(manifest: dict) -> str:
+    """sha256 of the manifest's contents (canonical JSON, without the digest itself): recorded in it at
+    every write, so a hand edit of the numbers it carries (a_start, width, ...) is refused at read."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def write_manifest(folder: Path, manifest: dict) -> Path:
     path = Path(folder) / MANIFEST
+    sealed = {**manifest, "manifest_sha256": manifest_digest(manifest)}
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+        tmp.write_text(json.dumps(sealed, indent=2, sort_keys=False) + "\n")
     return path
 
 
@@ -230,6 +238,11 @@ def read_bundle(path: str | Path, verify: bool = True, full: bool = False) -> Bu
     missing = [k for k in REQUIRED if k not in manifest]
     if missing:
         raise StdtrtError(f"{file} lacks {', '.join(missing)}; export the bundle again")
+    if manifest.get("manifest_sha256") != manifest_digest(manifest):
+        raise StdtrtError(
+            f"{file} was changed after export (its contents do not match the digest recorded in it): the "
+            f"graphs were built for what it said then; export the bundle again"
+        )
     bundle = Bundle(path, manifest)
     if verify:
         bundle.verify(full)

@@ -177,6 +177,8 @@ def check_readable(files: list[Path]) -> None:
             else:
                 with Image.open(path) as im:
                     im.verify()
+        except Image.DecompressionBombError:
+            bad.append(f"{path} (over Pillow's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS} pixels)")
         except (UnidentifiedImageError, OSError, SyntaxError, StdtrtError) as exc:
             bad.append(f"{path} ({type(exc).__name__})")
     if bad:

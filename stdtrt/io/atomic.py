@@ -1,9 +1,16 @@
-"""Writing outputs so that an interrupted run never leaves a finished-looking file or folder."""
+"""Writing outputs so that an interrupted run never leaves a finished-looking file or folder.
+
+A temporary file or folder beside the output (`.NAME.stdtrt-PID.XXXX.partial...`) is renamed over it only
+on success, with the permissions a plain write gets under the user's umask (not mkstemp's owner-only
+ones). A run killed outright (SIGKILL, a power cut) cannot remove its own: the next write of the same
+output removes partials whose process is gone, and only stdtrt's (its name pattern and a dead PID).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -29,18 +36,53 @@ def check_writable(path: Path) -> None:
         raise StdtrtError(f"output folder {folder} is not writable ({exc.strerror})") from None
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_partials(folder: Path, stem: str) -> list[Path]:
+    """Remove `.STEM.stdtrt-PID.*.partial*` files and folders in `folder` whose process no longer runs."""
+    removed = []
+    pattern = re.compile(rf"^\.{re.escape(stem)}\.stdtrt-(\d+)\.[^/]*\.partial(\.[^/]*)?$")
+    for entry in folder.iterdir() if folder.is_dir() else ():
+        m = pattern.match(entry.name)
+        if not m or int(m.group(1)) == os.getpid() or _alive(int(m.group(1))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path):
     """Yield a temporary file name beside `path` (same suffix); rename it to `path` only on success."""
     path = Path(path)
     check_writable(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    remove_stale_partials(folder, path.stem)
     fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.stem}.", suffix=f".partial{path.suffix}", dir=path.parent or "."
+        prefix=f".{path.stem}.stdtrt-{os.getpid()}.", suffix=f".partial{path.suffix}", dir=folder
     )
     os.close(fd)
     tmp = Path(tmp)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -52,9 +94,13 @@ def atomic_dir(path: str | Path):
     """Yield a temporary folder beside `path`; on success replace `path` with it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    remove_stale_partials(path.parent, path.name)
+    tmp = Path(
+        tempfile.mkdtemp(prefix=f".{path.name}.stdtrt-{os.getpid()}.", suffix=".partial", dir=path.parent)
+    )
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -32,6 +32,11 @@ def read_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
+    except Image.DecompressionBombError:
+        raise StdtrtError(
+            f"{path} has more pixels than Pillow's decompression-bomb limit ({Image.MAX_IMAGE_PIXELS}); "
+            f"downscale it first"
+        ) from None
     except (UnidentifiedImageError, OSError) as exc:
         raise StdtrtError(f"{path} is not a readable image ({exc})") from None
 

@@ -1,6 +1,6 @@
 """Video in and out with PyAV: frames are streamed (never the whole video in memory), the frame rate, the
-timestamps, the size and the audio track of the input are kept, and the output is written to a temporary
-name and renamed only when complete.
+timestamps, the displayed size (a display rotation applied) and every audio and subtitle stream of the
+input are kept, and the output is written to a temporary name and renamed only when complete.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ CONTAINERS = {
 @dataclass(frozen=True)
 class VideoInfo:
     path: Path
-    width: int
+    width: int  # as displayed: the coded size turned by `rotation` (a portrait phone clip is portrait here)
     height: int
     rate: Fraction  # average frame rate
     time_base: Fraction
@@ -45,6 +45,7 @@ class VideoInfo:
     has_audio: bool
     audio_codec: str | None
     sample_aspect_ratio: Fraction | None
+    rotation: int = 0  # display-matrix rotation, counter-clockwise degrees (0, 90, 180 or 270)
 
 
 def _open(path: Path):
@@ -80,10 +81,15 @@ def probe(path: str | Path) -> VideoInfo:
         width, height = stream.codec_context.width, stream.codec_context.height
         if not width or not height:
             raise StdtrtError(f"{path}: the video stream has no size (corrupt header?)")
+        rotation = _rotation(container, stream, path)
+        if rotation in (90, 270):
+            width, height = height, width
+            sar = 1 / Fraction(sar) if sar else None
         return VideoInfo(
             path=path,
             width=width,
             height=height,
+            rotation=rotation,
             rate=Fraction(rate),
             time_base=Fraction(stream.time_base or Fraction(1, 90000)),
             frames=int(stream.frames or 0),
@@ -95,6 +101,25 @@ def probe(path: str | Path) -> VideoInfo:
         container.close()
 
 
+def _rotation(container, stream, path: Path) -> int:
+    """The display-matrix rotation of the first frame (FFmpeg hands the stream's to each decoded frame),
+    counter-clockwise degrees in {0, 90, 180, 270}; another angle is ignored with a warning."""
+    try:
+        frame = next(container.decode(stream), None)
+    except av.FFmpegError:
+        return 0  # read_frames reports the corrupt stream
+    angle = round(frame.rotation) % 360 if frame is not None and frame.rotation else 0
+    if angle % 90:
+        log.warning("%s: display rotation %s degrees is not a multiple of 90; ignored", path, angle)
+        return 0
+    return angle
+
+
+def _upright(rgb: np.ndarray, rotation: int) -> np.ndarray:
+    """A decoded frame turned as its display matrix says (counter-clockwise), contiguous."""
+    return np.ascontiguousarray(np.rot90(rgb, rotation // 90)) if rotation else rgb
+
+
 def _interpolation(src: tuple[int, int], dst: tuple[int, int]) -> str:
     """swscale's filter for a resize: area averaging to shrink, bicubic to enlarge (io/images.resize's rule)."""
     return "AREA" if dst[0] * dst[1] < src[0] * src[1] else "BICUBIC"
@@ -103,8 +128,9 @@ def _interpolation(src: tuple[int, int], dst: tuple[int, int]) -> str:
 def read_frames(
     info: VideoInfo, width: int | None = None, height: int | None = None
 ) -> Iterator[tuple[np.ndarray, int]]:
-    """Yield (RGB uint8 frame (height, width, 3), pts in info.time_base), in presentation order; the
-    colour conversion and the resize to (width, height) are one swscale call (default: the coded size).
+    """Yield (RGB uint8 frame (height, width, 3), pts in info.time_base), in presentation order, upright (a
+    display rotation applied: the output is written upright, without one); the colour conversion and the
+    resize to (width, height) are one swscale call (default: the displayed size).
 
     A decode error midway, or a video that ends before the frame count its header announces, raises a
     StdtrtError naming the frame where it stopped.
@@ -116,13 +142,15 @@ def read_frames(
         stream.thread_type = "AUTO"
         step = max(1, round(1 / (info.rate * info.time_base))) if info.rate else 1
         size = (width or info.width, height or info.height)
-        scale = {} if size == (info.width, info.height) else {"width": size[0], "height": size[1]}
+        turned = info.rotation in (90, 270)  # swscale works in the coded orientation
+        coded, src = (size[::-1], (info.height, info.width)) if turned else (size, (info.width, info.height))
+        scale = {} if coded == src else {"width": coded[0], "height": coded[1]}
         if scale:
-            scale["interpolation"] = _interpolation((info.width, info.height), size)
+            scale["interpolation"] = _interpolation(src, coded)
         try:
             for frame in container.decode(stream):
                 pts = frame.pts if frame.pts is not None else count * step
-                yield frame.to_ndarray(format="rgb24", **scale), int(pts)
+                yield _upright(frame.to_ndarray(format="rgb24", **scale), info.rotation), int(pts)
                 count += 1
         except av.FFmpegError as exc:
             raise StdtrtError(
@@ -138,11 +166,57 @@ def read_frames(
         )
 
 
-class VideoWriter:
-    """Encode RGB frames to `tmp_path` (H.264, or VP9 for .webm), muxing the input's audio as it goes.
+# Audio codecs each output container takes as they are (copied packet by packet; any other is re-encoded
+# to the container's own). MP4 and MOV take AAC only: Opus or MP3 copied into MP4 makes players report
+# another frame rate and duration, and PCM in MP4 plays in few players (MOV takes PCM).
+AUDIO_COPY = {
+    ".mp4": {"aac"},
+    ".m4v": {"aac"},
+    ".mov": {"aac", "pcm_s16le", "pcm_s24le", "pcm_f32le"},
+    ".mkv": {"aac", "mp3", "opus", "vorbis", "flac", "ac3", "eac3", "pcm_s16le", "pcm_s24le", "pcm_f32le"},
+    ".webm": {"opus", "vorbis"},
+}
+# Subtitle codecs each output container takes (copied; others are dropped, said in one line).
+SUBTITLE_COPY = {
+    ".mp4": {"mov_text"},
+    ".m4v": {"mov_text"},
+    ".mov": {"mov_text"},
+    ".mkv": {"subrip", "ass", "ssa", "webvtt", "dvd_subtitle", "hdmv_pgs_subtitle"},
+    ".webm": {"webvtt"},
+}
 
-    The audio is copied packet by packet when the output container accepts its codec, else re-encoded.
-    Audio packets are interleaved up to each video frame's time, so memory stays bounded.
+
+@dataclass
+class _Track:
+    """One audio or subtitle stream of the input on its way into the output: its own demuxer, so every
+    track is read in step with the video and memory stays bounded."""
+
+    kind: str  # "audio" or "subtitle"
+    index: int  # in the input's streams of its kind
+    codec: str
+    copy: bool
+    source: object  # the input container this track is demuxed from
+    stream: object = None  # the output stream
+    packets: Iterator | None = None
+    pending: object = None
+
+
+def _layout(ctx) -> str:
+    """A channel layout an encoder accepts: the input's when it names one, else the usual layout for its
+    channel count (PCM in Matroska often says only "2 channels")."""
+    name = ctx.layout.name if ctx.layout else ""
+    if name and "channels" not in name:
+        return name
+    return {1: "mono", 2: "stereo", 6: "5.1", 8: "7.1"}.get(ctx.channels, "stereo")
+
+
+class VideoWriter:
+    """Encode RGB frames to `tmp_path` (H.264, or VP9 for .webm), muxing every audio and subtitle stream
+    of the input as it goes.
+
+    Audio is copied packet by packet when the output container takes its codec (AUDIO_COPY), else
+    re-encoded; subtitles are copied where the container takes their codec, else dropped with one line.
+    Packets are interleaved up to each video frame's time, so memory stays bounded.
     """
 
     def __init__(self, tmp_path: Path, final_suffix: str, info: VideoInfo, crf: int = 18):
@@ -157,7 +231,7 @@ class VideoWriter:
                 f"width and height; crop or scale the input to even dimensions first"
             )
         vcodec, pix_fmt, self._acodec = CONTAINERS[suffix]
-        self.info = info
+        self.info, self.suffix = info, suffix
         self.out = av.open(str(tmp_path), "w", format=_format_for(suffix))
         self.video = self.out.add_stream(vcodec, rate=info.rate)
         self.video.width, self.video.height, self.video.pix_fmt = info.width, info.height, pix_fmt
@@ -172,71 +246,98 @@ class VideoWriter:
             opts.update({"b": "0", "row-mt": "1", "deadline": "realtime", "cpu-used": "8"})
         self.video.options = opts
         self.frames = 0
-        self.copy_audio = False
-        self._audio_in = self._audio_iter = None
-        self._pending = None
-        self._resampler = None
-        if info.has_audio:
-            self._setup_audio()
+        self.tracks: list[_Track] = []
+        self.dropped: list[str] = []  # "subtitle stream 1 (subrip): .mp4 takes mov_text only"
+        self._setup_tracks()
 
-    # -- audio ------------------------------------------------------------------------------------------
-    def _setup_audio(self) -> None:
-        self._audio_in = av.open(str(self.info.path))
-        src = self._audio_in.streams.audio[0]
-        self.copy_audio = src.codec_context.name in self.out.supported_codecs
-        if self.copy_audio:
-            self.audio = self.out.add_stream_from_template(src)
-            self._audio_iter = (p for p in self._audio_in.demux(src) if p.dts is not None and p.size)
+    @property
+    def copy_audio(self) -> bool:
+        """Whether every audio track was copied (False also when there is none)."""
+        audio = [t for t in self.tracks if t.kind == "audio"]
+        return bool(audio) and all(t.copy for t in audio)
+
+    def audio_summary(self) -> str:
+        """none, copied, re-encoded, or both ("copied, re-encoded") over the audio tracks."""
+        states = [("copied" if t.copy else "re-encoded") for t in self.tracks if t.kind == "audio"]
+        return ", ".join(dict.fromkeys(states)) or "none"
+
+    # -- audio and subtitles ----------------------------------------------------------------------------
+    def _setup_tracks(self) -> None:
+        with av.open(
+            str(self.info.path)
+        ) as probe_in:  # canonical codec names (mp3, not its decoder mp3float)
+            audio = [s.codec_context.codec.canonical_name for s in probe_in.streams.audio]
+            subs = [s.codec_context.codec.canonical_name for s in probe_in.streams.subtitles]
+        for i, codec in enumerate(audio):
+            self._add_audio(i, codec)
+        for i, codec in enumerate(subs):
+            if codec in SUBTITLE_COPY[self.suffix]:
+                source = av.open(str(self.info.path))
+                src = source.streams.subtitles[i]
+                track = _Track("subtitle", i, codec, True, source, self.out.add_stream_from_template(src))
+                track.packets = (p for p in source.demux(src) if p.dts is not None and p.size)
+                self.tracks.append(track)
+            else:
+                takes = ", ".join(sorted(SUBTITLE_COPY[self.suffix]))
+                self.dropped.append(f"subtitle stream {i} ({codec}): {self.suffix} takes {takes} only")
+        for line in self.dropped:
+            log.warning("dropped %s", line)
+
+    def _add_audio(self, i: int, codec: str) -> None:
+        source = av.open(str(self.info.path))
+        src = source.streams.audio[i]
+        track = _Track("audio", i, codec, codec in AUDIO_COPY[self.suffix], source)
+        if track.copy:
+            track.stream = self.out.add_stream_from_template(src)
+            track.packets = (p for p in source.demux(src) if p.dts is not None and p.size)
         else:
             rate = src.codec_context.sample_rate or 48000
             rate = 48000 if self._acodec == "libopus" else rate
-            self.audio = self.out.add_stream(self._acodec, rate=rate)
-            self.audio.layout = src.codec_context.layout.name if src.codec_context.layout else "stereo"
-            self._audio_iter = self._decoded_audio(src)
+            track.stream = self.out.add_stream(self._acodec, rate=rate)
+            track.stream.layout = _layout(src.codec_context)
+            track.packets = self._decoded_audio(source, src, track.stream)
+        self.tracks.append(track)
         log.info(
-            "audio: %s (%s)",
-            "copied" if self.copy_audio else f"re-encoded to {self._acodec}",
-            src.codec_context.name,
+            "audio stream %d: %s (%s)", i, "copied" if track.copy else f"re-encoded to {self._acodec}", codec
         )
 
-    def _decoded_audio(self, src):
-        """Re-encode path: yield output packets of the input's audio in the output codec."""
-        ctx = self.audio.codec_context
-        self._resampler = av.AudioResampler(
+    def _decoded_audio(self, source, src, out_stream):
+        """Re-encode path: yield output packets of one input audio stream in the output codec."""
+        ctx = out_stream.codec_context
+        resampler = av.AudioResampler(
             format=ctx.format.name if ctx.format else "fltp",
-            layout=self.audio.layout,
+            layout=out_stream.layout,
             rate=ctx.sample_rate,
             frame_size=ctx.frame_size or 1024,
         )
         try:
-            for frame in self._audio_in.decode(src):
+            for frame in source.decode(src):
                 frame.pts = None
-                for f in self._resampler.resample(frame):
-                    yield from self.audio.encode(f)
+                for f in resampler.resample(frame):
+                    yield from out_stream.encode(f)
         except av.FFmpegError as exc:
             log.warning("audio decoding stopped early: %s", _short(exc))
-        for f in self._resampler.resample(None):
-            yield from self.audio.encode(f)
-        yield from self.audio.encode(None)
+        for f in resampler.resample(None):
+            yield from out_stream.encode(f)
+        yield from out_stream.encode(None)
 
-    def _mux_audio_until(self, seconds: float | None) -> None:
-        """Mux pending audio packets whose time is at most `seconds` (all of them when None)."""
-        if self._audio_iter is None:
-            return
-        while True:
-            if self._pending is None:
-                self._pending = next(self._audio_iter, None)
-                if self._pending is None:
-                    self._audio_iter = None
-                    return
-            p = self._pending
-            t = float(p.pts * p.time_base) if p.pts is not None and p.time_base else None
-            if seconds is not None and t is not None and t > seconds:
-                return
-            if self.copy_audio:
-                p.stream = self.audio
-            self.out.mux(p)
-            self._pending = None
+    def _mux_tracks_until(self, seconds: float | None) -> None:
+        """Mux every track's pending packets whose time is at most `seconds` (all of them when None)."""
+        for track in self.tracks:
+            while track.packets is not None:
+                if track.pending is None:
+                    track.pending = next(track.packets, None)
+                    if track.pending is None:
+                        track.packets = None
+                        break
+                p = track.pending
+                t = float(p.pts * p.time_base) if p.pts is not None and p.time_base else None
+                if seconds is not None and t is not None and t > seconds:
+                    break
+                if track.copy:
+                    p.stream = track.stream
+                self.out.mux(p)
+                track.pending = None
 
     # -- video ------------------------------------------------------------------------------------------
     def write(self, rgb: np.ndarray, pts: int) -> None:
@@ -245,7 +346,7 @@ class VideoWriter:
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
         frame.pts = pts
         frame.time_base = self.info.time_base
-        self._mux_audio_until(float(pts * self.info.time_base) + 0.5)
+        self._mux_tracks_until(float(pts * self.info.time_base) + 0.5)
         size = (self.info.width, self.info.height)
         scale = {}
         if (rgb.shape[1], rgb.shape[0]) != size:
@@ -260,17 +361,19 @@ class VideoWriter:
     def close(self) -> None:
         try:
             self.out.mux(self.video.encode(None))
-            self._mux_audio_until(None)
+            self._mux_tracks_until(None)
         finally:
             self.out.close()
-            if self._audio_in is not None:
-                self._audio_in.close()
+            self._close_sources()
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):  # the file is being thrown away
             self.out.close()
-        if self._audio_in is not None:
-            self._audio_in.close()
+        self._close_sources()
+
+    def _close_sources(self) -> None:
+        for track in self.tracks:
+            track.source.close()
 
 
 def _format_for(suffix: str) -> str:

@@ -337,7 +337,7 @@ def run_video(runner, info, output_path: Path, cfg: StylizeConfig, progress: boo
             bar.close()
         writer.close()
         seconds = time.perf_counter() - start
-    audio = "none" if not info.has_audio else ("copied" if writer.copy_audio else "re-encoded")
+    audio = writer.audio_summary()
     return VideoResult(
         output_path, writer.frames, seconds, w, h, audio, runner.skipped, runner.describe(),
         times.ms_per_call(), frame_times, dict(times.total),
