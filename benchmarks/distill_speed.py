@@ -4,6 +4,7 @@ per process). Prints a table; --json writes the rows.
 
     python benchmarks/distill_speed.py                       # tiny-sd and random-sd15 at 256 px
     python benchmarks/distill_speed.py --only adversarial
+    python benchmarks/distill_speed.py --only motion       # the video student: 8-frame clips, stride 4
 """
 
 from __future__ import annotations
@@ -17,17 +18,21 @@ import time
 from pathlib import Path
 
 CONFIGS = [
-    # (label, preset, resolution, batch, steps, teacher mode, adversarial backbone or "-")
-    ("tiny-sd 256px", "tiny-sd", 256, 4, 60, "shared", "-"),
-    ("tiny-sd 256px, teacher copy", "tiny-sd", 256, 4, 20, "copy", "-"),
-    ("tiny-sd 256px + adversarial", "tiny-sd", 256, 4, 20, "shared", "tiny-dinov2"),
-    ("random-sd15 256px", "random-sd15", 256, 1, 3, "shared", "-"),
-    ("random-sd15 256px, teacher copy", "random-sd15", 256, 1, 3, "copy", "-"),
-    ("random-sd15 256px + adversarial", "random-sd15", 256, 1, 3, "shared", "random-dinov2-small"),
+    # (label, preset, resolution, batch, steps, teacher mode, adversarial backbone or "-", motion adapter or "-")
+    ("tiny-sd 256px", "tiny-sd", 256, 4, 60, "shared", "-", "-"),
+    ("tiny-sd 256px, teacher copy", "tiny-sd", 256, 4, 20, "copy", "-", "-"),
+    ("tiny-sd 256px + adversarial", "tiny-sd", 256, 4, 20, "shared", "tiny-dinov2", "-"),
+    ("random-sd15 256px", "random-sd15", 256, 1, 3, "shared", "-", "-"),
+    ("random-sd15 256px, teacher copy", "random-sd15", 256, 1, 3, "copy", "-", "-"),
+    ("random-sd15 256px + adversarial", "random-sd15", 256, 1, 3, "shared", "random-dinov2-small", "-"),
+    ("tiny-sd 256px, motion clips", "tiny-sd", 256, 1, 10, "shared", "-", "tiny-motion"),
+    ("random-sd15 256px, motion clips", "random-sd15", 256, 1, 3, "shared", "-", "random-motion-sd15"),
 ]
 
 
-def child(preset: str, resolution: int, batch: int, steps: int, teacher: str, adv: str) -> dict:
+def child(preset: str, resolution: int, batch: int, steps: int, teacher: str, adv: str, motion: str) -> dict:
+    """One configuration's figures. With a motion adapter the data are videos and a batch element is a clip
+    of 8 frames at stride 4 (the authors' setting), so a step runs every network on 8 frames."""
     from accelerate import Accelerator
     from PIL import Image
 
@@ -38,8 +43,16 @@ def child(preset: str, resolution: int, batch: int, steps: int, teacher: str, ad
 
     tmp = Path(tempfile.mkdtemp())
     (tmp / "data").mkdir()
-    for i, rgb in enumerate(sample_frames(8, resolution + 32, resolution + 16)):
-        Image.fromarray(rgb).save(tmp / "data" / f"{i}.png")
+    if motion == "-":
+        for i, rgb in enumerate(sample_frames(8, resolution + 32, resolution + 16)):
+            Image.fromarray(rgb).save(tmp / "data" / f"{i}.png")
+    else:
+        from fractions import Fraction
+
+        from stdtrt.io.video import write_video
+
+        frames = sample_frames(64, resolution + 32, resolution + 16)  # 4 clips of 8 frames at stride 4
+        write_video(tmp / "data" / "pan.mp4", iter(frames), Fraction(12))
     cfg = DistillConfig(
         model=preset,
         data=str(tmp / "data"),
@@ -54,6 +67,7 @@ def child(preset: str, resolution: int, batch: int, steps: int, teacher: str, ad
         warmup_steps=0,
         adv_weight=0.0 if adv == "-" else 0.7,
         adv_model=adv,
+        motion_adapter="" if motion == "-" else motion,
     )
     (tmp / "run").mkdir()
     t0 = time.perf_counter()
@@ -83,14 +97,14 @@ def main() -> None:
     parser.add_argument("--only", help="run only configurations whose label contains this")
     parser.add_argument("--steps", type=int, help="override the step count")
     parser.add_argument("--json", type=Path, help="write the rows here")
-    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        preset, res, batch, steps, teacher, adv = args.child
-        print(json.dumps(child(preset, int(res), int(batch), int(steps), teacher, adv)))
+        preset, res, batch, steps, teacher, adv, motion = args.child
+        print(json.dumps(child(preset, int(res), int(batch), int(steps), teacher, adv, motion)))
         return
     rows = []
-    for label, preset, res, batch, steps, teacher, adv in CONFIGS:
+    for label, preset, res, batch, steps, teacher, adv, motion in CONFIGS:
         if args.only and args.only not in label:
             continue
         steps = args.steps or steps
@@ -104,6 +118,7 @@ def main() -> None:
             str(steps),
             teacher,
             adv,
+            motion,
         ]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         row = {"config": label, "batch": batch, "steps": steps, **json.loads(out)}

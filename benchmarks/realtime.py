@@ -17,12 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from stdtrt.bundle.manifest import read_bundle  # noqa: E402
 from stdtrt.config import BenchConfig, ExportConfig  # noqa: E402
+from stdtrt.errors import StdtrtError  # noqa: E402
 from stdtrt.eval.bench import machine, run_bench  # noqa: E402
 from stdtrt.export.export import export_bundle  # noqa: E402
 
@@ -32,6 +35,11 @@ VAES = {"full": "full", "tiny": "random-taesd"}
 
 def bundle(size: int, vae: str, precision: str) -> Path:
     out = ROOT / "cache" / f"realtime-random-sd15-{size}-{vae}-{precision}"
+    if out.exists():
+        try:
+            read_bundle(out, verify=False)
+        except StdtrtError:  # a cache entry of an older bundle format: made again
+            shutil.rmtree(out)
     cfg = ExportConfig(model="random-sd15", prompt="an oil painting", width=size, height=size, nfe=4,
                        vae=VAES[vae], precision=precision, tensorrt=False, out=str(out))  # fmt: skip
     return export_bundle(cfg, progress=False).path  # reused when it is already there
@@ -80,7 +88,12 @@ def main() -> None:
     (ROOT / "results").mkdir(exist_ok=True)
     sizes = args.sizes.replace(",", "-")
     out = ROOT / "results" / f"realtime-{slug}-{sizes}.json"
-    out.write_text(json.dumps({"machine": where, "precision": args.precision, "frames": args.frames, "rows": rows}, indent=2) + "\n")
+    out.write_text(
+        json.dumps(
+            {"machine": where, "precision": args.precision, "frames": args.frames, "rows": rows}, indent=2
+        )
+        + "\n"
+    )
     print(f"wrote {out}")
 
 

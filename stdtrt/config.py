@@ -168,6 +168,9 @@ class StylizeConfig:
         10, "at most this many frames in a row reuse an output (--skip-threshold)", group="video"
     )
     crf: int = opt(18, "H.264 quality of the output video (lower is better)", group="video")
+    pad_odd: bool = opt(
+        False, "write a video of odd width or height one pixel larger (4:2:0 needs even sizes)", group="video"
+    )
     cuda_graphs: bool = opt(
         True, "torch on a GPU: capture the networks as CUDA graphs at load (static shapes)"
     )

@@ -189,7 +189,7 @@ def _can_write(folder: Path) -> bool:
         return False
 
 
-def test_odd_resolution_is_refused(tmp_path):
+def test_odd_resolution_is_refused_or_padded(tmp_path, caplog):
     import av as _av
 
     path = tmp_path / "odd.mkv"
@@ -201,8 +201,19 @@ def test_odd_resolution_is_refused(tmp_path):
             f.pts = i
             c.mux(s.encode(f.reformat(format="yuv444p")))
         c.mux(s.encode(None))
-    with pytest.raises(StdtrtError, match="even width and height"):
+    with pytest.raises(StdtrtError, match="even width and height; pass --pad-odd to write it at 66x48"):
         stylize_video(CFG, path, tmp_path / "out.mp4")
+    assert not (tmp_path / "out.mp4").exists()
+    with caplog.at_level("WARNING", logger="stdtrt"):
+        result = stylize_video(
+            StylizeConfig(model="tiny-sd", pad_odd=True), path, tmp_path / "out.mp4", progress=False
+        )
+    out = probe(result.output)
+    assert (out.width, out.height, result.frames) == (
+        66,
+        48,
+        2,
+    ) and "written at 66x48 (--pad-odd" in caplog.text
 
 
 @pytest.mark.parametrize(

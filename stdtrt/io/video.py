@@ -201,6 +201,21 @@ class _Track:
     pending: object = None
 
 
+def output_size(info: VideoInfo, pad_odd: bool = False) -> tuple[int, int]:
+    """The output video's size: the input's (as displayed). H.264 and VP9 with 4:2:0 colour need an even
+    width and height: an odd side is refused, or with `pad_odd` written one pixel larger (the stylized
+    frame is resized to it, as it is to any output size)."""
+    w, h = info.width, info.height
+    if not (w % 2 or h % 2):
+        return w, h
+    if not pad_odd:
+        raise StdtrtError(
+            f"{info.path} is {w}x{h}: H.264/VP9 output with 4:2:0 colour needs an even width and height; pass "
+            f"--pad-odd to write it at {w + w % 2}x{h + h % 2}, or crop or scale the input first"
+        )
+    return w + w % 2, h + h % 2
+
+
 def _layout(ctx) -> str:
     """A channel layout an encoder accepts: the input's when it names one, else the usual layout for its
     channel count (PCM in Matroska often says only "2 channels")."""
@@ -219,22 +234,20 @@ class VideoWriter:
     Packets are interleaved up to each video frame's time, so memory stays bounded.
     """
 
-    def __init__(self, tmp_path: Path, final_suffix: str, info: VideoInfo, crf: int = 18):
+    def __init__(
+        self, tmp_path: Path, final_suffix: str, info: VideoInfo, crf: int = 18, pad_odd: bool = False
+    ):
         suffix = final_suffix.lower()
         if suffix not in CONTAINERS:
             raise StdtrtError(
                 f"output extension {final_suffix!r} not supported; use one of {', '.join(CONTAINERS)}"
             )
-        if info.width % 2 or info.height % 2:
-            raise StdtrtError(
-                f"{info.path} is {info.width}x{info.height}: H.264/VP9 output with 4:2:0 colour needs an even "
-                f"width and height; crop or scale the input to even dimensions first"
-            )
+        self.size = output_size(info, pad_odd)
         vcodec, pix_fmt, self._acodec = CONTAINERS[suffix]
         self.info, self.suffix = info, suffix
         self.out = av.open(str(tmp_path), "w", format=_format_for(suffix))
         self.video = self.out.add_stream(vcodec, rate=info.rate)
-        self.video.width, self.video.height, self.video.pix_fmt = info.width, info.height, pix_fmt
+        self.video.width, self.video.height, self.video.pix_fmt = *self.size, pix_fmt
         self.video.time_base = info.time_base
         self.video.codec_context.time_base = info.time_base
         if info.sample_aspect_ratio:
@@ -347,7 +360,7 @@ class VideoWriter:
         frame.pts = pts
         frame.time_base = self.info.time_base
         self._mux_tracks_until(float(pts * self.info.time_base) + 0.5)
-        size = (self.info.width, self.info.height)
+        size = self.size
         scale = {}
         if (rgb.shape[1], rgb.shape[0]) != size:
             scale = {

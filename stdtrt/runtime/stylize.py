@@ -298,11 +298,10 @@ def stylize_video(cfg: StylizeConfig, input_path: str | Path, output_path: str |
     input_path, output_path = Path(input_path), Path(output_path)
     info = video.probe(input_path)
     video.check_output(input_path, output_path)
-    if info.width % 2 or info.height % 2:
-        raise StdtrtError(
-            f"{input_path} is {info.width}x{info.height}: H.264/VP9 output needs an even width and height; "
-            f"crop or scale the input to even dimensions first"
-        )
+    size = video.output_size(info, cfg.pad_odd)  # an odd side refused before any model is loaded
+    if size != (info.width, info.height):
+        log.warning("%s is %dx%d: written at %dx%d (--pad-odd; 4:2:0 video needs even sizes)",
+                    input_path, info.width, info.height, *size)  # fmt: skip
     runner = load_runner(cfg, info.width, info.height)
     return run_video(runner, info, output_path, cfg, progress)
 
@@ -317,7 +316,7 @@ def run_video(runner, info, output_path: Path, cfg: StylizeConfig, progress: boo
     bar = tqdm(total=info.frames or None, unit="frame", desc="stylize", disable=not progress, smoothing=0.1)
     frame_times: list[float] = []
     with atomic_path(output_path) as tmp:
-        writer = video.VideoWriter(tmp, output_path.suffix, info, crf=cfg.crf)
+        writer = video.VideoWriter(tmp, output_path.suffix, info, crf=cfg.crf, pad_odd=cfg.pad_odd)
 
         def write(item):
             rgb, pts = item
