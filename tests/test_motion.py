@@ -247,3 +247,49 @@ def test_bad_window_input_is_one_line(changes, match, motion_lora, video, tmp_pa
     with pytest.raises(StdtrtError, match=match):
         stylize_video(StylizeConfig(**{**base, **changes}), video, tmp_path / "out.mp4")
     assert not (tmp_path / "out.mp4").exists()
+
+
+def _zero_motion(unet) -> None:
+    """The motion modules' output projections zeroed: each frame then is what the image UNet gives alone."""
+    for name, module in unet.named_modules():
+        if "motion_modules" in name and name.endswith("proj_out"):
+            module.weight.data.zero_(), module.bias.data.zero_()
+
+
+@pytest.mark.parametrize("case", ["sdxl", "style"])
+def test_each_frame_of_a_clip_gets_its_conditioning_once(case, tmp_path):
+    """Only the text hidden states go in once per frame: a UNetMotionModel repeats the time embedding,
+    SDXL's added conditioning and the IP-Adapter embedding per frame itself. With the motion modules
+    zeroed, every frame of a guided clip equals the image UNet on that frame alone."""
+    from PIL import Image
+
+    from stdtrt.io.samples import sample_frames
+    from stdtrt.models.conditioning import conditionings
+    from stdtrt.models.style import load_style
+
+    preset = "tiny-sdxl" if case == "sdxl" else "tiny-sd"
+    base, motion = load_model(preset), load_model(preset, motion_adapter="tiny-motion")
+    style = None
+    if case == "style":
+        Image.fromarray(next(iter(sample_frames(1, 40, 40)))).save(tmp_path / "s.png")
+        style = load_style(base, str(tmp_path / "s.png"), "tiny-ip-adapter", 1.0, "all")
+        load_style(motion, str(tmp_path / "s.png"), "tiny-ip-adapter", 1.0, "all")
+    _zero_motion(motion.unet)
+    cond, uncond = conditionings(base.pipe, "an oil painting", "", 3.0, 64, 64, style)
+    x = torch.randn(2, 4, 3, 8, 8, generator=torch.Generator().manual_seed(0))  # 2 clips of 3 frames
+    t = torch.tensor([500, 300])
+    with torch.no_grad():
+        clip = predict_eps(motion.unet, x, t, cond, uncond, 3.0)
+        for f in range(3):
+            alone = predict_eps(base.unet, x[:, :, f], t, cond, uncond, 3.0)
+            torch.testing.assert_close(clip[:, :, f], alone, rtol=1e-4, atol=1e-5)
+
+
+def test_a_clip_longer_than_the_adapter_attends_over_is_one_line(clips_dir, tmp_path):
+    from stdtrt.distill.trainer import distill
+
+    with pytest.raises(
+        StdtrtError, match="--clip-frames 40 is longer than the 32 frames tiny-motion attends over"
+    ):
+        distill(_clip_cfg(clips_dir, tmp_path / "r", clip_frames=40, frame_stride=1), progress=False)
+    assert not (tmp_path / "r" / "lora.safetensors").exists()

@@ -337,6 +337,23 @@ def _streams(path: Path) -> list[tuple[str, str]]:
         return [(s.type, s.codec_context.name) for s in c.streams]
 
 
+def _audio_seconds(path: Path, index: int) -> float:
+    """The duration of one audio stream's packets."""
+    with av.open(str(path)) as c:
+        stream = c.streams.audio[index]
+        return sum(float(p.duration * p.time_base) for p in c.demux(stream) if p.duration)
+
+
+def _packets(path: Path) -> list[int]:
+    """Packets with data, per stream."""
+    with av.open(str(path)) as c:
+        counts = [0] * len(c.streams)
+        for p in c.demux():
+            if p.size:
+                counts[p.stream.index] += 1
+    return counts
+
+
 def test_every_audio_and_subtitle_stream_is_kept_or_said(tmp_path, caplog):
     src = _multi_track(
         tmp_path / "in.mkv", [("aac", 44100, "mono"), ("libopus", 48000, "stereo")], subtitle=True
@@ -344,10 +361,13 @@ def test_every_audio_and_subtitle_stream_is_kept_or_said(tmp_path, caplog):
     assert _streams(src) == [("video", "h264"), ("audio", "aac"), ("audio", "opus"), ("subtitle", "srt")]
     mkv = stylize_video(StylizeConfig(model="tiny-sd"), src, tmp_path / "out.mkv", progress=False)
     assert _streams(mkv.output) == _streams(src) and mkv.audio == "copied"
+    assert _packets(mkv.output) == _packets(src)  # every packet of every copied stream, the subtitle's too
     with caplog.at_level("WARNING", logger="stdtrt"):
         mp4 = stylize_video(StylizeConfig(model="tiny-sd"), src, tmp_path / "out.mp4", progress=False)
     assert _streams(mp4.output) == [("video", "h264"), ("audio", "aac"), ("audio", "aac")]
     assert mp4.audio == "copied, re-encoded"  # the Opus track into AAC: .mp4 copies AAC only
+    seconds = [_audio_seconds(src, 1), _audio_seconds(mp4.output, 0), _audio_seconds(mp4.output, 1)]
+    assert all(abs(x - seconds[0]) < 0.1 for x in seconds), seconds
     assert "dropped subtitle stream 0 (subrip): .mp4 takes mov_text only" in caplog.text
 
 

@@ -114,7 +114,10 @@ def load_bundle_style(bundle, model):
         )
     style = load_style(model, recorded["image"], recorded["adapter"], recorded["scale"], recorded["blocks"])
     mine = style.record()
-    for field in ("image_sha256", "adapter_sha256"):  # the embedding itself follows the placement's dtype
+    for field in (
+        "image_sha256",
+        "adapter_sha256",
+    ):  # the embedding follows from them (its last bits may not)
         if mine[field] != recorded[field]:
             what = "style image" if field == "image_sha256" else "IP-Adapter"
             raise StdtrtError(

@@ -70,9 +70,12 @@ class Run:
             training=True,
             motion_adapter=cfg.motion_adapter or None,
         )
-        self.clips = bool(
-            cfg.motion_adapter
-        )  # the video student: clips (B, 4, F, h, w) through the motion UNet
+        self.clips = bool(cfg.motion_adapter)  # the video student: clips (B, 4, F, h, w), motion UNet
+        longest = self.clips and self.model.unet.config.motion_max_seq_length
+        if self.clips and cfg.clip_frames > longest:
+            raise StdtrtError(
+                f"--clip-frames {cfg.clip_frames} is longer than the {longest} frames {cfg.motion_adapter} attends over"
+            )
         self.weight_dtype = self.model.dtype
         self.abar = self.model.alphas_cumprod().to(self.device)
         self.T = self.abar.shape[0]

@@ -201,6 +201,11 @@ def bench_bundle(cfg: BenchConfig, path: Path) -> BundleBench:
         )
     bundle = read_bundle(path, full=cfg.verify)
     m = bundle.manifest
+    if m.get("style") and cfg.baseline:
+        raise StdtrtError(
+            f"bundle {path} has a style image baked in, and the diffusers baseline does not run one yet: "
+            f"pass --no-baseline to time its backends alone"
+        )
     setup = {
         "model": m["model"]["name"], "width": bundle.width, "height": bundle.height, "nfe": bundle.nfe,
         "guidance": m["guidance"], "precision": m["precision"], "frames": cfg.frames, "machine": machine(),

@@ -162,6 +162,8 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
             for name in existing.manifest["files"]:
                 if not name.endswith(".plan"):
                     _link_or_copy(existing.path / name, tmp / name)
+            # engines are built anew: their old entries must not stand for the new files
+            manifest["files"] = {n: e for n, e in manifest["files"].items() if not n.endswith(".plan")}
         if build_trt:
             t = time.perf_counter()
             built = tensorrt.build_engines(tmp, manifest["graphs"], cfg.workspace_gb, progress)

@@ -36,10 +36,17 @@ def check_writable(path: Path) -> None:
         raise StdtrtError(f"output folder {folder} is not writable ({exc.strerror})") from None
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only portable read: it sets it, so it runs once, at import, before any thread
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()
+
+
+def _umask() -> int:
+    return _UMASK
 
 
 def _alive(pid: int) -> bool:

@@ -57,11 +57,14 @@ class Conditioning:
 
     def for_latents(self, x: torch.Tensor) -> Conditioning:
         """This conditioning for a UNet call on `x`: batch-1 repeated to x's batch, and for clips (B, 4, F, h,
-        w) one row per frame, clip by clip (a UNetMotionModel runs its spatial layers on B*F frames)."""
+        w) the text hidden states once per frame, clip by clip: a UNetMotionModel runs its spatial layers on
+        B*F frames and takes encoder_hidden_states so, while it repeats the time embedding, the SDXL
+        added conditioning and the IP-Adapter image embedding per frame itself (batch B)."""
         cond = self.repeat(x.shape[0]) if self.batch != x.shape[0] else self
         if x.ndim == 5:
             frames = x.shape[2]
-            cond = cond.map(lambda t: t.repeat_interleave(frames, dim=0))
+            embeds = cond.embeds.repeat_interleave(frames, dim=0)
+            cond = Conditioning(embeds, cond.pooled, cond.time_ids, cond.image)
         return cond
 
     @staticmethod

@@ -16,6 +16,7 @@ from stdtrt import schedule
 from stdtrt.config import round_size
 from stdtrt.errors import StdtrtError
 from stdtrt.models import presets
+from stdtrt.models.hub import local_folder
 from stdtrt.models.lora import fuse_lora, load_lora
 from stdtrt.models.presets import OFFLINE_HINT
 from stdtrt.models.vae import load_vae, vae_scale
@@ -108,22 +109,7 @@ def resolve(name: str) -> Path:
         if not path.exists():
             raise StdtrtError(f"model file {path} does not exist")
         return path
-    if name.count("/") != 1 or name.startswith((".", "/")):
-        raise StdtrtError(
-            f"model {name!r} is neither a folder nor a file nor a hub id (owner/name); {OFFLINE_HINT}"
-        )
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(name, local_files_only=True))
-    except Exception as exc:  # LocalEntryNotFoundError, or an incomplete cache entry
-        from huggingface_hub.constants import HF_HUB_CACHE
-
-        raise StdtrtError(
-            f"model {name!r} is not in the local Hugging Face cache ({HF_HUB_CACHE}) and stdtrt never downloads "
-            f"on its own: run `hf download {name}` (or pass a diffusers folder); {OFFLINE_HINT} "
-            f"[{type(exc).__name__}]"
-        ) from None
+    return local_folder(name, "model", name, OFFLINE_HINT)
 
 
 def _pipeline_class(path: Path):

@@ -11,11 +11,11 @@ architecture of AnimateDiff's SD 1.5 adapter (v1-5-2) and fits `random-sd15`, fo
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 
 from stdtrt.errors import StdtrtError
+from stdtrt.models.hub import local_folder
 
 MOTION_PRESETS = {
     # tiny-sd's UNet: two blocks of 32 and 64 channels, one motion layer each
@@ -43,8 +43,9 @@ def motion_preset(name: str):
     """A built-in MotionAdapter (MOTION_PRESETS), random weights from a fixed seed."""
     from diffusers import MotionAdapter
 
-    torch.manual_seed(0)
-    return MotionAdapter(**MOTION_PRESETS[name]).eval()
+    with torch.random.fork_rng(devices=[]):  # the run's own random state is left as it was
+        torch.manual_seed(0)
+        return MotionAdapter(**MOTION_PRESETS[name]).eval()
 
 
 def load_adapter(name: str):
@@ -53,22 +54,9 @@ def load_adapter(name: str):
         return motion_preset(name)
     from diffusers import MotionAdapter
 
-    path = Path(name).expanduser()
-    if not path.exists():
-        if name.count("/") != 1 or name.startswith((".", "/")):
-            raise StdtrtError(
-                f"motion adapter {name!r} is neither a folder nor a hub id; `tiny-motion` is built in"
-            )
-        from huggingface_hub import snapshot_download
-
-        try:
-            path = Path(snapshot_download(name, local_files_only=True))
-        except Exception as exc:
-            raise StdtrtError(
-                f"motion adapter {name!r} is not in the local Hugging Face cache and stdtrt never downloads on its "
-                f"own: run `hf download {name}`; `--motion-adapter tiny-motion` (with `--model tiny-sd`) works offline "
-                f"[{type(exc).__name__}]"
-            ) from None
+    path = local_folder(
+        name, "motion adapter", name, "`--motion-adapter tiny-motion` (with `--model tiny-sd`) works offline"
+    )
     if (
         not (path / "config.json").is_file()
         or json.loads((path / "config.json").read_text()).get("_class_name") != "MotionAdapter"
@@ -94,4 +82,8 @@ def motion_unet(unet, adapter, adapter_name: str, model_name: str):
         motion = UNetMotionModel.from_unet2d(unet, adapter)
     except ValueError as exc:
         raise StdtrtError(f"motion adapter {adapter_name} does not fit {model_name}'s UNet: {exc}") from None
+    if getattr(unet, "add_embedding", None) is not None:
+        # SDXL's added (pooled text + size) embedding: from_unet2d (diffusers 0.42) builds it but does not
+        # copy its weights, which would leave it random
+        motion.add_embedding.load_state_dict(unet.add_embedding.state_dict())
     return motion.to(device=unet.device, dtype=unet.dtype).eval().requires_grad_(False)

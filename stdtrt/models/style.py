@@ -4,7 +4,8 @@ IP-Adapter layer (`all`), scaled by `--style-scale`.
 
 The adapter comes in the h94/IP-Adapter layout, from a folder or the local Hugging Face cache (never
 downloaded): `models/ip-adapter_sd15.safetensors` with the ViT-H encoder `models/image_encoder` for SD 1.x,
-`sdxl_models/ip-adapter_sdxl_vit-h.safetensors` with the same encoder for SDXL (what InstantStyle uses), or
+`sdxl_models/ip-adapter_sdxl_vit-h.safetensors` with the same encoder for SDXL (InstantStyle's examples use
+the ViT-bigG `sdxl_models/ip-adapter_sdxl`, not read yet), or
 the built-in random `tiny-ip-adapter`, which fits `tiny-sd`. diffusers' own `load_ip_adapter` loads it.
 
 The style image is encoded once per run: its CLIP image embedding (1, 1, D) joins the prompt in the
@@ -25,6 +26,7 @@ import torch
 from stdtrt.config import cache_root, check_style_scale
 from stdtrt.errors import StdtrtError
 from stdtrt.io.hashing import file_hash
+from stdtrt.models.hub import local_folder
 
 STYLE_PRESETS = ("tiny-ip-adapter",)
 DEFAULT_ADAPTER = "h94/IP-Adapter"
@@ -71,15 +73,21 @@ def check_style_options(scale: float, blocks: str) -> None:
 def _tiny_folder(cross_attention_dim: int, unet) -> Path:
     """The `tiny-ip-adapter` preset for tiny-sd, written once into stdtrt's cache: a random ViT image encoder
     (32 px, 2 layers, 16-dim projection) and random IP-Adapter weights, seed 0, in the h94 layout."""
-    from safetensors.torch import save_file
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
     folder = cache_root() / f"tiny-ip-adapter-{cross_attention_dim}"
     sub, weight, encoder = LAYOUT["sd"]
     if (folder / sub / weight).is_file() and (folder / encoder / "config.json").is_file():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
+    with torch.random.fork_rng(devices=[]):  # the run's own random state is left as it was
+        torch.manual_seed(0)
+        _write_tiny(folder, cross_attention_dim, unet, sub, weight, encoder)
+    return folder
+
+
+def _write_tiny(folder: Path, cross_attention_dim: int, unet, sub: str, weight: str, encoder: str) -> None:
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
     config = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
                               image_size=32, patch_size=8, projection_dim=16)  # fmt: skip
     with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
@@ -102,7 +110,6 @@ def _tiny_folder(cross_attention_dim: int, unet) -> Path:
         save_file(state, str(root / sub / weight))
         with contextlib.suppress(OSError):  # another process wrote it first
             os.replace(root, folder)
-    return folder
 
 
 def _attn2_modules(unet):
@@ -120,22 +127,10 @@ def resolve_adapter(name: str, model) -> tuple[Path, tuple[str, str, str]]:
         if model.kind == "sdxl":
             raise StdtrtError("tiny-ip-adapter fits tiny-sd (SD 1.x); for SDXL pass an SDXL IP-Adapter")
         return _tiny_folder(model.unet.config.cross_attention_dim, model.unet), LAYOUT["sd"]
-    path = Path(name).expanduser()
-    if not path.exists():
-        if name.count("/") != 1 or name.startswith((".", "/")):
-            raise StdtrtError(
-                f"IP-Adapter {name!r} is neither a folder nor a hub id; `tiny-ip-adapter` is built in"
-            )
-        from huggingface_hub import snapshot_download
-
-        try:
-            path = Path(snapshot_download(name, local_files_only=True))
-        except Exception as exc:
-            raise StdtrtError(
-                f"IP-Adapter {name!r} is not in the local Hugging Face cache and stdtrt never downloads on its own: "
-                f"run `hf download {name} --include '{layout[0]}/{layout[1]}' '{layout[2]}/*'`; "
-                f"`--ip-adapter tiny-ip-adapter` (with `--model tiny-sd`) works offline [{type(exc).__name__}]"
-            ) from None
+    download = f"{name} --include '{layout[0]}/{layout[1]}' '{layout[2]}/*'"
+    path = local_folder(
+        name, "IP-Adapter", download, "`--ip-adapter tiny-ip-adapter` (with `--model tiny-sd`) works offline"
+    )
     for need in (Path(layout[0]) / layout[1], Path(layout[2]) / "config.json"):
         if not (path / need).is_file():
             raise StdtrtError(f"IP-Adapter folder {path} has no {need} (the h94/IP-Adapter layout)")

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from stdtrt.errors import StdtrtError
+from stdtrt.models.hub import local_folder
 from stdtrt.models.presets import OFFLINE_HINT
 
 TINY = {"sd": "madebyollin/taesd", "sdxl": "madebyollin/taesdxl"}  # TAESD per model family
@@ -80,20 +81,9 @@ def vae_preset(name: str):
 def _folder(name: str) -> Path:
     """A local folder holding a VAE's config.json (the folder, its vae/ subfolder, or a cached hub id)."""
 
-    path = Path(name).expanduser()
-    if not path.exists() and name.count("/") == 1 and not name.startswith((".", "/")):
-        from huggingface_hub import snapshot_download
-
-        try:
-            path = Path(snapshot_download(name, local_files_only=True))
-        except Exception as exc:
-            from huggingface_hub.constants import HF_HUB_CACHE
-
-            raise StdtrtError(
-                f"VAE {name!r} is not in the local Hugging Face cache ({HF_HUB_CACHE}) and stdtrt never downloads "
-                f"on its own: run `hf download {name}` (or pass a folder); `--vae tiny-taesd` and "
-                f"`--vae full` work offline, and {OFFLINE_HINT} [{type(exc).__name__}]"
-            ) from None
+    path = local_folder(
+        name, "VAE", name, f"`--vae tiny-taesd` and `--vae full` work offline, and {OFFLINE_HINT}"
+    )
     for folder in (path, path / "vae"):
         if (folder / "config.json").is_file():
             return folder

@@ -31,7 +31,7 @@ from stdtrt.io.atomic import atomic_path, check_writable
 from stdtrt.io.hashing import file_hash
 from stdtrt.io.images import IMAGE_SUFFIXES, read_image, resize, write_image
 from stdtrt.models.load import load_model
-from stdtrt.models.lora import student_grid
+from stdtrt.models.lora import read_metadata, student_grid
 from stdtrt.models.style import load_style
 from stdtrt.runtime.backends import load_backend
 from stdtrt.runtime.backends.torch import TorchBackend
@@ -188,6 +188,7 @@ def check_request(cfg: StylizeConfig, bundle) -> None:
     baked = {
         "style_scale": style["scale"] if style else d["style_scale"],
         "style_blocks": style["blocks"] if style else d["style_blocks"],
+        "ip_adapter": style["adapter"] if style else d["ip_adapter"],
         "prompt": m["prompt"],
         "negative_prompt": m["negative_prompt"],
         "strength": m["schedule"]["eta"],
@@ -230,6 +231,10 @@ def load_window_runner(cfg: StylizeConfig, image_w: int, image_h: int, image: bo
         raise StdtrtError(
             f"--window {cfg.window} is longer than the {longest} frames {cfg.motion_adapter} attends over"
         )
+    trained = (read_metadata(cfg.lora).get("config") or {}).get("clip_frames") if cfg.lora else None
+    if trained and cfg.window != trained:
+        log.warning("--window %d: the student was distilled on clips of %d frames (its LoRA says)",
+                    cfg.window, trained)  # fmt: skip
     return WindowRunner(student, cfg.window, cfg.overlap, cfg.seed, cfg.fresh_noise)
 
 
