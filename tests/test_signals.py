@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import make_video
 
-from stdtrt.io.atomic import atomic_dir, atomic_path, remove_stale_partials
+from stdtrt.io.atomic import atomic_dir, atomic_path, owner_tag, remove_stale_partials
 
 
 def _partials(folder: Path) -> list[Path]:
@@ -48,17 +48,19 @@ def test_a_dead_runs_partials_are_removed_and_only_those(tmp_path):
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
     )
     pid = int(dead.stdout)
-    stale = tmp_path / f".out.stdtrt-{pid}.abc123.partial.mp4"
-    stale_dir = tmp_path / f".bundle.stdtrt-{pid}.xyz.partial"
-    alive = tmp_path / f".out.stdtrt-{os.getppid()}.def456.partial.mp4"  # a running process's: kept
+    host = owner_tag().rsplit("-", 1)[0]
+    stale = tmp_path / f".out.stdtrt-{host}-{pid}.abc123.partial.mp4"
+    stale_dir = tmp_path / f".bundle.stdtrt-{host}-{pid}.xyz.partial"
+    alive = tmp_path / f".out.stdtrt-{host}-{os.getppid()}.def456.partial.mp4"  # a running process's: kept
+    elsewhere = tmp_path / f".out.stdtrt-otherhost{host}-{pid}.a1.partial.mp4"  # another machine's: kept
     foreign = tmp_path / ".out.mine.partial.mp4"  # not stdtrt's pattern: kept
-    for p in (stale, alive, foreign):
+    for p in (stale, alive, elsewhere, foreign):
         p.write_bytes(b"x")
     stale_dir.mkdir()
     (stale_dir / "unet.onnx").write_bytes(b"x")
     with atomic_path(tmp_path / "out.mp4") as tmp:
         tmp.write_bytes(b"video")
-    assert not stale.exists() and alive.exists() and foreign.exists()
+    assert not stale.exists() and alive.exists() and elsewhere.exists() and foreign.exists()
     assert (tmp_path / "out.mp4").read_bytes() == b"video"
     with atomic_dir(tmp_path / "bundle") as tmp:
         (tmp / "manifest.json").write_text("{}")

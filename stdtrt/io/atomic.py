@@ -1,9 +1,9 @@
 """Writing outputs so that an interrupted run never leaves a finished-looking file or folder.
 
-A temporary file or folder beside the output (`.NAME.stdtrt-PID.XXXX.partial...`) is renamed over it only
+A temporary file or folder beside the output (`.NAME.stdtrt-HOST-PID.XXXX.partial...`) is renamed over it only
 on success, with the permissions a plain write gets under the user's umask (not mkstemp's owner-only
 ones). A run killed outright (SIGKILL, a power cut) cannot remove its own: the next write of the same
-output removes partials whose process is gone, and only stdtrt's (its name pattern and a dead PID).
+output removes partials whose process is gone, and only stdtrt's (its name pattern, this host, a dead PID).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import contextlib
 import os
 import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -59,13 +60,25 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def owner_tag() -> str:
+    """Who writes a partial: `HOST-PID` (the host's name, letters and digits only). A PID is only
+    meaningful on its own host: a partial another machine writes into a shared folder is never touched."""
+    host = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname()) or "host"
+    return f"{host}-{os.getpid()}"
+
+
 def remove_stale_partials(folder: Path, stem: str) -> list[Path]:
-    """Remove `.STEM.stdtrt-PID.*.partial*` files and folders in `folder` whose process no longer runs."""
+    """Remove `.STEM.stdtrt-HOST-PID.*.partial*` files and folders in `folder` written on this host by a
+    process that no longer runs."""
     removed = []
-    pattern = re.compile(rf"^\.{re.escape(stem)}\.stdtrt-(\d+)\.[^/]*\.partial(\.[^/]*)?$")
+    host = owner_tag().rsplit("-", 1)[0]
+    pattern = re.compile(rf"^\.{re.escape(stem)}\.stdtrt-([A-Za-z0-9]+)-(\d+)\.[^/]*\.partial(\.[^/]*)?$")
     for entry in folder.iterdir() if folder.is_dir() else ():
         m = pattern.match(entry.name)
-        if not m or int(m.group(1)) == os.getpid() or _alive(int(m.group(1))):
+        if not m or m.group(1) != host:
+            continue
+        pid = int(m.group(2))
+        if pid == os.getpid() or _alive(pid):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
@@ -83,7 +96,7 @@ def atomic_path(path: str | Path):
     folder = path.parent if str(path.parent) else Path(".")
     remove_stale_partials(folder, path.stem)
     fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.stem}.stdtrt-{os.getpid()}.", suffix=f".partial{path.suffix}", dir=folder
+        prefix=f".{path.stem}.stdtrt-{owner_tag()}.", suffix=f".partial{path.suffix}", dir=folder
     )
     os.close(fd)
     tmp = Path(tmp)
@@ -103,7 +116,7 @@ def atomic_dir(path: str | Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(path.parent, path.name)
     tmp = Path(
-        tempfile.mkdtemp(prefix=f".{path.name}.stdtrt-{os.getpid()}.", suffix=".partial", dir=path.parent)
+        tempfile.mkdtemp(prefix=f".{path.name}.stdtrt-{owner_tag()}.", suffix=".partial", dir=path.parent)
     )
     try:
         yield tmp

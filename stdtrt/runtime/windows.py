@@ -1,8 +1,8 @@
 """The video student at run time: frames in overlapping windows through the motion UNet.
 
 A window of W frames (`--window`) is one trajectory: the frames' content latents, x_start with the video's
-noise for each window position (fixed per video, so a still scene stays still from window to window, or
-`--fresh-noise`), then the NFE sequential student steps, the motion modules attending across the window.
+noise (VideoNoise: one fixed noise for every frame, so a still scene stays still within and across
+windows, or `--fresh-noise`), then the NFE sequential student steps, the motion modules attending across the window.
 Consecutive windows overlap by O frames (`--overlap`); in the overlap the clean latents of the two windows
 are blended with weights that sum to one, ramping from the earlier window to the later one, so there is no
 seam. Only one window (and its overlap with the next) is ever in memory; frames leave in order.
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from stdtrt.runtime.pipeline import StageTimes
-from stdtrt.runtime.student import Student, make_noise, to_tensor, to_uint8
+from stdtrt.runtime.student import Student, VideoNoise, to_tensor, to_uint8
 
 
 def blend_weights(overlap: int) -> torch.Tensor:
@@ -30,10 +30,10 @@ class WindowRunner:
     def __init__(self, student: Student, window: int, overlap: int, seed: int = 0, fresh_noise: bool = False):
         self.student, self.window, self.overlap = student, window, overlap
         self.width, self.height = student.width, student.height
-        c, h, w = student.latent_shape
-        self.clip_shape = (c, window, h, w)  # the UNet's input for one window (B = 1)
-        self.fixed = None if fresh_noise else make_noise(self.clip_shape, seed)  # one noise per position
-        self.noise_gen = torch.Generator().manual_seed(seed)
+        # the video's one noise rule (runtime/student.VideoNoise): the same fixed noise for every frame, as
+        # the image student has (a still scene stays still, across windows too), or --fresh-noise
+        self.noise = VideoNoise(student.latent_shape, seed, fresh_noise)
+        self.generator = torch.Generator().manual_seed(seed)  # gamma > 0: the re-noising, seeded
         self.times = StageTimes()
 
     def describe(self) -> str:
@@ -43,18 +43,14 @@ class WindowRunner:
             f"({s.plan.nfe} sequential steps per window)"
         )
 
-    def _noise(self) -> torch.Tensor:
-        if self.fixed is not None:
-            return self.fixed
-        return torch.randn((1, *self.clip_shape), generator=self.noise_gen)
-
     @torch.no_grad()
     def latents(self, frames: np.ndarray) -> torch.Tensor:
         """A window of uint8 frames (W, H, W_px, 3) -> its clean latents (W, 4, h, w), float32 on the CPU."""
         s = self.student
         z = s.encode(to_tensor(frames, s.device))  # (W, 4, h, w): the VAE sees frames
         clip = z.transpose(0, 1).unsqueeze(0)  # (1, 4, W, h, w): the UNet sees the window
-        out = self.times.timed("unet", s.sample, clip, self._noise())
+        noise = self.noise.take(clip.shape[2]).transpose(0, 1).unsqueeze(0)  # (1, 4, W, h, w)
+        out = self.times.timed("unet", s.sample, clip, noise, self.generator)
         return out[0].transpose(0, 1).float().cpu()
 
     def _decode(self, latents: torch.Tensor) -> np.ndarray:
