@@ -210,3 +210,25 @@ def test_a_bundle_refuses_another_style(style_bundle, sd_bundle, style_png, tmp_
         stylize_image(
             StylizeConfig(bundle=str(style_bundle[1].path), style_scale=0.5), style_png, tmp_path / "o.png"
         )
+
+
+def test_style_options_without_a_style_image_are_one_line(tmp_path, style_png):
+    from stdtrt.config import StylizeConfig
+    from stdtrt.runtime.stylize import stylize_image
+
+    with pytest.raises(StdtrtError, match="--style-scale needs --style-image"):
+        stylize_image(StylizeConfig(model="tiny-sd", style_scale=0.5), style_png, tmp_path / "o.png")
+
+
+def test_a_moved_style_image_is_found_where_it_is_now(style_bundle, style_png, tmp_path):
+    """The torch backend rebuilds the style from the image: passed where it lies now, it is used (checked by
+    its sha256), and without it the recorded path must still hold it."""
+    import shutil
+
+    from stdtrt.config import StylizeConfig
+    from stdtrt.runtime.stylize import stylize_image
+
+    moved = tmp_path / "moved.png"
+    shutil.copy(style_png, moved)
+    cfg = StylizeConfig(bundle=str(style_bundle[1].path), backend="torch", style_image=str(moved))
+    assert stylize_image(cfg, style_png, tmp_path / "out.png").exists()

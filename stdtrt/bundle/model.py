@@ -102,17 +102,20 @@ def load_fused_model(bundle, device: str = "auto", full: bool = False):
     return model
 
 
-def load_bundle_style(bundle, model):
+def load_bundle_style(bundle, model, image: str | None = None):
     """The style image a bundle baked in (None without one), loaded again onto `model` for the torch
-    backend: refused when the image or the IP-Adapter file is not here or not what the manifest records."""
+    backend, from `image` (where it is now) or the path recorded at export: refused when the image or the
+    IP-Adapter file is not there or not what the manifest records."""
     recorded = bundle.manifest.get("style")
     if not recorded:
         return None
-    if not Path(recorded["image"]).is_file():
+    image = image or recorded["image"]
+    if not Path(image).is_file():
         raise StdtrtError(
-            f"the bundle's style image {recorded['image']} is not here (the torch backend rebuilds from it)"
+            f"the bundle's style image {image} is not here (the torch backend rebuilds from it): pass "
+            f"--style-image where it is now"
         )
-    style = load_style(model, recorded["image"], recorded["adapter"], recorded["scale"], recorded["blocks"])
+    style = load_style(model, image, recorded["adapter"], recorded["scale"], recorded["blocks"])
     mine = style.record()
     for field in (
         "image_sha256",

@@ -68,6 +68,16 @@ def _load(cfg: StylizeConfig, image_w: int, image_h: int, fuse: bool):
 
     if cfg.model is None:
         raise StdtrtError("no model given: pass --model PATH_OR_ID (or --model tiny-sd to try it offline)")
+    d = defaults(StylizeConfig)
+    needs_image = [
+        o
+        for o in ("style_scale", "style_blocks", "ip_adapter")
+        if o in cfg.explicit or getattr(cfg, o) != d[o]
+    ]
+    if needs_image and not cfg.style_image:
+        raise StdtrtError(
+            f"--{needs_image[0].replace('_', '-')} needs --style-image (the picture to style after)"
+        )
     grid = student_grid(cfg.lora, cfg.strength)
     model = load_model(
         cfg.model,
@@ -220,6 +230,8 @@ def load_window_runner(cfg: StylizeConfig, image_w: int, image_h: int, image: bo
 
     if image:
         raise StdtrtError("--motion-adapter stylizes videos in windows of frames; for an image drop it")
+    if cfg.skip_threshold is not None:
+        raise StdtrtError("--skip-threshold belongs to the per-frame student; a window runs all its frames")
     if cfg.bundle is not None:
         raise StdtrtError(
             "the video student runs on the torch path: pass --model (and its --lora) with --motion-adapter, "
@@ -257,8 +269,9 @@ def load_runner(cfg: StylizeConfig, image_w: int, image_h: int, image: bool = Fa
 
     check_request(cfg, bundle)
     backend = load_backend(
-        bundle, cfg.backend, cfg.device, torch_speedups=cfg.torch_speedups(), verify=cfg.verify
-    )
+        bundle, cfg.backend, cfg.device, torch_speedups=cfg.torch_speedups(), verify=cfg.verify,
+        style_image=cfg.style_image,
+    )  # fmt: skip
     if (image_w, image_h) != (bundle.width, bundle.height):
         log.warning(
             "the input is %dx%d and bundle %s works at %dx%d: frames are resized to it and back",

@@ -39,8 +39,10 @@ def _load_onnxruntime(bundle: Bundle, device: str) -> Backend:
     return OnnxRuntimeBackend(bundle, device)
 
 
-def _load_torch(bundle: Bundle, device: str, model, speedups: dict, verify: bool) -> Backend:
-    return TorchBackend.from_bundle(bundle, device, model=model, verify=verify, **speedups)
+def _load_torch(bundle: Bundle, device: str, model, speedups: dict, verify: bool, style_image) -> Backend:
+    return TorchBackend.from_bundle(
+        bundle, device, model=model, verify=verify, style_image=style_image, **speedups
+    )
 
 
 def load_backend(
@@ -50,14 +52,16 @@ def load_backend(
     model=None,
     torch_speedups: dict | None = None,
     verify: bool = False,
+    style_image: str | None = None,
 ) -> Backend:
     """Pick and load a backend for a verified bundle (see the module doc). `model`: an already loaded and
     fused model for the torch backend (bench shares it with the diffusers baseline); `torch_speedups`: its
-    switches (StylizeConfig.torch_speedups); `verify`: the torch backend hashes the model it rebuilds."""
+    switches (StylizeConfig.torch_speedups); `verify`: the torch backend hashes the model it rebuilds;
+    `style_image`: where the bundle's style image is now (else the path recorded at export)."""
     loaders = {
         "tensorrt": _load_tensorrt,
         "onnxruntime": _load_onnxruntime,
-        "torch": lambda b, d: _load_torch(b, d, model, torch_speedups or {}, verify),
+        "torch": lambda b, d: _load_torch(b, d, model, torch_speedups or {}, verify, style_image),
     }
     if name != "auto":
         if name not in loaders:

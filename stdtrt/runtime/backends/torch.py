@@ -97,12 +97,15 @@ class TorchBackend(Backend):
         return cls(nets, plan, width, height, model.latent_shape(width, height), model.placement, **speed)
 
     @classmethod
-    def from_bundle(cls, bundle: Bundle, device: str = "auto", model=None, verify: bool = False, **speed):
-        """Rebuild the bundle's fused model from its model, VAE and LoRA, refusing any that changed since
-        the export (`verify`: hash them all, not only those whose files changed)."""
+    def from_bundle(
+        cls, bundle: Bundle, device: str = "auto", model=None, verify: bool = False, style_image=None, **speed
+    ):
+        """Rebuild the bundle's fused model from its model, VAE and LoRA (and its style image, at
+        `style_image` or where it was at export), refusing any that changed since the export (`verify`:
+        hash them all, not only those whose files changed)."""
 
         model = model or load_fused_model(bundle, device, full=verify)
-        style = load_bundle_style(bundle, model)
+        style = load_bundle_style(bundle, model, style_image)
         m = bundle.manifest
         return cls.from_model(
             model, bundle.plan(), m["prompt"], m["negative_prompt"], m["guidance"], bundle.width,
