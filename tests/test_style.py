@@ -122,9 +122,8 @@ def test_stylize_video_with_a_style_image(style_png, tmp_path):
     src = make_video(tmp_path / "in.mp4", frames=3, size=(48, 40))
     outs = []
     for style in (None, str(style_png)):
-        cfg = StylizeConfig(
-            model="tiny-sd", style_image=style, ip_adapter="tiny-ip-adapter", style_blocks="all"
-        )
+        extra = {} if style is None else {"ip_adapter": "tiny-ip-adapter", "style_blocks": "all"}
+        cfg = StylizeConfig(model="tiny-sd", style_image=style, **extra)
         result = stylize_video(cfg, src, tmp_path / f"out-{style is None}.mp4", progress=False)
         assert result.frames == 3
         outs.append(np.stack(frames_of(result.output)).astype(int))
