@@ -96,9 +96,12 @@ def ip_adapter_opt():
                "tiny-ip-adapter (built in, random)")  # fmt: skip
 
 
+STYLE_BLOCKS = ("instantstyle", "all")  # where --style-image goes (models/style.style_processors)
+
+
 def style_blocks_opt():
     return opt("instantstyle", "where the style goes: the block InstantStyle found to carry style (instantstyle) "
-               "or every IP-Adapter layer (all)", choices=("instantstyle", "all"))  # fmt: skip
+               "or every IP-Adapter layer (all)", choices=STYLE_BLOCKS)  # fmt: skip
 
 
 @dataclass(frozen=True)

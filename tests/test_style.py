@@ -231,3 +231,29 @@ def test_a_moved_style_image_is_found_where_it_is_now(style_bundle, style_png, t
     shutil.copy(style_png, moved)
     cfg = StylizeConfig(bundle=str(style_bundle[1].path), backend="torch", style_image=str(moved))
     assert stylize_image(cfg, style_png, tmp_path / "out.png").exists()
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_the_style_and_motion_paths_run_in_half_precision(precision, style_png):
+    """What a GPU runs in half precision runs here in it too: the styled student and a motion clip, against
+    the same in float32 (half-precision rounding only)."""
+    from stdtrt.models.conditioning import Conditioning, predict_eps
+    from stdtrt.runtime.student import Student
+
+    z0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(6))
+    x = torch.randn(1, 4, 3, 8, 8, generator=torch.Generator().manual_seed(7))
+    cond = Conditioning(torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(8)))
+    outs = {}
+    for p in ("fp32", precision):
+        model = load_model("tiny-sd", device="cpu", precision=p)
+        style = load_style(model, str(style_png), "tiny-ip-adapter", 1.0, "all")
+        plan = schedule.student_plan(model.alphas_cumprod(), 0.75, 4)
+        styled = Student(model, plan, "an oil painting", 64, 64, "", 3.0, style).sample(z0, noise)
+        motion = load_model("tiny-sd", device="cpu", precision=p, motion_adapter="tiny-motion")
+        with torch.no_grad():
+            clip = predict_eps(motion.unet, x, 500, cond)
+        outs[p] = (styled, clip)
+    for ref, half in zip(outs["fp32"], outs[precision], strict=True):
+        assert half.dtype == torch.float32 and torch.isfinite(half).all()
+        assert (half - ref).abs().max() < 0.05 * max(1.0, float(ref.abs().max()))

@@ -263,12 +263,6 @@ class VideoWriter:
         self.dropped: list[str] = []  # "subtitle stream 1 (subrip): .mp4 takes mov_text only"
         self._setup_tracks()
 
-    @property
-    def copy_audio(self) -> bool:
-        """Whether every audio track was copied (False also when there is none)."""
-        audio = [t for t in self.tracks if t.kind == "audio"]
-        return bool(audio) and all(t.copy for t in audio)
-
     def audio_summary(self) -> str:
         """none, copied, re-encoded, or both ("copied, re-encoded") over the audio tracks."""
         states = [("copied" if t.copy else "re-encoded") for t in self.tracks if t.kind == "audio"]

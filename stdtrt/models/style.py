@@ -23,14 +23,13 @@ from pathlib import Path
 
 import torch
 
-from stdtrt.config import cache_root, check_style_scale
+from stdtrt.config import STYLE_BLOCKS, cache_root, check_style_scale
 from stdtrt.errors import StdtrtError
 from stdtrt.io.hashing import file_hash
 from stdtrt.models.hub import local_folder
 
 STYLE_PRESETS = ("tiny-ip-adapter",)
 DEFAULT_ADAPTER = "h94/IP-Adapter"
-BLOCK_CHOICES = ("instantstyle", "all")
 # (subfolder, weight file, image encoder folder) in the h94/IP-Adapter layout, by model family
 LAYOUT = {
     "sd": ("models", "ip-adapter_sd15.safetensors", "models/image_encoder"),
@@ -66,8 +65,8 @@ class Style:
 
 def check_style_options(scale: float, blocks: str) -> None:
     check_style_scale(scale)
-    if blocks not in BLOCK_CHOICES:
-        raise StdtrtError(f"--style-blocks must be one of {', '.join(BLOCK_CHOICES)}, got {blocks!r}")
+    if blocks not in STYLE_BLOCKS:
+        raise StdtrtError(f"--style-blocks must be one of {', '.join(STYLE_BLOCKS)}, got {blocks!r}")
 
 
 def _tiny_folder(cross_attention_dim: int, unet) -> Path:
