@@ -8,7 +8,7 @@ from safetensors import safe_open
 from stdtrt.errors import StdtrtError
 from stdtrt.models.conditioning import encode_prompt, predict_eps
 from stdtrt.models.load import load_model
-from stdtrt.models.lora import add_lora, lora_layers, read_metadata, save_kohya
+from stdtrt.models.lora import add_lora, lora_layers, read_metadata, save_kohya, sgm_name
 
 
 def _eps(model, cond):
@@ -33,17 +33,68 @@ def lora_file(request, tmp_path_factory):
 
 
 def test_kohya_keys_map_to_unet_modules(lora_file):
+    """SD 1.x files name diffusers' modules; SDXL files name the original (SGM) UNet's, every key of them
+    (diffusers drops the SGM keys of a file that mixes both), which is what A1111 and ComfyUI look up."""
     name, path, *_ = lora_file
-    modules = {n.replace(".", "_") for n, _ in load_model(name).unet.named_modules()}
+    unet = load_model(name).unet
+    if name == "tiny-sdxl":
+        modules = {
+            sgm_name(n, unet).replace(".", "_") for n in lora_layers(load_model(name, lora=str(path)).unet)
+        }
+    else:
+        modules = {n.replace(".", "_") for n, _ in unet.named_modules()}
     with safe_open(str(path), framework="pt") as f:
         keys = list(f.keys())
         for key in keys:
             base, _, kind = key.partition(".")
             assert base.startswith("lora_unet_") and base[len("lora_unet_") :] in modules, key
             assert kind in ("lora_down.weight", "lora_up.weight", "alpha")
+        if name == "tiny-sdxl":
+            assert not any(p in k for k in keys for p in ("down_blocks", "mid_block", "up_blocks"))
+            assert "lora_unet_output_blocks_1_2_conv.lora_down.weight" in keys  # up_blocks.0.upsamplers.0
         alpha = f.get_tensor(keys[0].split(".")[0] + ".alpha")
     assert float(alpha) == 2.0  # the real alpha, not alpha / rank
     assert read_metadata(path)["eta"] == 0.75
+
+
+def _sdxl_shaped_unet():
+    """SDXL's block layout (no attention in the first down block, two resnets per block, deeper
+    transformers further down) at toy widths, and SD 1.5's (attention in all but the last)."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    common = dict(block_out_channels=(8, 16, 16), layers_per_block=2, norm_num_groups=8, sample_size=8,
+                  attention_head_dim=4)  # fmt: skip
+    sdxl = UNet2DConditionModel(
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 2), cross_attention_dim=16, use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=4, projection_class_embeddings_input_dim=40,
+        **common,
+    )  # fmt: skip
+    sd15 = UNet2DConditionModel(
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16, **common,
+    )  # fmt: skip
+    return sdxl, sd15
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["sdxl-layout", "sd15-layout"])
+def test_sgm_names_are_the_original_unets(which):
+    """Every parameter renamed by sgm_name is read back by diffusers' own single-file converter (the one
+    that loads original SD/SDXL checkpoints) as the same tensor under its diffusers name."""
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+    unet = _sdxl_shaped_unet()[which]
+    state = unet.state_dict()
+    original = {}
+    for key, value in state.items():
+        module, _, param = key.rpartition(".")
+        original[f"model.diffusion_model.{sgm_name(module, unet)}.{param}"] = value
+    back = convert_ldm_unet_checkpoint(original, dict(unet.config))
+    assert set(back) == set(state)
+    assert all(torch.equal(back[k], state[k]) for k in state)
 
 
 def test_reloaded_lora_reproduces_the_student(lora_file):

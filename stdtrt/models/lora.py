@@ -4,6 +4,9 @@ fuse it into the UNet weights (what export traces and the bundle's torch backend
 File format (kohya): `lora_unet_<module_path_with_underscores>.lora_down.weight` (r, in[, k, k]),
 `.lora_up.weight` (out, r[, 1, 1]) and `.alpha` (the real alpha; scale = alpha / r). diffusers'
 `load_lora_weights`, ComfyUI and A1111 read it. stdtrt's own metadata sits in the safetensors header.
+The module path is diffusers' for SD 1.x and motion UNets, and the original (SGM/LDM) UNet's for SDXL, as
+kohya's trainer writes it: A1111 maps SD-1.x-shaped diffusers names only (on SDXL it sends
+up_blocks.0.upsamplers.0 to the wrong layer), and diffusers drops every SGM key of a file that mixes both.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -82,11 +86,68 @@ def lora_layers(unet, adapter: str = ADAPTER) -> dict[str, object]:
     return {name: m for name, m in unet.named_modules() if isinstance(m, LoraLayer) and adapter in m.lora_A}
 
 
+_RESNET_SGM = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "time_emb_proj": "emb_layers.1",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "conv_shortcut": "skip_connection",
+}
+_TOP_SGM = {
+    "conv_in": "input_blocks.0.0",
+    "time_embedding.linear_1": "time_embed.0",
+    "time_embedding.linear_2": "time_embed.2",
+    "add_embedding.linear_1": "label_emb.0.0",
+    "add_embedding.linear_2": "label_emb.0.2",
+    "conv_norm_out": "out.0",
+    "conv_out": "out.2",
+}
+
+
+def sgm_name(name: str, unet) -> str:
+    """A diffusers UNet2DConditionModel module path in the original (SGM/LDM) UNet's naming, the names
+    SDXL checkpoints, kohya's SDXL LoRAs, A1111 and ComfyUI use. Block i of diffusers' down path is SGM
+    input blocks 1 + (L+1)i .. (its resnet j with its attention j share one), the downsampler the block
+    after them; the up path likewise from output block 0, its upsampler after the attention if any."""
+    per = unet.config.layers_per_block + 1
+    if name in _TOP_SGM:
+        return _TOP_SGM[name]
+    m = re.fullmatch(r"(down_blocks|up_blocks|mid_block)\.(?:(\d+)\.)?(resnets|attentions|downsamplers|upsamplers)"
+                     r"\.(\d+)(?:\.(.+))?", name)  # fmt: skip
+    if m is None:
+        raise ValueError(f"no SGM name for UNet module {name!r}")
+    path, block, kind, index, rest = m.group(1), int(m.group(2) or 0), m.group(3), int(m.group(4)), m.group(5)
+    if kind == "resnets" and rest is not None:
+        head = rest.split(".")[0]
+        rest = _RESNET_SGM.get(head, head) + rest[len(head) :]
+    if path == "mid_block":
+        layer = f"middle_block.{2 * index if kind == 'resnets' else 1}"
+    elif path == "down_blocks":
+        slot = {"resnets": 0, "attentions": 1, "downsamplers": 0}[kind]
+        number = per * (block + 1) if kind == "downsamplers" else 1 + per * block + index
+        layer = f"input_blocks.{number}.{slot}"
+        rest = "op" if kind == "downsamplers" else rest
+    else:
+        has_attention = hasattr(unet.up_blocks[block], "attentions")
+        slot = {"resnets": 0, "attentions": 1, "upsamplers": 2 if has_attention else 1}[kind]
+        number = per * block + (per - 1 if kind == "upsamplers" else index)
+        layer = f"output_blocks.{number}.{slot}"
+    return layer if rest is None else f"{layer}.{rest}"
+
+
+def _writes_sgm(unet) -> bool:
+    """An SDXL image UNet's kohya file is written in SGM names (see the module's docstring)."""
+    motion = any("motion_modules" in name for name, _ in unet.named_modules())
+    return unet.config.get("addition_embed_type") == "text_time" and not motion
+
+
 def kohya_state_dict(unet, adapter: str = ADAPTER) -> dict[str, torch.Tensor]:
     """The adapter's weights under kohya names, with each module's real alpha."""
     out = {}
+    sgm = _writes_sgm(unet)
     for name, layer in lora_layers(unet, adapter).items():
-        key = "lora_unet_" + name.replace(".", "_")
+        key = "lora_unet_" + (sgm_name(name, unet) if sgm else name).replace(".", "_")
         rank = layer.r[adapter]
         out[f"{key}.lora_down.weight"] = layer.lora_A[adapter].weight.detach().float().cpu().contiguous()
         out[f"{key}.lora_up.weight"] = layer.lora_B[adapter].weight.detach().float().cpu().contiguous()
