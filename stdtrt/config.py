@@ -96,6 +96,30 @@ def ip_adapter_opt():
                "tiny-ip-adapter (built in, random)")  # fmt: skip
 
 
+# The video student's options (models/motion.py, runtime/windows.py), the same on stylize and export.
+def motion_adapter_opt(group=None):
+    return opt(None, "the video student (a LoRA distilled with --motion-adapter): the teacher's AnimateDiff motion "
+               "adapter (folder, cached hub id, or tiny-motion), frames in overlapping windows", group=group)  # fmt: skip
+
+
+def window_opt(group=None):
+    return opt(16, "frames per window of the video student (one trajectory each)", group=group)
+
+
+def check_window(window: int) -> None:
+    if window < 2:
+        raise StdtrtError(f"--window must be at least 2, got {window}")
+
+
+def resolve_overlap(window: int, overlap: int | None) -> int:
+    """--overlap for a window (a bundle's or --window): as given, in [0, window), or a quarter of it."""
+    if overlap is None:
+        return window // 4
+    if not 0 <= overlap < window:
+        raise StdtrtError(f"--overlap must be in [0, window), got window {window}, overlap {overlap}")
+    return overlap
+
+
 STYLE_BLOCKS = ("instantstyle", "all")  # where --style-image goes (models/style.style_processors)
 
 
@@ -124,14 +148,12 @@ class StylizeConfig:
     style_scale: float = style_scale_opt()
     ip_adapter: str = ip_adapter_opt()
     style_blocks: str = style_blocks_opt()
-    motion_adapter: str | None = opt(
-        None,
-        "run a video student (a LoRA distilled with --motion-adapter): the teacher's AnimateDiff motion adapter "
-        "(folder, cached hub id, or tiny-motion), frames in overlapping windows",
+    motion_adapter: str | None = motion_adapter_opt(group="video")
+    window: int = window_opt(group="video")
+    overlap: int | None = opt(
+        None, "frames consecutive windows share, blended so there is no seam [a quarter of the window]",
         group="video",
-    )
-    window: int = opt(16, "frames per window of the video student (one trajectory each)", group="video")
-    overlap: int = opt(4, "frames consecutive windows share, blended so there is no seam", group="video")
+    )  # fmt: skip
     bundle: str | None = opt(
         None, f"an exported engine bundle (stdtrt export) [./{DEFAULT_BUNDLE} unless --model is given]"
     )
@@ -199,10 +221,8 @@ class StylizeConfig:
         if not 0 <= self.crf <= 51:
             raise StdtrtError(f"crf must be in [0, 51], got {self.crf}")
         check_style_scale(self.style_scale)
-        if self.window < 2 or not 0 <= self.overlap < self.window:
-            raise StdtrtError(
-                f"--window must be at least 2 and --overlap in [0, window), got window {self.window}, overlap {self.overlap}"
-            )
+        check_window(self.window)
+        resolve_overlap(self.window, self.overlap)
         if self.skip_threshold is not None and not 0.0 <= self.skip_threshold <= 1.0:
             raise StdtrtError(f"--skip-threshold must be in [0, 1], got {self.skip_threshold}")
         if self.max_skips < 1:
@@ -372,6 +392,8 @@ class ExportConfig:
     style_scale: float = style_scale_opt()
     ip_adapter: str = ip_adapter_opt()
     style_blocks: str = style_blocks_opt()
+    motion_adapter: str | None = motion_adapter_opt()
+    window: int = window_opt()
     negative_prompt: str = opt("", "the unconditional branch's prompt (baked in only with --guidance > 1)")
     strength: float = opt(0.75, "eta; the start timestep and x_start's coefficients are baked into the graph")
     nfe: int = opt(4, "student steps = slots of the stream-form UNet graph")
@@ -405,6 +427,11 @@ class ExportConfig:
         check_student(self)
         if self.frames_per_step < 1:
             raise StdtrtError(f"--frames-per-step must be at least 1, got {self.frames_per_step}")
+        check_window(self.window)
+        if self.motion_adapter and self.frames_per_step != 1:
+            raise StdtrtError(
+                "a video student's slot is one window (--window frames): drop --frames-per-step"
+            )
         if self.opset < 17:
             raise StdtrtError(f"opset must be 17 or newer (LayerNormalization), got {self.opset}")
         if self.workspace_gb <= 0:

@@ -191,7 +191,7 @@ def test_windows_overlap_and_blend_without_seams(motion_lora):
     """Windows of 4 frames overlapping by 2 over 9 frames: each frame's latents are its window's (or, in an
     overlap, the blend of both windows' with weights summing to one); frames leave in order."""
     from stdtrt.io.samples import sample_frames
-    from stdtrt.runtime.student import to_uint8
+    from stdtrt.runtime.student import to_tensor, to_uint8
     from stdtrt.runtime.stylize import load_runner
     from stdtrt.runtime.windows import blend_weights
 
@@ -202,7 +202,14 @@ def test_windows_overlap_and_blend_without_seams(motion_lora):
     out = list(runner.stylize((f, i) for i, f in enumerate(frames)))
     assert [t for _, t in out] == list(range(9))
     # by hand: windows start at 0, 2, 4, 6 (the last one padded with its last frame)
-    lat = [runner.latents(np.stack((frames + [frames[-1]] * 4)[s : s + 4])) for s in (0, 2, 4, 6)]
+    student = runner.engine
+
+    def window_latents(window):  # one trajectory of 4 frames, by the Student's own calls
+        z = student.encode(to_tensor(np.stack(window), "cpu")).transpose(0, 1)[None]
+        noise = runner.noise.take(4).transpose(0, 1)[None]
+        return student.sample(z, noise)[0].transpose(0, 1)
+
+    lat = [window_latents((frames + [frames[-1]] * 4)[s : s + 4]) for s in (0, 2, 4, 6)]
     ramp = blend_weights(2).view(-1, 1, 1, 1)
     assert torch.allclose(ramp.flatten(), torch.tensor([1 / 3, 2 / 3]))
     want = [lat[0][0], lat[0][1]]
@@ -210,9 +217,9 @@ def test_windows_overlap_and_blend_without_seams(motion_lora):
         want += list((1 - ramp) * lat[k - 1][2:4] + ramp * lat[k][:2])
     want.append(lat[3][2])  # frame 8: the last window's own
     for i, (frame, _) in enumerate(out):
-        ref = to_uint8(runner.student.decode(want[i][None]))[0]
+        ref = to_uint8(student.decode(want[i][None]))[0]
         assert np.abs(frame.astype(int) - ref.astype(int)).max() <= 1, i
-    assert not np.array_equal(out[2][0], to_uint8(runner.student.decode(lat[0][2][None]))[0])  # it did blend
+    assert not np.array_equal(out[2][0], to_uint8(student.decode(lat[0][2][None]))[0])  # it did blend
 
 
 def test_stylize_video_with_the_motion_student_keeps_the_video(motion_lora, tmp_path):
@@ -230,20 +237,15 @@ def test_stylize_video_with_the_motion_student_keeps_the_video(motion_lora, tmp_
     "changes,match",
     [
         ({"window": 1}, "--window must be at least 2"),
-        ({"window": 4, "overlap": 4}, "--overlap in"),
+        ({"window": 4, "overlap": 4}, "--overlap must be in"),
         ({"window": 40}, "longer than the 32 frames"),
-        ({"bundle": "somewhere"}, "runs on the torch path"),
+        ({"skip_threshold": 0.9}, "belongs to the per-frame student"),
     ],
 )
 def test_bad_window_input_is_one_line(changes, match, motion_lora, video, tmp_path):
     from stdtrt.runtime.stylize import stylize_video
 
     base = dict(model="tiny-sd", motion_adapter="tiny-motion", lora=str(motion_lora / "lora.safetensors"))
-    if "bundle" in changes:
-        base.pop("model")
-        (tmp_path / "somewhere").mkdir()
-        (tmp_path / "somewhere" / "manifest.json").write_text("{}")
-        changes = {"bundle": str(tmp_path / "somewhere")}
     with pytest.raises(StdtrtError, match=match):
         stylize_video(StylizeConfig(**{**base, **changes}), video, tmp_path / "out.mp4")
     assert not (tmp_path / "out.mp4").exists()
@@ -293,3 +295,107 @@ def test_a_clip_longer_than_the_adapter_attends_over_is_one_line(clips_dir, tmp_
     ):
         distill(_clip_cfg(clips_dir, tmp_path / "r", clip_frames=40, frame_stride=1), progress=False)
     assert not (tmp_path / "r" / "lora.safetensors").exists()
+
+
+# -- the video student's bundle: the motion UNet in stream form, a window per slot ---------------------------
+@pytest.fixture(scope="module")
+def motion_bundle(motion_lora, tmp_path_factory):
+    from stdtrt.config import ExportConfig
+    from stdtrt.export.export import export_bundle
+
+    cfg = ExportConfig(model="tiny-sd", motion_adapter="tiny-motion", lora=str(motion_lora / "lora.safetensors"),
+                       window=4, width=48, height=40, out=str(tmp_path_factory.mktemp("vb") / "b"),
+                       tensorrt=False, precision="fp32")  # fmt: skip
+    return export_bundle(cfg, progress=False)
+
+
+def test_a_video_bundle_is_validated_and_records_its_window(motion_bundle):
+    """Export validates the motion UNet graph against the torch module, and one whole window through the
+    stream pipe against the sequential motion student (export/validate.py); the manifest says the window."""
+    from stdtrt.bundle.manifest import read_bundle
+
+    bundle = read_bundle(motion_bundle.path)
+    assert bundle.motion["adapter"] == "tiny-motion" and bundle.motion["window"] == 4 and bundle.batch == 4
+    rows = {r["name"]: r for r in bundle.manifest["validation"]["rows"]}
+    assert rows["frames (stream vs sequential torch)"]["ok"] and rows["unet (finished latents)"]["ok"]
+    assert bundle.manifest["key_fields"]["motion"] == {"adapter": "tiny-motion", "window": 4}
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_a_video_bundle_stylizes_as_the_sequential_motion_student(backend, motion_bundle, motion_lora):
+    """Nine frames in windows of 4 overlapping by 2 (four windows, the last padded): the bundle's stream
+    form (four windows in flight) gives the frames of the sequential torch student on the same model."""
+    from stdtrt.io.samples import sample_frames
+    from stdtrt.runtime.stylize import load_runner
+
+    frames = list(sample_frames(9, 48, 40))
+    items = [(f, i) for i, f in enumerate(frames)]
+    reference = StylizeConfig(model="tiny-sd", motion_adapter="tiny-motion", window=4, overlap=2,
+                              lora=str(motion_lora / "lora.safetensors"), width=48, height=40)  # fmt: skip
+    want = list(load_runner(reference, 48, 40).stylize(iter(items)))
+    runner = load_runner(StylizeConfig(bundle=str(motion_bundle.path), backend=backend, overlap=2), 48, 40)
+    assert "stream form: 4 windows in flight" in runner.describe()
+    got = list(runner.stylize(iter(items)))
+    assert [t for _, t in got] == list(range(9))
+    for (a, _), (b, _) in zip(got, want, strict=True):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 2
+
+
+@pytest.mark.parametrize(
+    "changes,match",
+    [
+        ({"window": 8}, "exported for window 4, not 8"),
+        ({"motion_adapter": "other-adapter"}, "exported for motion adapter 'tiny-motion'"),
+        ({"skip_threshold": 0.9}, "belongs to the per-frame student"),
+    ],
+)
+def test_a_video_bundle_refuses_what_it_was_not_made_for(changes, match, motion_bundle, video, tmp_path):
+    from stdtrt.runtime.stylize import stylize_video
+
+    cfg = StylizeConfig(bundle=str(motion_bundle.path), **changes)
+    with pytest.raises(StdtrtError, match=match):
+        stylize_video(cfg, video, tmp_path / "out.mp4")
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_export_of_a_video_student_refuses_frames_per_step_and_long_windows(motion_lora, tmp_path):
+    from stdtrt.config import ExportConfig
+    from stdtrt.export.export import export_bundle
+
+    with pytest.raises(StdtrtError, match="drop --frames-per-step"):
+        ExportConfig(model="tiny-sd", motion_adapter="tiny-motion", frames_per_step=2)
+    cfg = ExportConfig(model="tiny-sd", motion_adapter="tiny-motion", window=40, out=str(tmp_path / "b"),
+                       lora=str(motion_lora / "lora.safetensors"), tensorrt=False)  # fmt: skip
+    with pytest.raises(StdtrtError, match="--window 40 is longer than the 32 frames"):
+        export_bundle(cfg, progress=False)
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_video_bundle_in_fp16_validates(motion_lora, tmp_path):
+    """The GPU's bundle: the motion UNet traced in fp16 (float32 islands, export/fp16.py), validated on
+    onnxruntime against the float32 torch module and the sequential motion student within fp16's bounds."""
+    from stdtrt.config import ExportConfig
+    from stdtrt.export.export import export_bundle
+
+    cfg = ExportConfig(model="tiny-sd", motion_adapter="tiny-motion", lora=str(motion_lora / "lora.safetensors"),
+                       window=2, nfe=2, width=32, height=32, out=str(tmp_path / "b"), tensorrt=False,
+                       precision="fp16")  # fmt: skip
+    m = json.loads((export_bundle(cfg, progress=False).path / "manifest.json").read_text())
+    assert m["precision"] == "fp16" and m["graphs"]["unet"]["precision"] == "fp16"
+    assert all(r["ok"] for r in m["validation"]["rows"]) and len(m["validation"]["rows"]) == 5
+
+
+def test_bench_times_a_video_bundle_in_windows(motion_bundle):
+    from stdtrt.config import BenchConfig
+    from stdtrt.eval.bench import run_bench
+
+    path = str(motion_bundle.path)
+    with pytest.raises(StdtrtError, match="motion UNet.*--no-baseline"):
+        run_bench(BenchConfig(bundles=(path,), backends=("onnxruntime",), frames=6))
+    # windows of 4 overlapping by 1: 3 frames leave per UNet call, 4 windows in flight, 6 windows in all
+    (bench,) = run_bench(
+        BenchConfig(bundles=(path,), backends=("onnxruntime",), frames=19, baseline=False)
+    ).bundles
+    (run,) = bench.runs
+    assert "windows of 4 frames overlapping by 1" in run.describe
+    assert 0 < run.steady_fps < 3 * run.fps  # a burst of 3 frames written at once is not a rate

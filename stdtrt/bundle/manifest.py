@@ -66,6 +66,7 @@ def onnx_key_fields(
     plan: dict | None = None,
     conditioning_hash: str | None = None,
     style: dict | None = None,
+    motion: dict | None = None,
 ) -> dict:
     """What the ONNX graphs depend on (the negative prompt only when guidance bakes it in). The baked plan
     covers the scheduler config (timesteps and coefficients); the conditioning hash covers the tokenizer
@@ -93,6 +94,8 @@ def onnx_key_fields(
     if style is not None:  # by content, not by where the image lies; the embedding follows from the image
         # and the adapter (its float output may differ in the last bits between CPUs: not a key)
         fields["style"] = {k: v for k, v in style.items() if k not in ("image", "embeds_sha256")}
+    if motion is not None:  # the motion modules' weights are in model_hash (the UNet is a UNetMotionModel)
+        fields["motion"] = {"adapter": motion["adapter"], "window": motion["window"]}
     return fields
 
 
@@ -168,6 +171,12 @@ class Bundle:
     def batch(self) -> int:
         """B: frames per stream slot (the UNet graph runs NFE * B latents per call)."""
         return int(self.manifest["batch"])
+
+    @property
+    def motion(self) -> dict | None:
+        """A video student's bundle: {"adapter", "source", "fingerprint", "window"} (a slot is one window
+        of `window` frames, = batch); None for a per-frame student's."""
+        return self.manifest.get("motion")
 
     @property
     def placement(self) -> dict:

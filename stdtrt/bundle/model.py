@@ -46,10 +46,11 @@ def fingerprint(source: str) -> dict | None:
     """Size and modification time of every file a model, VAE or LoRA is read from ({relative path: [bytes,
     mtime_ns]}): the cheap check at load, instead of hashing gigabytes of weights at every start. None for
     a built-in preset (built from code: its weights are hashed, cheaply)."""
+    from stdtrt.models.motion import MOTION_PRESETS
     from stdtrt.models.presets import PRESETS
     from stdtrt.models.vae import VAE_PRESETS
 
-    if source in PRESETS or source in VAE_PRESETS:
+    if source in PRESETS or source in VAE_PRESETS or source in MOTION_PRESETS:
         return None
     path = Path(source)
     if not path.exists():  # a hub id: its snapshot in the local cache
@@ -82,9 +83,14 @@ def load_fused_model(bundle, device: str = "auto", full: bool = False):
     """The bundle's model with its LoRA fused, refused when the model, its VAE or the LoRA is not what the
     manifest records (files unchanged since export, else the same content hash; `full`: always hashed),
     placed in the bundle's own dtypes (its graphs') on `device`."""
-    m = bundle.manifest
-    model = load_model(m["model"]["source"])  # float32 on the CPU: fused there, then placed
-    _unchanged("the model", m["model"]["source"], m["model"], lambda: model_hash(model), full, bundle)
+    m, motion = bundle.manifest, bundle.motion
+    # float32 on the CPU: fused there, then placed; a video student's UNet with its motion adapter, whose
+    # weights the model hash covers (checked by hash when the adapter's files changed)
+    model = load_model(m["model"]["source"], motion_adapter=motion and motion["source"])
+    moved = bool(motion) and fingerprint(motion["source"]) != motion["fingerprint"]
+    _unchanged(
+        "the model", m["model"]["source"], m["model"], lambda: model_hash(model), full or moved, bundle
+    )
     vae = m["vae"]
     if vae["spec"] != "full":
         model.use_vae(vae["source"])

@@ -12,6 +12,11 @@ B is the number of frames per stream slot (`--frames-per-step`, 1 by default): e
   one slot into `slots_next`. Timesteps, jump coefficients, x_start's coefficients and the prompt
   embeddings are buffers: constants once traced.
 - `VaeDecoder`: scaled latents (B, 4, h, w) -> uint8 frames (B, H, W, 3), clamped and rounded inside.
+
+A video student's bundle (a UNetMotionModel, `export --motion-adapter`) has the same interface with B = the
+window (`--window` frames): a slot holds one window, and inside the UNet graph the NFE slots become NFE
+clips (NFE, 4, W, h, w), the motion modules attending across each window's frames; the jumps and the shift
+are the image form's, row by row. Overlapping windows are blended outside the graphs (runtime/windows.py).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch
 from stdtrt import schedule
 from stdtrt.errors import StdtrtError
 from stdtrt.models.conditioning import Conditioning, conditionings, predict_eps
+from stdtrt.models.motion import is_motion_unet
 from stdtrt.models.vae import pixels_to_unit, unit_to_pixels, vae_decode, vae_encode
 
 GRAPHS = ("vae_encoder", "unet", "vae_decoder")  # bundle file stems, in pipeline order
@@ -74,14 +80,16 @@ class StreamUNet(torch.nn.Module):
                 f"gamma > 0 runs on the sequential torch path (--model without a bundle)"
             )
         self.unet, self.nfe, self.batch, self.guidance = unet, plan.nfe, batch, float(guidance)
+        self.clips = is_motion_unet(unet)  # a slot is one window: the UNet sees NFE clips of B frames
         self.a_start, self.b_start = plan.a_start, plan.b_start
-        steps = torch.tensor(plan.timesteps, dtype=torch.long).repeat_interleave(batch)
-        self.register_buffer("timesteps", steps)  # (NFE * B,)
+        calls = plan.nfe if self.clips else plan.nfe * batch  # the UNet's batch
+        steps = torch.tensor(plan.timesteps, dtype=torch.long).repeat_interleave(calls // plan.nfe)
+        self.register_buffer("timesteps", steps)  # (NFE * B,), or (NFE,) for clips
         for name in ("a_t", "b_t", "a_s", "b_s"):
             self.register_buffer(name, _column(getattr(plan, name), batch))
-        self._register_cond("cond", cond.repeat(plan.nfe * batch))
+        self._register_cond("cond", cond.repeat(calls))
         self.has_uncond = uncond is not None and guidance > 1
-        self._register_cond("uncond", uncond.repeat(plan.nfe * batch) if self.has_uncond else None)
+        self._register_cond("uncond", uncond.repeat(calls) if self.has_uncond else None)
 
     def _register_cond(self, prefix: str, c: Conditioning | None) -> None:
         for field in ("embeds", "pooled", "time_ids", "image"):
@@ -104,9 +112,12 @@ class StreamUNet(torch.nn.Module):
         x_start, the jumps and the shift in float32."""
         b = self.batch
         x = torch.cat([schedule.x_start(z0, noise, self.a_start, self.b_start), slots[b:]])
+        unet_x = x.unflatten(0, (self.nfe, b)).transpose(1, 2) if self.clips else x  # (NFE, 4, B, h, w)
         eps = predict_eps(
-            self.unet, x, self.timesteps, self._cond("cond"), self._cond("uncond"), self.guidance
+            self.unet, unet_x, self.timesteps, self._cond("cond"), self._cond("uncond"), self.guidance
         )
+        if self.clips:
+            eps = eps.transpose(1, 2).flatten(0, 1)
         out = schedule.ddim_jump(x, eps, self.a_t, self.b_t, self.a_s, self.b_s)  # slot i now at targets[i]
         return torch.cat([torch.zeros_like(out[:b]), out[:-b]]), out[-b:]
 

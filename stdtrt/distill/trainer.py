@@ -34,6 +34,7 @@ from stdtrt.errors import StdtrtError
 from stdtrt.models.conditioning import Conditioning, encode_prompt, pooled_text, predict_eps
 from stdtrt.models.load import DTYPE_NAMES, load_model, resolve_device, resolve_dtype
 from stdtrt.models.lora import ADAPTER, add_lora
+from stdtrt.models.motion import check_motion_window
 from stdtrt.models.vae import vae_encode
 
 log = logging.getLogger(__name__)
@@ -71,11 +72,8 @@ class Run:
             motion_adapter=cfg.motion_adapter or None,
         )
         self.clips = bool(cfg.motion_adapter)  # the video student: clips (B, 4, F, h, w), motion UNet
-        longest = self.clips and self.model.unet.config.motion_max_seq_length
-        if self.clips and cfg.clip_frames > longest:
-            raise StdtrtError(
-                f"--clip-frames {cfg.clip_frames} is longer than the {longest} frames {cfg.motion_adapter} attends over"
-            )
+        if self.clips:
+            check_motion_window(self.model, cfg.clip_frames, cfg.motion_adapter, "--clip-frames")
         self.weight_dtype = self.model.dtype
         self.abar = self.model.alphas_cumprod().to(self.device)
         self.T = self.abar.shape[0]

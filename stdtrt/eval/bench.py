@@ -22,7 +22,7 @@ import torch
 
 from stdtrt.bundle.manifest import read_bundle
 from stdtrt.bundle.model import load_fused_model
-from stdtrt.config import DEFAULT_BUNDLE, BenchConfig, StylizeConfig
+from stdtrt.config import DEFAULT_BUNDLE, BenchConfig, StylizeConfig, resolve_overlap
 from stdtrt.errors import StdtrtError
 from stdtrt.eval.baseline import diffusers_baseline
 from stdtrt.io.atomic import atomic_path
@@ -31,6 +31,7 @@ from stdtrt.io.video import probe, read_frames, write_video
 from stdtrt.runtime.backends import ORDER, load_backend
 from stdtrt.runtime.stream import StreamRunner
 from stdtrt.runtime.stylize import run_video
+from stdtrt.runtime.windows import WindowRunner
 
 log = logging.getLogger(__name__)
 
@@ -159,29 +160,36 @@ def time_backend(bundle, name: str, device: str, info, folder: Path, model=None)
     backend = load_backend(bundle, name, device, model=model)
     load_s = time.perf_counter() - start
     _warm_up(backend)
-    result = run_video(
-        StreamRunner(backend), info, folder / f"out-{name}.mp4", StylizeConfig(), progress=False
-    )
+    cfg = StylizeConfig()
+    # a video student's bundle runs as stylize-video runs it: windows overlapping by the default --overlap
+    window = bundle.motion and bundle.motion["window"]
+    runner = WindowRunner(backend, window, resolve_overlap(window, None)) if window else StreamRunner(backend)
+    result = run_video(runner, info, folder / f"out-{name}.mp4", cfg, progress=False)
     outside = None
     if not backend.concurrent_stages:  # one thread runs the networks: the rest of the clip's time is overhead
         network_s = sum(result.stage_seconds.get(s, 0.0) for s in NETWORKS)
         outside = 1 - network_s / result.seconds
+    group = window - resolve_overlap(window, None) if window else 1  # frames one UNet call lets out
     return BackendRun(
         name,
-        backend.describe(),
+        runner.describe() if window else backend.describe(),
         load_s,
         result.stages,
         result.fps,
-        steady_fps(result, backend.plan.nfe),
+        steady_fps(result, backend.plan.nfe, group),
         outside,
     )
 
 
-def steady_fps(result, nfe: int) -> float:
-    """Frames per second while frames still enter: from the first written frame to the one the last input
-    frame pushed out. The last nfe - 1 frames leave through flush calls (no VAE encode): not counted."""
-    t = result.frame_times[: len(result.frame_times) - (nfe - 1)]
-    return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else result.fps
+def steady_fps(result, nfe: int, group: int = 1) -> float:
+    """Frames per second while frames still enter: from the first group of written frames to the group the
+    last input frame pushed out. Frames leave `group` at a time (one a call; a video student's window
+    less its overlap); the last nfe - 1 groups leave through flush calls (no VAE encode): not counted."""
+    t = result.frame_times[: max(0, len(result.frame_times) - (nfe - 1) * group)]
+    first = min(group, len(t)) - 1  # the first group's last frame: the rate counts frames after it
+    if len(t) - 1 > first and t[-1] > t[first]:
+        return (len(t) - 1 - first) / (t[-1] - t[first])
+    return result.fps
 
 
 def run_bench(cfg: BenchConfig) -> BenchResult:
@@ -201,9 +209,16 @@ def bench_bundle(cfg: BenchConfig, path: Path) -> BundleBench:
         )
     bundle = read_bundle(path, full=cfg.verify)
     m = bundle.manifest
-    if m.get("style") and cfg.baseline:
+    unlike = (
+        "a style image baked in"
+        if m.get("style")
+        else "a video student's motion UNet"
+        if bundle.motion
+        else None
+    )
+    if unlike and cfg.baseline:
         raise StdtrtError(
-            f"bundle {path} has a style image baked in, and the diffusers baseline does not run one yet: "
+            f"bundle {path} has {unlike}, and the diffusers baseline does not run one yet: "
             f"pass --no-baseline to time its backends alone"
         )
     setup = {

@@ -30,6 +30,7 @@ from stdtrt.io.atomic import atomic_dir
 from stdtrt.io.hashing import file_hash, module_hash
 from stdtrt.models.load import DTYPES, load_model, placement_for
 from stdtrt.models.lora import fuse_lora, load_lora, student_grid
+from stdtrt.models.motion import check_motion_window
 from stdtrt.models.style import attach_style, encode_style
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,14 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
     build_trt, trt_line = tensorrt.decide(cfg.tensorrt)
     precision = export_precision(cfg.precision, build_trt)
     grid = student_grid(cfg.lora, cfg.strength)
-    model = load_model(cfg.model)  # float32 on the CPU: the validation reference, then what is traced
+    # float32 on the CPU: the validation reference, then what is traced
+    model = load_model(cfg.model, motion_adapter=cfg.motion_adapter)
+    motion = None
+    if cfg.motion_adapter:  # a slot is one window of the video student
+        check_motion_window(model, cfg.window, cfg.motion_adapter, lora=cfg.lora)
+        motion = {"adapter": cfg.motion_adapter, "source": source_of(cfg.motion_adapter),
+                  "fingerprint": fingerprint(source_of(cfg.motion_adapter)), "window": cfg.window}  # fmt: skip
+    batch = cfg.window if motion else cfg.frames_per_step
     width = cfg.width or cfg.height or model.native_size
     height = cfg.height or cfg.width or model.native_size
     plan = schedule.student_plan(model.alphas_cumprod(), cfg.strength, cfg.nfe, 0.0, grid)
@@ -135,10 +143,10 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
     fields = mf.onnx_key_fields(
         model_hash=base_hash, lora_hash=lora_hash, prompt=cfg.prompt, negative_prompt=cfg.negative_prompt,
         eta=cfg.strength, nfe=cfg.nfe, guidance=cfg.guidance, width=width, height=height,
-        batch=cfg.frames_per_step,
+        batch=batch,
         precision=precision, placement=graphs_at.dtypes(), vae=vae, opset=cfg.opset, plan=plan.as_dict(),
         conditioning_hash=conditioning_hash(model, cfg, width, height),
-        style=None if style is None else style.record(),
+        style=None if style is None else style.record(), motion=motion,
     )  # fmt: skip
     key = mf.cache_key(fields)
     existing = _existing(out, key, cfg.overwrite)
@@ -150,12 +158,13 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
         return ExportResult(out, True, time.perf_counter() - start, sizes, None, trt_line)
     with atomic_dir(out) as tmp:
         t = time.perf_counter()
-        networks, ref, fused = _reference(cfg, model, plan, width, height, style)
+        networks, ref, fused = _reference(cfg, model, plan, width, height, style, batch)
         stages["reference"] = time.perf_counter() - t
         if existing is None:
             manifest, rows = _export_onnx(
                 cfg, model, networks, ref, fused, plan, fields, key, graphs_at, tmp, stages, style
             )
+            manifest["motion"] = motion
         else:
             manifest = dict(existing.manifest)
             rows = list((manifest.get("validation") or {}).get("rows", []))
@@ -185,7 +194,7 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
     )
 
 
-def _reference(cfg, model, plan, width, height, style):
+def _reference(cfg, model, plan, width, height, style, batch):
     """Fuse the LoRA and build the float32 networks; with validation on, run the reference on them.
     Returns (networks, reference or None, the fuse report or None)."""
 
@@ -193,7 +202,7 @@ def _reference(cfg, model, plan, width, height, style):
     if style is not None:
         attach_style(model, style)
     networks = build_networks(
-        model, plan, cfg.prompt, cfg.negative_prompt, cfg.guidance, width, height, cfg.frames_per_step, style
+        model, plan, cfg.prompt, cfg.negative_prompt, cfg.guidance, width, height, batch, style
     )
     if not cfg.validate:
         return networks, None, fused

@@ -80,10 +80,13 @@ def reference(networks, model, plan, cfg, width: int, height: int, style=None) -
     slots = torch.randn((plan.nfe * b, *z0.shape[1:]), generator=g)
     noise = torch.randn(z0.shape, generator=g)
     slots_next, done = networks.unet(slots, z0, noise)
-    video_noise = make_noise(tuple(z0.shape[1:]), cfg.seed)  # what a stream of this video enters with
-    stylized = torch.from_numpy(
-        to_uint8(student.decode(student.sample(z0, video_noise.expand(b, -1, -1, -1))))
-    )
+    video_noise = make_noise(tuple(z0.shape[1:]), cfg.seed).expand(b, -1, -1, -1)  # what a stream enters with
+    if networks.unet.clips:  # a video student's slot is one window: its frames as one clip
+        window = student.sample(z0.transpose(0, 1)[None], video_noise.transpose(0, 1)[None])
+        latents = window[0].transpose(0, 1)
+    else:
+        latents = student.sample(z0, video_noise)
+    stylized = torch.from_numpy(to_uint8(student.decode(latents)))
     return Reference(cfg.seed, frames, slots, noise, z0, slots_next, done, networks.decoder(z0), stylized)
 
 

@@ -284,7 +284,7 @@ def load_model(
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     load_dtype = resolve_dtype(precision, dev, training)
     if fuse and lora:
-        model = load_model(name, lora=lora)
+        model = load_model(name, lora=lora, motion_adapter=motion_adapter)
         fuse_lora(model)
         model.place(placement_for(dev, load_dtype, model.kind, model.vae.config))
         return model

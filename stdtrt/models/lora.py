@@ -360,10 +360,12 @@ class FuseReport:
 
 
 def _probe(model, seed: int):
-    """A seeded latent and the empty-prompt conditioning: enough to compare two UNets."""
+    """A seeded latent (for a motion UNet a clip of two frames) and the empty-prompt conditioning: enough to
+    compare two UNets."""
     g = torch.Generator().manual_seed(seed)
     size = 16 // model.vae_scale * model.vae_scale  # a small latent the UNet can halve twice
-    x = torch.randn(1, 4, size, size, generator=g).to(model.device, model.dtype)
+    shape = (1, 4, 2, size, size) if model.motion else (1, 4, size, size)
+    x = torch.randn(shape, generator=g).to(model.device, model.dtype)
     cond = encode_prompt(model.pipe, "", size * model.vae_scale, size * model.vae_scale)
     return x, cond
 

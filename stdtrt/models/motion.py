@@ -11,11 +11,14 @@ architecture of AnimateDiff's SD 1.5 adapter (v1-5-2) and fits `random-sd15`, fo
 from __future__ import annotations
 
 import json
+import logging
 
 import torch
 
 from stdtrt.errors import StdtrtError
 from stdtrt.models.hub import local_folder
+
+log = logging.getLogger(__name__)
 
 MOTION_PRESETS = {
     # tiny-sd's UNet: two blocks of 32 and 64 channels, one motion layer each
@@ -37,6 +40,26 @@ MOTION_PRESETS = {
         use_motion_mid_block=True,
     ),
 }
+
+
+def is_motion_unet(unet) -> bool:
+    """A UNet that takes clips (B, 4, F, h, w): diffusers' UNetMotionModel."""
+    return type(unet).__name__ == "UNetMotionModel"
+
+
+def check_motion_window(model, frames: int, adapter: str, option: str = "--window", lora: str | None = None):
+    """A window (or training clip) the motion modules can attend over; a window other than the clip length
+    the student was distilled on (its LoRA's metadata) is said in one line."""
+    longest = model.unet.config.motion_max_seq_length
+    if frames > longest:
+        raise StdtrtError(f"{option} {frames} is longer than the {longest} frames {adapter} attends over")
+    if lora:
+        from stdtrt.models.lora import read_metadata
+
+        trained = (read_metadata(lora).get("config") or {}).get("clip_frames")
+        if trained and frames != trained:
+            log.warning("%s %d: the student was distilled on clips of %d frames (its LoRA says)",
+                        option, frames, trained)  # fmt: skip
 
 
 def motion_preset(name: str):

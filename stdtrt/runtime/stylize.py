@@ -24,14 +24,15 @@ import numpy as np
 from stdtrt import schedule
 from stdtrt.bundle.manifest import read_bundle
 from stdtrt.bundle.model import source_of
-from stdtrt.config import DEFAULT_BUNDLE, StylizeConfig, defaults
+from stdtrt.config import DEFAULT_BUNDLE, StylizeConfig, defaults, resolve_overlap
 from stdtrt.errors import StdtrtError
 from stdtrt.io import video
 from stdtrt.io.atomic import atomic_path, check_writable
 from stdtrt.io.hashing import file_hash
 from stdtrt.io.images import IMAGE_SUFFIXES, read_image, resize, write_image
 from stdtrt.models.load import load_model
-from stdtrt.models.lora import read_metadata, student_grid
+from stdtrt.models.lora import student_grid
+from stdtrt.models.motion import check_motion_window
 from stdtrt.models.style import load_style
 from stdtrt.runtime.backends import load_backend
 from stdtrt.runtime.backends.torch import TorchBackend
@@ -208,7 +209,9 @@ def check_request(cfg: StylizeConfig, bundle) -> None:
         "height": bundle.height,
         "precision": m["precision"],
         "vae": m["vae"]["spec"],
-        "frames_per_step": bundle.batch,
+        "frames_per_step": 1 if bundle.motion else bundle.batch,
+        "motion_adapter": bundle.motion and bundle.motion["adapter"],
+        "window": bundle.motion["window"] if bundle.motion else d["window"],
     }
     for option, value in baked.items():
         asked = getattr(cfg, option)
@@ -224,39 +227,37 @@ def _refuse(bundle, option: str, baked, asked) -> None:
     )
 
 
-def load_window_runner(cfg: StylizeConfig, image_w: int, image_h: int, image: bool):
-    """--motion-adapter: the video student in overlapping windows, on the torch path."""
+def load_window_runner(cfg: StylizeConfig, image_w: int, image_h: int, image: bool, bundle=None):
+    """The video student in overlapping windows: a video bundle's backend (stream form), or with --model
+    and --motion-adapter the sequential torch student."""
     from stdtrt.runtime.windows import WindowRunner
 
     if image:
-        raise StdtrtError("--motion-adapter stylizes videos in windows of frames; for an image drop it")
+        raise StdtrtError(
+            "a video student stylizes videos in windows of frames; for an image use an image student"
+        )
     if cfg.skip_threshold is not None:
         raise StdtrtError("--skip-threshold belongs to the per-frame student; a window runs all its frames")
-    if cfg.bundle is not None:
-        raise StdtrtError(
-            "the video student runs on the torch path: pass --model (and its --lora) with --motion-adapter, "
-            "not a bundle"
-        )
+    if bundle is not None:
+        backend = load_backend(bundle, cfg.backend, cfg.device, torch_speedups=cfg.torch_speedups(),
+                               verify=cfg.verify, style_image=cfg.style_image)  # fmt: skip
+        window = bundle.motion["window"]
+        return WindowRunner(backend, window, resolve_overlap(window, cfg.overlap), cfg.seed, cfg.fresh_noise)
     student = load_student(cfg, image_w, image_h)
-    longest = student.model.unet.config.motion_max_seq_length
-    if cfg.window > longest:
-        raise StdtrtError(
-            f"--window {cfg.window} is longer than the {longest} frames {cfg.motion_adapter} attends over"
-        )
-    trained = (read_metadata(cfg.lora).get("config") or {}).get("clip_frames") if cfg.lora else None
-    if trained and cfg.window != trained:
-        log.warning("--window %d: the student was distilled on clips of %d frames (its LoRA says)",
-                    cfg.window, trained)  # fmt: skip
-    return WindowRunner(student, cfg.window, cfg.overlap, cfg.seed, cfg.fresh_noise)
+    check_motion_window(student.model, cfg.window, cfg.motion_adapter, lora=cfg.lora)
+    overlap = resolve_overlap(cfg.window, cfg.overlap)
+    return WindowRunner(student, cfg.window, overlap, cfg.seed, cfg.fresh_noise)
 
 
 def load_runner(cfg: StylizeConfig, image_w: int, image_h: int, image: bool = False):
     """What stylizes frames for this run: a bundle's backend, or (--model) the torch backend on the model,
     both in stream form; the sequential torch student for what the stream form cannot do."""
 
-    if cfg.motion_adapter:  # before the bundle is read: the video student never runs from one
-        return load_window_runner(cfg, image_w, image_h, image)
     bundle = resolve_bundle(cfg)
+    if bundle is not None:
+        check_request(cfg, bundle)
+    if cfg.motion_adapter or (bundle is not None and bundle.motion):  # the video student
+        return load_window_runner(cfg, image_w, image_h, image, bundle)
     if bundle is None:
         # an image takes NFE sequential calls of batch 1, not NFE calls of the stream's batch NFE; and
         # gamma > 0 is what the stream form cannot do: both run the sequential student
@@ -267,7 +268,6 @@ def load_runner(cfg: StylizeConfig, image_w: int, image_h: int, image: bool = Fa
         backend = load_model_backend(cfg, image_w, image_h)
         return StreamRunner(backend, cfg.seed, cfg.fresh_noise, None, cfg.skip_threshold, cfg.max_skips)
 
-    check_request(cfg, bundle)
     backend = load_backend(
         bundle, cfg.backend, cfg.device, torch_speedups=cfg.torch_speedups(), verify=cfg.verify,
         style_image=cfg.style_image,

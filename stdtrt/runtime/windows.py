@@ -2,10 +2,16 @@
 
 A window of W frames (`--window`) is one trajectory: the frames' content latents, x_start with the video's
 noise (VideoNoise: one fixed noise for every frame, so a still scene stays still within and across
-windows, or `--fresh-noise`), then the NFE sequential student steps, the motion modules attending across the window.
+windows, or `--fresh-noise`), then the NFE student steps, the motion modules attending across the window.
+Two engines run it, frame for frame the same (tests/test_motion.py):
+- a `Student` on a model with a UNetMotionModel (`--model ... --motion-adapter`): NFE sequential steps per
+  window (and --gamma > 0);
+- a video student's bundle backend (bundle/networks.py): the stream form with a window per slot, NFE
+  windows in flight, one UNet call per window.
 Consecutive windows overlap by O frames (`--overlap`); in the overlap the clean latents of the two windows
 are blended with weights that sum to one, ramping from the earlier window to the later one, so there is no
-seam. Only one window (and its overlap with the next) is ever in memory; frames leave in order.
+seam. Only the windows in flight (one on the sequential path) and an overlap are in memory; frames leave
+in order.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import numpy as np
 import torch
 
 from stdtrt.runtime.pipeline import StageTimes
+from stdtrt.runtime.stream import StreamState
 from stdtrt.runtime.student import Student, VideoNoise, to_tensor, to_uint8
 
 
@@ -23,69 +30,103 @@ def blend_weights(overlap: int) -> torch.Tensor:
 
 
 class WindowRunner:
-    """A motion student (a Student on a model with a UNetMotionModel) as one stage of a video."""
+    """A motion student (a Student, or a video bundle's backend) as one stage of a video."""
 
     skipped = 0  # the similarity filter belongs to the per-frame stream form
 
-    def __init__(self, student: Student, window: int, overlap: int, seed: int = 0, fresh_noise: bool = False):
-        self.student, self.window, self.overlap = student, window, overlap
-        self.width, self.height = student.width, student.height
+    def __init__(self, engine, window: int, overlap: int, seed: int = 0, fresh_noise: bool = False):
+        self.engine, self.window, self.overlap = engine, window, overlap
+        if window < 2 or not 0 <= overlap < window:
+            raise ValueError(f"windows of {window} frames cannot overlap by {overlap}")
+        self.sequential = isinstance(engine, Student)
+        if not self.sequential and engine.batch != window:
+            raise ValueError(f"the backend runs windows of {engine.batch} frames, not {window}")
+        self.width, self.height = engine.width, engine.height
         # the video's one noise rule (runtime/student.VideoNoise): the same fixed noise for every frame, as
         # the image student has (a still scene stays still, across windows too), or --fresh-noise
-        self.noise = VideoNoise(student.latent_shape, seed, fresh_noise)
+        self.noise = VideoNoise(engine.latent_shape, seed, fresh_noise, engine.device)
         self.generator = torch.Generator().manual_seed(seed)  # gamma > 0: the re-noising, seeded
         self.times = StageTimes()
 
     def describe(self) -> str:
-        s = self.student
-        return (
-            f"torch on {s.device}, motion student in windows of {self.window} frames overlapping by {self.overlap} "
-            f"({s.plan.nfe} sequential steps per window)"
-        )
+        e, how = self.engine, f"windows of {self.window} frames overlapping by {self.overlap}"
+        if self.sequential:
+            return f"torch on {e.device}, motion student in {how} ({e.plan.nfe} sequential steps per window)"
+        return f"{e.describe()}, motion student in {how} (stream form: {e.plan.nfe} windows in flight)"
 
     @torch.no_grad()
-    def latents(self, frames: np.ndarray) -> torch.Tensor:
-        """A window of uint8 frames (W, H, W_px, 3) -> its clean latents (W, 4, h, w), float32 on the CPU."""
-        s = self.student
-        z = s.encode(to_tensor(frames, s.device))  # (W, 4, h, w): the VAE sees frames
-        clip = z.transpose(0, 1).unsqueeze(0)  # (1, 4, W, h, w): the UNet sees the window
-        noise = self.noise.take(clip.shape[2]).transpose(0, 1).unsqueeze(0)  # (1, 4, W, h, w)
-        out = self.times.timed("unet", s.sample, clip, noise, self.generator)
-        return out[0].transpose(0, 1).float().cpu()
+    def _encode(self, frames: np.ndarray) -> torch.Tensor:
+        """A window of uint8 frames (W, H, W_px, 3) -> content latents (W, 4, h, w) on the engine's device."""
+        e = self.engine
+        if self.sequential:
+            return self.times.timed("vae_encode", e.encode, to_tensor(frames, e.device))
+        return self.times.timed("vae_encode", e.encode, torch.from_numpy(frames).to(e.device))
 
+    @torch.no_grad()
     def _decode(self, latents: torch.Tensor) -> np.ndarray:
-        return to_uint8(self.times.timed("vae_decode", self.student.decode, latents.to(self.student.device)))
+        """Clean latents (n, 4, h, w), n <= W -> uint8 frames; a backend decodes W at a time (static shapes)."""
+        e, n = self.engine, latents.shape[0]
+        latents = latents.to(e.device)
+        if self.sequential:
+            return to_uint8(self.times.timed("vae_decode", e.decode, latents))
+        padded = torch.cat([latents, latents[-1:].expand(self.window - n, *latents.shape[1:])])
+        return self.times.timed("vae_decode", e.decode, padded)[:n].cpu().numpy()
 
-    def stylize(self, items):
-        """(frame, tag) in order -> (stylized frame, tag) in order."""
+    @torch.no_grad()
+    def _latents(self, windows):
+        """(frames, final) per window -> (clean latents (W, 4, h, w) float32 on the CPU, frames, final), in
+        order."""
+        e = self.engine
+        if self.sequential:
+            for frames, final in windows:
+                clip = self._encode(self._pad(frames)).transpose(0, 1)[None]  # (1, 4, W, h, w)
+                noise = self.noise.take(self.window).transpose(0, 1)[None]
+                out = self.times.timed("unet", e.sample, clip, noise, self.generator)
+                yield out[0].transpose(0, 1).float().cpu(), frames, final
+            return
+        state = StreamState(e, self.noise.take, self.times)
+        for frames, final in windows:
+            for latents, (done, done_final) in state.push(self._encode(self._pad(frames)), (frames, final)):
+                yield latents.float().cpu(), done, done_final
+        for latents, (done, done_final) in state.flush():
+            yield latents.float().cpu(), done, done_final
+
+    def _pad(self, frames: list) -> np.ndarray:
+        """A window's frames as one array; the last window is padded with its last frame (static shapes)."""
+        return np.stack([rgb for rgb, _ in frames + [frames[-1]] * (self.window - len(frames))])
+
+    def _windows(self, items):
+        """(frames, final): windows of W (frame, tag), each starting O frames before the last one ended;
+        the last one shorter (final) unless the video ended exactly where a window's overlap begins."""
         w, o = self.window, self.overlap
-        buffer: list = []  # frames of the next window: the overlap with the last one, then new frames
-        tail = None  # the last window's clean latents of the overlap, not yet blended or emitted
-        ramp = blend_weights(o).view(-1, 1, 1, 1)
-
-        def run(frames: list, final: bool):
-            nonlocal tail
-            real = len(frames)
-            padded = frames + [frames[-1]] * (w - real)  # the last window: static shapes, padding dropped
-            lat = self.latents(np.stack([rgb for rgb, _ in padded]))[:real]
-            if tail is not None:
-                n = min(o, real)
-                lat[:n] = (1 - ramp[:n]) * tail[:n] + ramp[:n] * lat[:n]
-            keep = 0 if final else o
-            done = real - keep
-            for frame, (_, tag) in zip(self._decode(lat[:done]), frames[:done], strict=True):
-                yield frame, tag
-            tail = lat[done:] if keep else None
-
+        buffer: list = []
+        ran = False
         for item in items:
             buffer.append(item)
             if len(buffer) == w:
-                yield from run(buffer, final=False)
+                yield buffer, False
+                ran = True
                 buffer = buffer[w - o :] if o else []
-        if buffer and (tail is None or len(buffer) > o):
-            yield from run(buffer, final=True)
-        elif tail is not None:  # the video ended exactly where the next window would start
-            for frame, (_, tag) in zip(self._decode(tail), buffer, strict=True):
+        if buffer and (not ran or len(buffer) > o):
+            yield buffer, True
+
+    def stylize(self, items):
+        """(frame, tag) in order -> (stylized frame, tag) in order."""
+        o = self.overlap
+        ramp = blend_weights(o).view(-1, 1, 1, 1)
+        tail, tail_frames = None, []  # the last window's overlap: clean latents not yet blended or emitted
+        for lat, frames, final in self._latents(self._windows(items)):
+            real = len(frames)
+            lat = lat[:real]
+            if tail is not None:
+                n = min(o, real)
+                lat = torch.cat([(1 - ramp[:n]) * tail[:n] + ramp[:n] * lat[:n], lat[n:]])
+            done = real if final else real - o
+            for frame, (_, tag) in zip(self._decode(lat[:done]), frames[:done], strict=True):
+                yield frame, tag
+            tail, tail_frames = (None, []) if final or not o else (lat[done:], frames[done:])
+        if tail is not None:  # the video ended exactly where the next window would start
+            for frame, (_, tag) in zip(self._decode(tail), tail_frames, strict=True):
                 yield frame, tag
 
     def stages(self) -> list:
