@@ -298,6 +298,13 @@ class DistillConfig:
     frame_stride: int = opt(4, "frames between the frames of a clip (the authors: 4)")
     clips_per_video: int = opt(4, "clips taken evenly from each video")
     adv_frames: int = opt(2, "frames of each clip the discriminator sees (the authors: 2)")
+    style_images: str = opt(
+        "", "folder of style images: each trajectory gets one at random, its IP-Adapter embedding seen by "
+        "teacher, student and target alike (the authors train text-only) [none]",
+    )  # fmt: skip
+    style_scale: float = style_scale_opt()
+    ip_adapter: str = ip_adapter_opt()
+    style_blocks: str = style_blocks_opt()
     checkpoint_every: int = opt(250, "steps between checkpoints (one is always written at the end)")
     keep_checkpoints: int = opt(2, "checkpoints kept; older ones are deleted")
     log_every: int = opt(10, "steps between metrics.jsonl lines")
@@ -320,6 +327,7 @@ class DistillConfig:
             raise StdtrtError("clip-frames, frame-stride, clips-per-video and adv-frames must be at least 1")
         if self.adv_frames > self.clip_frames:
             raise StdtrtError(f"--adv-frames {self.adv_frames} exceeds --clip-frames {self.clip_frames}")
+        check_style_scale(self.style_scale)
         if not 0 < self.rho <= 1:
             raise StdtrtError(f"rho must be in (0, 1], got {self.rho}")
         if not 0 <= self.p_bank <= 1:

@@ -257,3 +257,86 @@ def test_the_style_and_motion_paths_run_in_half_precision(precision, style_png):
     for ref, half in zip(outs["fp32"], outs[precision], strict=True):
         assert half.dtype == torch.float32 and torch.isfinite(half).all()
         assert (half - ref).abs().max() < 0.05 * max(1.0, float(ref.abs().max()))
+
+
+# -- distill --style-images ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def styles_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("styles")
+    for i, frame in enumerate(sample_frames(3, 40, 40)):
+        Image.fromarray(np.ascontiguousarray(frame[:, ::-1] if i % 2 else frame)).save(folder / f"s{i}.png")
+    return folder
+
+
+def _style_cfg(data_dir, out, styles_dir, **changes):
+    from conftest import small
+
+    base = dict(style_images=str(styles_dir), ip_adapter="tiny-ip-adapter", style_blocks="all")
+    return small(data_dir, out, **{**base, **changes})
+
+
+def test_distill_with_style_images_sees_them_and_resumes_exactly(data_dir, styles_dir, tmp_path):
+    """At style scale 0 the IP-Adapter adds nothing: the run is the text-only run, loss for loss (so the
+    style draws disturb nothing else); at scale 1 the losses move (teacher, student and target see the
+    image); a resumed run equals an uninterrupted one; the LoRA says it was distilled with styles."""
+    import shutil
+
+    from conftest import losses, small
+
+    from stdtrt.distill.trainer import distill
+    from stdtrt.models.lora import read_metadata
+
+    distill(small(data_dir, tmp_path / "text"), progress=False)
+    distill(_style_cfg(data_dir, tmp_path / "zero", styles_dir, style_scale=0.0), progress=False)
+    assert losses(tmp_path / "zero") == pytest.approx(losses(tmp_path / "text"), rel=1e-5, abs=1e-7)
+    straight = tmp_path / "styled"
+    distill(_style_cfg(data_dir, straight, styles_dir, checkpoint_every=2), progress=False)
+    assert max(abs(a - b) for a, b in zip(losses(straight), losses(tmp_path / "text"), strict=True)) > 1e-4
+    split = tmp_path / "split"
+    shutil.copytree(straight, split)
+    shutil.rmtree(split / "checkpoints" / "step-000004")
+    distill(_style_cfg(data_dir, split, styles_dir, checkpoint_every=2), resume=True, progress=False)
+    assert losses(split) == losses(straight)
+    assert read_metadata(split / "lora.safetensors")["config"]["style_images"] == str(styles_dir)
+
+
+def test_a_student_distilled_with_styles_says_so_without_one(data_dir, styles_dir, tmp_path, caplog):
+    from stdtrt.config import StylizeConfig
+    from stdtrt.distill.trainer import distill
+    from stdtrt.runtime.stylize import load_student
+
+    result = distill(_style_cfg(data_dir, tmp_path / "run", styles_dir, max_steps=1), progress=False)
+    with caplog.at_level("WARNING"):
+        load_student(StylizeConfig(model="tiny-sd", lora=str(result.lora)), 64, 64)
+    assert "distilled with style images" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_student(StylizeConfig(model="tiny-sd", lora=str(result.lora), style_image=str(next(styles_dir.iterdir())),
+                                   ip_adapter="tiny-ip-adapter"), 64, 64)  # fmt: skip
+    assert "distilled with style images" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "what,match",
+    [
+        ("missing", "is not a folder"),
+        ("empty", "holds no images"),
+        ("broken", "is not a readable image"),
+        ("sdxl", "made for cross-attention of width|fits tiny-sd"),
+    ],
+)
+def test_bad_style_images_are_one_line(what, match, data_dir, styles_dir, tmp_path):
+    from stdtrt.distill.trainer import distill
+
+    folder = tmp_path / "styles"
+    changes = {}
+    if what == "empty":
+        folder.mkdir()
+    elif what == "broken":
+        folder.mkdir()
+        (folder / "x.png").write_bytes(b"not a png")
+    elif what == "sdxl":
+        folder, changes = styles_dir, {"model": "tiny-sdxl"}
+    with pytest.raises(StdtrtError, match=match):
+        distill(_style_cfg(data_dir, tmp_path / "run", folder, **changes), progress=False)
+    assert not (tmp_path / "run").exists()

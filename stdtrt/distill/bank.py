@@ -1,8 +1,9 @@
 """The trajectory bank: partly walked teacher trajectories, so that each training step costs one teacher
 step instead of a whole trajectory (std.md, "One training step", steps 1 and 6).
 
-Each slot holds a trajectory's own state x, grid index n, content latent z0, guidance w and prompt index
-(into the run's prompt table): a bank state is continued with the conditioning it started with. The bank
+Each slot holds a trajectory's own state x, grid index n, content latent z0, guidance w, prompt index
+(into the run's prompt table) and style index (into its style-image table, `--style-images`; 0 without):
+a bank state is continued with the conditioning it started with. The bank
 serves any batch size up to its size, never returns an empty slot, draws from its own seeded generator,
 and its whole state goes into a checkpoint.
 """
@@ -42,6 +43,7 @@ class TrajectoryBank:
         self.n = torch.zeros(size, dtype=torch.long, device=device)
         self.w = torch.zeros(size, device=device)
         self.prompt = torch.zeros(size, dtype=torch.long, device=device)
+        self.style = torch.zeros(size, dtype=torch.long, device=device)
         self.live = torch.zeros(size, dtype=torch.bool, device=device)
         self.generator = torch.Generator().manual_seed(seed)
         self.stats = BankStats()
@@ -77,10 +79,11 @@ class TrajectoryBank:
             "z0": self.z0[idx],
             "w": self.w[idx],
             "prompt": self.prompt[idx],
+            "style": self.style[idx],
         }
 
     @torch.no_grad()
-    def update(self, slots, x_next, n_next, z0, w, prompt) -> None:
+    def update(self, slots, x_next, n_next, z0, w, prompt, style=None) -> None:
         """Write each element's next state back: into its slot, or a free slot for a new trajectory (dropped
         when none is free); a trajectory whose index reaches 1 is retired and its slot freed. With p_bank 0
         nothing is stored: no state would ever be drawn again."""
@@ -99,6 +102,7 @@ class TrajectoryBank:
                     continue
                 slot = int(free[0])
                 self.z0[slot], self.w[slot], self.prompt[slot] = z0[i], w[i], prompt[i]
+                self.style[slot] = 0 if style is None else style[i]
                 self.live[slot] = True
                 self.stats.stored += 1
             self.x[slot] = x_next[i].to(self.x.dtype)
@@ -111,6 +115,7 @@ class TrajectoryBank:
             "n": self.n.cpu(),
             "w": self.w.cpu(),
             "prompt": self.prompt.cpu(),
+            "style": self.style.cpu(),
             "live": self.live.cpu(),
             "generator": self.generator.get_state(),
         }
@@ -118,6 +123,7 @@ class TrajectoryBank:
     def load_state_dict(self, state: dict) -> None:
         if state["x"].shape != self.x.shape:
             raise ValueError(f"bank shape {tuple(state['x'].shape)} != {tuple(self.x.shape)}")
-        for key in ("x", "z0", "n", "w", "prompt", "live"):
-            getattr(self, key).copy_(state[key])
+        for key in ("x", "z0", "n", "w", "prompt", "style", "live"):
+            if key in state:  # a bank saved before style indices holds none: they stay 0
+                getattr(self, key).copy_(state[key])
         self.generator.set_state(state["generator"])

@@ -117,6 +117,7 @@ def save_checkpoint(run) -> Path:
             "bank": run.bank.state_dict(),
             "sampler": run.sampler.state_dict(),
             "generator": run.generator.get_state(),
+            "style_generator": run.style_generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "n_seen": torch.tensor(run.n_seen[-10_000:], dtype=torch.long),
         },
@@ -158,6 +159,8 @@ def load_checkpoint(run, path: Path) -> None:
     run.bank.load_state_dict(mine["bank"])
     run.sampler.load_state_dict(mine["sampler"])
     run.generator.set_state(mine["generator"])
+    if "style_generator" in mine:  # checkpoints before --style-images have none (and drew no styles)
+        run.style_generator.set_state(mine["style_generator"])
     torch.set_rng_state(mine["torch_rng"])
     run.n_seen = mine["n_seen"].tolist()
     run.step = int(shared["step"])

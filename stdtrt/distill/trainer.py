@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import shutil
@@ -31,10 +32,12 @@ from stdtrt.distill.metrics import MetricsLog
 from stdtrt.distill.step import Batch, StepPlan, std_step
 from stdtrt.distill.teacher import Teacher
 from stdtrt.errors import StdtrtError
+from stdtrt.io.images import IMAGE_SUFFIXES
 from stdtrt.models.conditioning import Conditioning, encode_prompt, pooled_text, predict_eps
 from stdtrt.models.load import DTYPE_NAMES, load_model, resolve_device, resolve_dtype
 from stdtrt.models.lora import ADAPTER, add_lora
 from stdtrt.models.motion import check_motion_window
+from stdtrt.models.style import attach_style, encode_styles
 from stdtrt.models.vae import vae_encode
 
 log = logging.getLogger(__name__)
@@ -81,6 +84,7 @@ class Run:
         self.window_r = schedule.window(cfg.strength, cfg.rho, cfg.teacher_steps)
 
         self._load_data()
+        self._load_styles()  # before the LoRA and the teacher copy: both see the IP-Adapter layers
         unet = self.model.unet
         teacher_unet = copy.deepcopy(unet) if cfg.teacher == "copy" else unet
         add_lora(unet, cfg.lora_rank, cfg.lora_alpha)
@@ -130,6 +134,9 @@ class Run:
         )
         self.sampler = data_mod.Sampler(len(self.items), cfg.seed, self.rank, self.world)
         self.generator = torch.Generator().manual_seed(cfg.seed * 104729 + self.rank)  # crops, noise, s
+        # which style image a new trajectory gets: a generator of its own, so that the rest of a run is
+        # drawn the same with and without --style-images
+        self.style_generator = torch.Generator().manual_seed(cfg.seed * 15485863 + self.rank)
         self.adv = None
         if cfg.adv_weight > 0:  # nothing DINO-related is loaded otherwise
             pooled = pooled_text(self.model.pipe, self.prompt_list)
@@ -160,6 +167,36 @@ class Run:
         ]
         self.prompts = Conditioning.cat(chunks).to(dtype=self.weight_dtype)  # computed once, indexed per step
         self.uncond = encode_prompt(self.model.pipe, "", res, res).to(dtype=self.weight_dtype)
+
+    def _load_styles(self) -> None:
+        """--style-images: every image in the folder encoded once (models/style.py), the IP-Adapter attached
+        to the UNet with its scale and blocks; self.styles (S, 1, D) in the UNet's dtype, or None."""
+        self.styles = None
+        cfg = self.cfg
+        if not cfg.style_images:
+            return
+        root = Path(cfg.style_images).expanduser()
+        if not root.is_dir():
+            raise StdtrtError(f"--style-images {root} is not a folder")
+        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise StdtrtError(f"--style-images {root} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        styles = encode_styles(self.model, [str(f) for f in files], cfg.ip_adapter, cfg.style_scale,
+                               cfg.style_blocks)  # fmt: skip
+        attach_style(self.model, styles[0])  # the adapter's layers and scales; embeddings are per trajectory
+        self.styles = torch.cat([st.embeds for st in styles]).to(self.device, self.weight_dtype)
+        log.info("%d style images from %s", len(files), root)
+
+    def _conditionings(self, prompt: torch.Tensor, style: torch.Tensor) -> tuple[Conditioning, Conditioning]:
+        """(cond, uncond) of a batch: its prompts' embeddings and the empty prompt's; with style images each
+        element's image embedding in cond and zeros in uncond (as diffusers gives the unconditional branch)."""
+        cond, uncond = self.prompts.map(lambda t: t[prompt]), self.uncond.repeat(len(prompt))
+        if self.styles is None:
+            return cond, uncond
+        image = self.styles[style]  # (B, 1, D)
+        return dataclasses.replace(cond, image=image), dataclasses.replace(
+            uncond, image=torch.zeros_like(image)
+        )
 
     # -- one step ------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -206,6 +243,11 @@ class Run:
             "prompt": torch.tensor(
                 [self.prompt_index[self.items[i].prompt] for i in idx], device=self.device
             ),
+            "style": (
+                torch.zeros(count, dtype=torch.long)
+                if self.styles is None
+                else torch.randint(len(self.styles), (count,), generator=self.style_generator)
+            ).to(self.device),
         }
 
     def _batch(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -219,7 +261,7 @@ class Run:
         order = torch.cat([old, new]).argsort()  # back to the batch order of `slots`
         batch = {
             k: torch.cat([parts[p][k] for p in ("old", "new") if p in parts])[order.to(self.device)]
-            for k in ("x", "n", "z0", "w", "prompt")
+            for k in ("x", "n", "z0", "w", "prompt", "style")
         }
         return slots, batch
 
@@ -255,9 +297,8 @@ class Run:
         self.step_calls += 1
         slots, b = self._batch()
         batch = Batch(
-            b["x"], b["n"], b["z0"], b["w"], b["prompt"], self.prompts.map(lambda t: t[b["prompt"]]),
-            self.uncond.repeat(len(b["n"])),
-        )  # fmt: skip
+            b["x"], b["n"], b["z0"], b["w"], b["prompt"], *self._conditionings(b["prompt"], b["style"])
+        )
         out = std_step(
             batch, self._student, self._target_net, self.teacher, self.step_plan, self.generator, self.loss_fn
         )
@@ -271,7 +312,7 @@ class Run:
             )
             loss = loss + self.cfg.adv_weight * adv_loss
             metrics.update(adv_metrics)
-        self.bank.update(slots, out.x_next, out.n_next, b["z0"], b["w"], b["prompt"])
+        self.bank.update(slots, out.x_next, out.n_next, b["z0"], b["w"], b["prompt"], b["style"])
         self.n_seen.extend(b["n"].tolist())
         metrics["loss"] = loss.detach()
         return loss, metrics, adv

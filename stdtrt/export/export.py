@@ -31,7 +31,7 @@ from stdtrt.io.hashing import file_hash, module_hash
 from stdtrt.models.load import DTYPES, load_model, placement_for
 from stdtrt.models.lora import fuse_lora, load_lora, student_grid
 from stdtrt.models.motion import check_motion_window
-from stdtrt.models.style import attach_style, encode_style
+from stdtrt.models.style import attach_style, encode_style, warn_if_trained_with_styles
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,7 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
         load_lora(model, cfg.lora)  # refuses a LoRA of another UNet
         lora_hash = file_hash(cfg.lora)
     style = None
+    warn_if_trained_with_styles(cfg.lora, cfg.style_image)
     if cfg.style_image:  # its embedding becomes a constant of the UNet graph, like the prompt's
         style = encode_style(model, cfg.style_image, cfg.ip_adapter, cfg.style_scale, cfg.style_blocks)
     fields = mf.onnx_key_fields(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from stdtrt.config import STYLE_BLOCKS, cache_root, check_style_scale
 from stdtrt.errors import StdtrtError
 from stdtrt.io.hashing import file_hash
 from stdtrt.models.hub import local_folder
+
+log = logging.getLogger(__name__)
 
 STYLE_PRESETS = ("tiny-ip-adapter",)
 DEFAULT_ADAPTER = "h94/IP-Adapter"
@@ -175,13 +178,18 @@ def _quiet_transformers():
 
 
 def encode_style(model, image: str, adapter: str, scale: float, blocks: str) -> Style:
-    """The style image encoded once, by the IP-Adapter's own image encoder in float32 on the CPU (one
-    image: the encoder, 0.6 B parameters for ViT-H, never takes GPU memory), its preprocessing diffusers'
+    """One style image encoded (encode_styles)."""
+    return encode_styles(model, [image], adapter, scale, blocks)[0]
+
+
+def encode_styles(model, images: list[str], adapter: str, scale: float, blocks: str) -> list[Style]:
+    """Style images encoded once each, by the IP-Adapter's own image encoder (loaded once) in float32 on
+    the CPU (the encoder, 0.6 B parameters for ViT-H, never takes GPU memory), its preprocessing diffusers'
     (CLIPImageProcessor at the encoder's size). Nothing is attached to the model yet (attach_style)."""
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
     check_style_options(scale, blocks)
-    rgb = read_style_image(image)
+    pictures = [read_style_image(image) for image in images]  # every unreadable one refused before loading
     folder, (sub, weight, encoder) = resolve_adapter(adapter, model)
     width, ours = _adapter_width(folder / sub / weight), model.unet.config.cross_attention_dim
     if width != ours:
@@ -199,13 +207,31 @@ def encode_style(model, image: str, adapter: str, scale: float, blocks: str) -> 
             f"could not load the image encoder of {adapter}: {str(exc).splitlines()[0][:200]}"
         ) from None
     size = enc.config.image_size
-    pixels = CLIPImageProcessor(size=size, crop_size=size)(rgb, return_tensors="pt").pixel_values
-    with torch.no_grad():
-        embeds = enc(pixels.float()).image_embeds  # (1, D)
-    return Style(
-        embeds.float()[None], str(Path(image).resolve()), file_hash(image), adapter,
-        file_hash(folder / sub / weight), float(scale), blocks, folder / sub / weight,
-    )  # fmt: skip
+    processor = CLIPImageProcessor(size=size, crop_size=size)
+    adapter_sha = file_hash(folder / sub / weight)
+    styles = []
+    for image, rgb in zip(images, pictures, strict=True):
+        pixels = processor(rgb, return_tensors="pt").pixel_values
+        with torch.no_grad():
+            embeds = enc(pixels.float()).image_embeds  # (1, D)
+        styles.append(Style(
+            embeds.float()[None], str(Path(image).resolve()), file_hash(image), adapter, adapter_sha,
+            float(scale), blocks, folder / sub / weight,
+        ))  # fmt: skip
+    return styles
+
+
+def warn_if_trained_with_styles(lora: str | None, style_image: str | None) -> None:
+    """A student distilled with --style-images learned trajectories that see a style image: running it
+    without one is said in one line (it still runs)."""
+    if not lora or style_image:
+        return
+    from stdtrt.models.lora import read_metadata
+
+    folder = (read_metadata(lora).get("config") or {}).get("style_images")
+    if folder:
+        log.warning("%s was distilled with style images (%s): without --style-image it walks trajectories it "
+                    "did not learn", Path(lora).name, folder)  # fmt: skip
 
 
 def attach_style(model, style: Style) -> None:

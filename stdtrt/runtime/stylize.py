@@ -33,7 +33,7 @@ from stdtrt.io.images import IMAGE_SUFFIXES, read_image, resize, write_image
 from stdtrt.models.load import load_model
 from stdtrt.models.lora import student_grid
 from stdtrt.models.motion import check_motion_window
-from stdtrt.models.style import load_style
+from stdtrt.models.style import load_style, warn_if_trained_with_styles
 from stdtrt.runtime.backends import load_backend
 from stdtrt.runtime.backends.torch import TorchBackend
 from stdtrt.runtime.pipeline import StageTimes, run_pipeline
@@ -92,6 +92,7 @@ def _load(cfg: StylizeConfig, image_w: int, image_h: int, fuse: bool):
     width, height = model.working_size(image_w, image_h, cfg.width, cfg.height)
     plan = schedule.student_plan(model.alphas_cumprod(), cfg.strength, cfg.nfe, cfg.gamma, grid)
     style = None
+    warn_if_trained_with_styles(cfg.lora, cfg.style_image)
     if cfg.style_image:
         style = load_style(model, cfg.style_image, cfg.ip_adapter, cfg.style_scale, cfg.style_blocks)
     return model, plan, width, height, style
