@@ -131,7 +131,7 @@ def build_model(unet):
     from diffusers import StableDiffusionPipeline
 
     from stdtrt.models import presets
-    from stdtrt.models.load import LoadedModel
+    from stdtrt.models.load import LoadedModel, placement_for
 
     base = presets.build("tiny-sd")
     pipe = StableDiffusionPipeline(
@@ -147,17 +147,14 @@ def build_model(unet):
     pipe.set_progress_bar_config(disable=True)
     for m in (pipe.unet, pipe.text_encoder):
         m.requires_grad_(False)
-    return LoadedModel(pipe=pipe, name="digits-teacher", kind="sd")
+    placement = placement_for(torch.device("cpu"), torch.float32, "sd", pipe.vae.config)
+    return LoadedModel(pipe=pipe, name="digits-teacher", kind="sd", placement=placement)
 
 
 def train_teacher(images, labels, steps: int, batch: int = 32, lr: float = 1e-3):
     """Epsilon-prediction training on the SD schedule with 10 % condition dropout; cached on disk (train it
     on `split()`'s training part: the key does not see which digits it got)."""
-    from safetensors.torch import load_file, save_file
-    from tqdm import tqdm
-
-    from stdtrt import schedule
-    from stdtrt.models.conditioning import encode_prompt
+    from safetensors.torch import load_file
 
     key = hashlib.sha256(f"{steps}:{batch}:{lr}:{images.shape}:v1".encode()).hexdigest()[:12]
     path = CACHE / f"teacher-{key}.safetensors"
@@ -166,34 +163,50 @@ def train_teacher(images, labels, steps: int, batch: int = 32, lr: float = 1e-3)
     if path.exists():
         unet.load_state_dict(load_file(str(path)))
         return model
-    abar = model.alphas_cumprod()
+    z_all = model.vae.encode(torch.from_numpy(images)[:, None].expand(-1, 3, -1, -1)).latent_dist.mean
+    fit_epsilon(model, list(unet.parameters()), z_all, labels, steps, batch, lr, path, "teacher")
+    return model
+
+
+def fit_epsilon(model, params, z_all, labels, steps: int, batch: int, lr: float, path: Path, desc: str):
+    """Train `params` of model.unet to predict the noise of z_all's latents (images, or clips (n, 4, F, h,
+    w) for a motion UNet) under "digit k" prompts, 10 % of them dropped to the empty prompt (so that
+    classifier-free guidance works); the UNet's weights are then saved to `path`."""
+    from safetensors.torch import save_file
+    from tqdm import tqdm
+
+    from stdtrt import schedule
+    from stdtrt.models.conditioning import Conditioning, encode_prompt
+
+    unet, abar = model.unet, model.alphas_cumprod()
     prompts = [f"digit {k}" for k in range(10)] + [""]
     table = encode_prompt(model.pipe, prompts, 32, 32).embeds  # (11, 77, 32)
-    z_all = model.vae.encode(torch.from_numpy(images)[:, None].expand(-1, 3, -1, -1)).latent_dist.mean
     y_all = torch.from_numpy(labels).long()
     g = torch.Generator().manual_seed(0)
-    unet.train().requires_grad_(True)
-    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
+    unet.train().requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
-    bar = tqdm(range(steps), desc="teacher", unit="step")
+    bar = tqdm(range(steps), desc=desc, unit="step")
     for _ in bar:
         idx = torch.randint(0, len(z_all), (batch,), generator=g)
         z0, y = z_all[idx], y_all[idx]
         y = torch.where(torch.rand(batch, generator=g) < 0.1, torch.full_like(y, 10), y)  # condition dropout
         t = torch.randint(0, len(abar), (batch,), generator=g)
         eps = torch.randn(z0.shape, generator=g)
-        a, b = schedule.coefficients_tensor(abar, t)
-        pred = unet(schedule.x_start(z0, eps, a, b), t, encoder_hidden_states=table[y]).sample
-        loss = F.mse_loss(pred, eps)
+        a, b = schedule.coefficients_tensor(abar, t, z0.ndim)
+        x = schedule.x_start(z0, eps, a, b)
+        cond = Conditioning(table[y]).for_latents(x)  # clips: the prompt once per frame
+        loss = F.mse_loss(unet(x, t, **cond.unet_kwargs()).sample, eps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.4f}")
     unet.eval().requires_grad_(False)
-    CACHE.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, str(path))
-    return model
 
 
 # -- sampling -----------------------------------------------------------------------------------------------
