@@ -8,6 +8,10 @@ each precision in --precisions (fp16 and bf16):
     checked against eager on the same seeded frame (max |diff|, relative to the output's range)
   - the sequential torch student (`--model` with --gamma > 0: NFE UNet calls of batch 1 per frame)
   - diffusers img2img (StableDiffusionImg2ImgPipeline + TCDScheduler over the same timesteps)
+then the video student (the model with its motion adapter, `random-motion-sd15`; --motion-precisions) in
+windows of --window frames: the sequential motion student, and the torch backend's stream form (NFE
+windows in flight) eager and with CUDA graphs, each checked against the sequential one ("vs eager" in the
+printed line is against that reference here);
 then, where installed, onnxruntime's CUDA provider and the TensorRT engines on an exported fp16 bundle
 (TensorRT's export validates its engines against torch). Per row: ms per frame and per stage, fps, the
 ratio against diffusers, and the check. The JSON (benchmarks/results/gpu-<card>-<model>-<size>.json) is
@@ -246,6 +250,64 @@ def torch_rows(report: Report, args, precision: str, device: torch.device) -> No
     report.row("torch sequential student (--model images, --gamma > 0)", precision, sequential)
 
 
+MOTION_FOR = {"random-sd15": "random-motion-sd15", "tiny-sd": "tiny-motion"}  # the adapter each base takes
+
+
+def motion_rows(report: Report, args, precision: str, device: torch.device) -> None:
+    """The video student (the model with its motion adapter, random weights) in windows of --window frames
+    overlapping by a quarter: the torch backend's stream form (NFE windows in flight; eager, and CUDA graphs
+    + channels_last) checked against the sequential motion student on the same frames."""
+    import numpy as np
+
+    from stdtrt.runtime.windows import WindowRunner
+
+    if args.model not in MOTION_FOR:
+        return
+    w, o = args.window, args.window // 4
+    start = time.perf_counter()
+    model = load_model(args.model, device=device, precision=precision, motion_adapter=MOTION_FOR[args.model])
+    report.rows.append({"name": "motion model build + placement", "precision": precision, "status": "ok",
+                        "seconds": round(time.perf_counter() - start, 1)})  # fmt: skip
+    report.write()
+    plan = schedule.student_plan(model.alphas_cumprod(), 0.75, args.nfe)
+    count = (args.nfe + 2) * (w - o) + o  # enough windows for a steady state past the fill
+    g = np.random.default_rng(0)
+    frames = [g.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8) for _ in range(count)]
+    reference = {}
+
+    def run(engine) -> dict:
+        runner = WindowRunner(engine, w, o)
+        list(runner.stylize((f, i) for i, f in enumerate(frames[: w + 1])))  # warm-up (and graph capture)
+        sync(device)
+        t = time.perf_counter()
+        out = [frame for frame, _ in runner.stylize((f, i) for i, f in enumerate(frames))]
+        sync(device)
+        ms = 1000 * (time.perf_counter() - t) / count
+        return {"ms_per_frame": ms, "describe": runner.describe(), "frames": count, "_out": out}
+
+    def sequential():
+        row = run(Student(model, plan, PROMPT, args.size, args.size))
+        reference["frames"] = torch.from_numpy(np.stack(row.pop("_out")))
+        return row
+
+    report.row(f"motion: sequential student, windows of {w}", precision, sequential)
+    for name, speed in (
+        ("eager", {}),
+        ("channels_last + CUDA graphs", {"cuda_graphs": True, "channels_last": True}),
+    ):
+
+        def stream(speed=speed):
+            backend = TorchBackend.from_model(model, plan, PROMPT, "", 1.0, args.size, args.size, batch=w,
+                                              **{"cuda_graphs": False, "channels_last": False, **speed})  # fmt: skip
+            row = run(backend)
+            out = torch.from_numpy(np.stack(row.pop("_out")))
+            if "frames" in reference:
+                row.update(check(out, reference["frames"], precision))
+            return row
+
+        report.row(f"motion: torch stream form {name}, windows of {w}", precision, stream)
+
+
 def bundle_rows(report: Report, args, device: torch.device) -> None:
     """onnxruntime CUDA and TensorRT on an exported fp16 bundle, where they are installed."""
     import importlib.util
@@ -303,6 +365,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--nfe", type=int, default=4)
     ap.add_argument("--frames", type=int, default=30)
+    ap.add_argument("--window", type=int, default=16, help="the video student's window (motion rows)")
+    ap.add_argument("--motion-precisions", default="fp16", help="precisions whose motion rows run ('' none)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--precisions", default="fp16,bf16")
     ap.add_argument("--compile-precisions", default="fp16", help="precisions whose torch.compile row runs")
@@ -334,6 +398,17 @@ def main() -> None:
             report.write()
             print(f"  {precision}: FAILED {exc}", flush=True)
         gc.collect()  # the model of this precision is gone before the next one is built
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    for precision in filter(None, args.motion_precisions.split(",")):
+        try:
+            motion_rows(report, args, precision, device)
+        except Exception as exc:
+            report.rows.append({"name": "motion model build + placement", "precision": precision,
+                                "status": "failed", "error": f"{type(exc).__name__}: {str(exc)[:500]}"})  # fmt: skip
+            report.write()
+            print(f"  motion {precision}: FAILED {exc}", flush=True)
+        gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
     if device.type == "cuda":
