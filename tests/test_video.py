@@ -292,10 +292,11 @@ def test_a_rotated_video_is_read_upright_and_written_upright(degrees, size, corn
 
 
 def _multi_track(
-    path: Path, audio: list[tuple[str, int, str]], subtitle: bool = False, frames: int = 8
+    path: Path, audio: list[tuple[str, int, str]], subtitle: bool | str = False, frames: int = 8
 ) -> Path:
     """A 64x48 clip at 8 fps with the audio streams asked for ((encoder, rate, layout), one second each)
-    and optionally a subrip subtitle, in a container that holds them all (.mkv)."""
+    and optionally a subtitle stream (True: subrip; or a codec name, its one packet bytes of no meaning),
+    in a container that holds them all (.mkv)."""
     out = av.open(str(path), "w")
     video = out.add_stream("libx264", rate=8)
     video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
@@ -304,7 +305,7 @@ def _multi_track(
         stream = out.add_stream(codec, rate=rate)
         stream.layout = layout
         tracks.append((stream, rate, layout))
-    sub = out.add_mux_stream("subrip") if subtitle else None
+    sub = out.add_mux_stream("subrip" if subtitle is True else subtitle) if subtitle else None
     for i in range(frames):
         frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 30 * i % 255, np.uint8), format="rgb24")
         frame.pts, frame.time_base = i, Fraction(1, 8)
@@ -364,11 +365,51 @@ def test_every_audio_and_subtitle_stream_is_kept_or_said(tmp_path, caplog):
     assert _packets(mkv.output) == _packets(src)  # every packet of every copied stream, the subtitle's too
     with caplog.at_level("WARNING", logger="stdtrt"):
         mp4 = stylize_video(StylizeConfig(model="tiny-sd"), src, tmp_path / "out.mp4", progress=False)
-    assert _streams(mp4.output) == [("video", "h264"), ("audio", "aac"), ("audio", "aac")]
+    assert _streams(mp4.output) == [
+        ("video", "h264"),
+        ("audio", "aac"),
+        ("audio", "aac"),
+        ("subtitle", "mov_text"),
+    ]
     assert mp4.audio == "copied, re-encoded"  # the Opus track into AAC: .mp4 copies AAC only
     seconds = [_audio_seconds(src, 1), _audio_seconds(mp4.output, 0), _audio_seconds(mp4.output, 1)]
     assert all(abs(x - seconds[0]) < 0.1 for x in seconds), seconds
-    assert "dropped subtitle stream 0 (subrip): .mp4 takes mov_text only" in caplog.text
+    assert "dropped" not in caplog.text
+    assert _subtitle_events(mp4.output) == [("a line of dialogue", 0.0, 0.5)]  # SubRip converted to mov_text
+
+
+def _subtitle_events(path: Path) -> list[tuple[str, float, float]]:
+    """(text, start s, duration s) of the first subtitle stream's events, decoded by FFmpeg's decoder."""
+    with av.open(str(path)) as c:
+        stream = c.streams.subtitles[0]
+        events = []
+        for p in c.demux(stream):
+            if p.size and (subs := stream.codec_context.decode2(p)) is not None:
+                text = b"".join(r.ass for r in subs).decode().split(",", 8)[-1]
+                events.append((text, float(p.pts * p.time_base), float(p.duration * p.time_base)))
+        return events
+
+
+@pytest.mark.parametrize("first,then,codec", [(".mp4", ".mkv", "subrip"), (".mkv", ".webm", "webvtt")])
+def test_text_subtitles_convert_to_the_container_s_format(first, then, codec, tmp_path):
+    """mov_text (from .mp4) into .mkv as SubRip; SubRip into .webm as WebVTT: the text and times kept."""
+    src = _multi_track(tmp_path / "in.mkv", [], subtitle=True)
+    if first == ".mp4":
+        src = stylize_video(StylizeConfig(model="tiny-sd"), src, tmp_path / "mid.mp4", progress=False).output
+    out = stylize_video(StylizeConfig(model="tiny-sd"), src, tmp_path / f"out{then}", progress=False).output
+    assert _streams(out)[-1] == ("subtitle", {"subrip": "srt"}.get(codec, codec))
+    assert _subtitle_events(out) == [("a line of dialogue", 0.0, 0.5)]
+
+
+def test_bitmap_subtitles_that_a_container_cannot_take_are_said(tmp_path, caplog):
+    src = _multi_track(tmp_path / "in.mkv", [], subtitle="dvd_subtitle")
+    with caplog.at_level("WARNING", logger="stdtrt"):
+        out = stylize_video(StylizeConfig(model="tiny-sd"), src, tmp_path / "out.mp4", progress=False).output
+    assert _streams(out) == [("video", "h264")]
+    assert (
+        "dropped subtitle stream 0 (dvd_subtitle): .mp4 takes mov_text only, and a bitmap subtitle"
+        in caplog.text
+    )
 
 
 @pytest.mark.parametrize("codec", ["libopus", "libmp3lame", "pcm_s16le"])

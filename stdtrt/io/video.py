@@ -185,6 +185,17 @@ SUBTITLE_COPY = {
     ".webm": {"webvtt"},
 }
 
+# Text subtitles convert between formats (their text and timing kept); bitmap ones (DVD, PGS) do not.
+TEXT_SUBTITLES = {"subrip", "ass", "ssa", "webvtt", "mov_text", "text"}
+SUBTITLE_CONVERT = {
+    ".mp4": "mov_text",
+    ".m4v": "mov_text",
+    ".mov": "mov_text",
+    ".mkv": "subrip",
+    ".webm": "webvtt",
+}
+_MS = Fraction(1, 1000)
+
 
 @dataclass
 class _Track:
@@ -230,7 +241,8 @@ class VideoWriter:
     of the input as it goes.
 
     Audio is copied packet by packet when the output container takes its codec (AUDIO_COPY), else
-    re-encoded; subtitles are copied where the container takes their codec, else dropped with one line.
+    re-encoded; subtitles are copied where the container takes their codec (SUBTITLE_COPY), else text ones
+    are converted to the container's text format (SUBTITLE_CONVERT) and bitmap ones dropped with one line.
     Packets are interleaved up to each video frame's time, so memory stays bounded.
     """
 
@@ -284,11 +296,63 @@ class VideoWriter:
                 track = _Track("subtitle", i, codec, True, source, self.out.add_stream_from_template(src))
                 track.packets = (p for p in source.demux(src) if p.dts is not None and p.size)
                 self.tracks.append(track)
+            elif codec in TEXT_SUBTITLES:
+                self._add_converted_subtitle(i, codec)
             else:
                 takes = ", ".join(sorted(SUBTITLE_COPY[self.suffix]))
-                self.dropped.append(f"subtitle stream {i} ({codec}): {self.suffix} takes {takes} only")
+                self.dropped.append(
+                    f"subtitle stream {i} ({codec}): {self.suffix} takes {takes} only, and a bitmap subtitle "
+                    f"converts to no text format"
+                )
         for line in self.dropped:
             log.warning("dropped %s", line)
+
+    def _add_converted_subtitle(self, i: int, codec: str) -> None:
+        """A text subtitle the container does not take, converted to the one it does (SUBTITLE_CONVERT):
+        each event decoded and encoded again, its text and times kept; the encoder opened here, so a
+        failure is one dropped line, not a broken output."""
+        target = SUBTITLE_CONVERT[self.suffix]
+        source = av.open(str(self.info.path))
+        src = source.streams.subtitles[i]
+        try:
+            if not src.codec_context.is_open:
+                src.codec_context.open()  # its ASS header: what the text encoders need
+            stream = self.out.add_stream(target)
+            stream.codec_context.subtitle_header = src.codec_context.subtitle_header
+            stream.codec_context.time_base = _MS
+            stream.codec_context.open()
+        except (av.FFmpegError, ValueError) as exc:
+            source.close()
+            self.dropped.append(
+                f"subtitle stream {i} ({codec}): converting it to {target} failed ({_short(exc)})"
+            )
+            return
+        track = _Track("subtitle", i, codec, False, source, stream)
+        track.packets = self._converted_subtitles(src, stream)
+        self.tracks.append(track)
+        log.info("subtitle stream %d: converted from %s to %s", i, codec, target)
+
+    def _converted_subtitles(self, src, out_stream):
+        """Re-encode path of a text subtitle: output packets in milliseconds, each event's text and times."""
+        ctx, enc = src.codec_context, out_stream.codec_context
+        try:
+            for packet in src.container.demux(src):
+                if not packet.size or packet.pts is None:
+                    continue
+                events = ctx.decode2(packet)
+                if events is None:
+                    continue
+                out = enc.encode_subtitle(events)
+                start = packet.pts * packet.time_base
+                length = (
+                    packet.duration * packet.time_base if packet.duration else events.end_display_time * _MS
+                )
+                out.stream, out.time_base = out_stream, _MS
+                out.pts = out.dts = int(round(start / _MS))
+                out.duration = int(round(length / _MS))
+                yield out
+        except av.FFmpegError as exc:
+            log.warning("subtitle stream %d: conversion stopped early: %s", src.index, _short(exc))
 
     def _add_audio(self, i: int, codec: str) -> None:
         source = av.open(str(self.info.path))
