@@ -340,3 +340,43 @@ def test_bad_style_images_are_one_line(what, match, data_dir, styles_dir, tmp_pa
     with pytest.raises(StdtrtError, match=match):
         distill(_style_cfg(data_dir, tmp_path / "run", folder, **changes), progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_an_sdxl_adapter_in_instantstyle_s_vit_bigg_layout_loads(style_png, tmp_path):
+    """h94/IP-Adapter's SDXL adapters: the ViT-H one (`ip-adapter_sdxl_vit-h` with models/image_encoder) and,
+    when only it is there, InstantStyle's ViT-bigG one (`ip-adapter_sdxl` with sdxl_models/image_encoder);
+    a random adapter of each layout for tiny-sdxl, written as the tiny preset is."""
+    from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
+
+    from stdtrt.models.conditioning import encode_prompt, predict_eps
+    from stdtrt.models.style import LAYOUT, SDXL_BIGG, _write_tiny, resolve_adapter
+
+    model = load_model("tiny-sdxl")
+    width = model.unet.config.cross_attention_dim
+    _write_tiny(tmp_path / "h94", width, model.unet, *SDXL_BIGG)
+    assert resolve_adapter(str(tmp_path / "h94"), model)[1] == SDXL_BIGG
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    cond = encode_prompt(model.pipe, "oil", 64, 64)
+    with torch.no_grad():
+        plain = predict_eps(model.unet, x, 500, cond)
+        style = load_style(model, str(style_png), str(tmp_path / "h94"), 1.0, "instantstyle")
+        styled = predict_eps(model.unet, x, 500, cond.with_image(style.embeds))
+    assert (styled - plain).abs().max() > 1e-4
+    scaled = {
+        n
+        for n, p in model.unet.attn_processors.items()
+        if isinstance(p, IPAdapterAttnProcessor2_0) and p.scale[0]
+    }
+    assert scaled == {"up_blocks.0.attentions.1.transformer_blocks.0.attn2.processor"}  # InstantStyle's block
+    _write_tiny(tmp_path / "both", width, model.unet, *SDXL_BIGG)
+    _write_tiny(tmp_path / "vith", width, model.unet, *LAYOUT["sdxl"])
+    (tmp_path / "both" / LAYOUT["sdxl"][0] / LAYOUT["sdxl"][1]).write_bytes(
+        (tmp_path / "vith" / LAYOUT["sdxl"][0] / LAYOUT["sdxl"][1]).read_bytes()
+    )
+    import shutil
+
+    shutil.copytree(tmp_path / "vith" / "models", tmp_path / "both" / "models")
+    assert resolve_adapter(str(tmp_path / "both"), model)[1] == LAYOUT["sdxl"]  # ViT-H first
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StdtrtError, match="ip-adapter_sdxl_vit-h.safetensors with models/image_encoder/ or"):
+        resolve_adapter(str(tmp_path / "empty"), model)

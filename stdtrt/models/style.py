@@ -4,8 +4,8 @@ IP-Adapter layer (`all`), scaled by `--style-scale`.
 
 The adapter comes in the h94/IP-Adapter layout, from a folder or the local Hugging Face cache (never
 downloaded): `models/ip-adapter_sd15.safetensors` with the ViT-H encoder `models/image_encoder` for SD 1.x,
-`sdxl_models/ip-adapter_sdxl_vit-h.safetensors` with the same encoder for SDXL (InstantStyle's examples use
-the ViT-bigG `sdxl_models/ip-adapter_sdxl`, not read yet), or
+`sdxl_models/ip-adapter_sdxl_vit-h.safetensors` with the same encoder for SDXL (or, without it, the ViT-bigG
+`sdxl_models/ip-adapter_sdxl` with `sdxl_models/image_encoder`, which InstantStyle's examples use), or
 the built-in random `tiny-ip-adapter`, which fits `tiny-sd`. diffusers' own `load_ip_adapter` loads it.
 
 The style image is encoded once per run: its CLIP image embedding (1, 1, D) joins the prompt in the
@@ -38,6 +38,9 @@ LAYOUT = {
     "sd": ("models", "ip-adapter_sd15.safetensors", "models/image_encoder"),
     "sdxl": ("sdxl_models", "ip-adapter_sdxl_vit-h.safetensors", "models/image_encoder"),
 }
+# SDXL's other plain adapter in the same repository, the one InstantStyle's examples use: ViT-bigG encoder.
+# Read when the ViT-H one is not there.
+SDXL_BIGG = ("sdxl_models", "ip-adapter_sdxl.safetensors", "sdxl_models/image_encoder")
 
 
 @dataclass(frozen=True)
@@ -123,20 +126,25 @@ def _attn2_modules(unet):
 
 
 def resolve_adapter(name: str, model) -> tuple[Path, tuple[str, str, str]]:
-    """(folder, (subfolder, weight file, image encoder folder)) for an IP-Adapter name."""
-    layout = LAYOUT["sdxl" if model.kind == "sdxl" else "sd"]
+    """(folder, (subfolder, weight file, image encoder folder)) for an IP-Adapter name: for SDXL the ViT-H
+    adapter, else the ViT-bigG one (SDXL_BIGG), whichever of them the folder holds."""
+    layouts = [LAYOUT["sdxl"], SDXL_BIGG] if model.kind == "sdxl" else [LAYOUT["sd"]]
     if name in STYLE_PRESETS:
         if model.kind == "sdxl":
             raise StdtrtError("tiny-ip-adapter fits tiny-sd (SD 1.x); for SDXL pass an SDXL IP-Adapter")
         return _tiny_folder(model.unet.config.cross_attention_dim, model.unet), LAYOUT["sd"]
-    download = f"{name} --include '{layout[0]}/{layout[1]}' '{layout[2]}/*'"
+    sub, weight, encoder = layouts[0]
+    download = f"{name} --include '{sub}/{weight}' '{encoder}/*'"
     path = local_folder(
         name, "IP-Adapter", download, "`--ip-adapter tiny-ip-adapter` (with `--model tiny-sd`) works offline"
     )
-    for need in (Path(layout[0]) / layout[1], Path(layout[2]) / "config.json"):
-        if not (path / need).is_file():
-            raise StdtrtError(f"IP-Adapter folder {path} has no {need} (the h94/IP-Adapter layout)")
-    return path, layout
+    for layout in layouts:
+        if all(
+            (path / need).is_file() for need in (Path(layout[0]) / layout[1], Path(layout[2]) / "config.json")
+        ):
+            return path, layout
+    wanted = " or ".join(f"{sub}/{weight} with {encoder}/" for sub, weight, encoder in layouts)
+    raise StdtrtError(f"IP-Adapter folder {path} has no {wanted} (the h94/IP-Adapter layout)")
 
 
 def _adapter_width(file: Path) -> int:
