@@ -96,7 +96,9 @@ def write_videos(clips, labels, folder: Path) -> Path:
 
 
 # -- the video teacher --------------------------------------------------------------------------------------------
-def motion_teacher(image_teacher, clips, labels, steps: int, batch: int = 8, lr: float = 1e-3):
+def motion_teacher(
+    image_teacher, clips, labels, steps: int, batch: int = 8, lr: float = 1e-3, base: str = ""
+):
     """The image teacher with a motion adapter whose motion modules are trained on the clips (cached)."""
     from diffusers import MotionAdapter
     from safetensors.torch import load_file
@@ -113,7 +115,8 @@ def motion_teacher(image_teacher, clips, labels, steps: int, batch: int = 8, lr:
     teacher.pipe.unet = unet
     teacher = LoadedModel(pipe=teacher.pipe, name="digits-video-teacher", kind="sd",
                           placement=teacher.placement, motion="digits-motion")  # fmt: skip
-    key = hashlib.sha256(f"{steps}:{batch}:{lr}:{clips.shape}:v1".encode()).hexdigest()[:12]
+    # the whole UNet is cached: keyed by the image teacher it starts from too (`base`: its settings)
+    key = hashlib.sha256(f"{steps}:{batch}:{lr}:{clips.shape}:{base}:v2".encode()).hexdigest()[:12]
     path = CACHE / f"motion-teacher-{key}.safetensors"
     if path.exists():
         unet.load_state_dict(load_file(str(path)))
@@ -198,7 +201,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     pick = rng.choice(train, size=args.train, replace=len(train) < args.train)
     train_clips = clips_of(images[pick], rng)
-    teacher = motion_teacher(image_teacher, train_clips, labels[pick], args.motion_steps, args.motion_batch)
+    teacher = motion_teacher(image_teacher, train_clips, labels[pick], args.motion_steps, args.motion_batch,
+                             base=f"teacher-steps {args.teacher_steps}")  # fmt: skip
     print(f"teachers ready in {time.perf_counter() - t0:.0f} s", flush=True)
     data = write_videos(train_clips, labels[pick], CACHE / f"videos-{args.train}")
 

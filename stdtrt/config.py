@@ -222,7 +222,8 @@ class StylizeConfig:
             raise StdtrtError(f"crf must be in [0, 51], got {self.crf}")
         check_style_scale(self.style_scale)
         check_window(self.window)
-        resolve_overlap(self.window, self.overlap)
+        if self.overlap is not None and self.overlap < 0:  # against the window where it is known: at load
+            raise StdtrtError(f"--overlap must be in [0, window), got {self.overlap}")
         if self.skip_threshold is not None and not 0.0 <= self.skip_threshold <= 1.0:
             raise StdtrtError(f"--skip-threshold must be in [0, 1], got {self.skip_threshold}")
         if self.max_skips < 1:

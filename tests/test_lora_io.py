@@ -155,3 +155,23 @@ def test_inference_starts_on_the_grid_the_student_was_distilled_on(tmp_path, vid
 
     bundle = read_bundle(export_bundle(cfg, progress=False).path)
     assert bundle.plan() == n20 and bundle.manifest["schedule"]["num_steps"] == 20
+
+
+def test_an_sdxl_layout_diffusers_cannot_read_in_sgm_keeps_diffusers_names():
+    """SDXL's refiner upsamples in an up block without attention: diffusers' SGM reader would take that
+    upsampler for an attention, so such a UNet's file keeps diffusers' names (which it loads)."""
+    from diffusers import UNet2DConditionModel
+
+    from stdtrt.models.lora import kohya_state_dict
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=8, sample_size=8, attention_head_dim=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16, addition_embed_type="text_time", addition_time_embed_dim=4,
+        projection_class_embeddings_input_dim=40,
+    )  # fmt: skip
+    add_lora(unet, rank=2, alpha=2.0, init=False)
+    keys = kohya_state_dict(unet)
+    assert "lora_unet_up_blocks_0_upsamplers_0_conv.lora_down.weight" in keys
+    assert not any("output_blocks" in k for k in keys)

@@ -380,3 +380,46 @@ def test_an_sdxl_adapter_in_instantstyle_s_vit_bigg_layout_loads(style_png, tmp_
     (tmp_path / "empty").mkdir()
     with pytest.raises(StdtrtError, match="ip-adapter_sdxl_vit-h.safetensors with models/image_encoder/ or"):
         resolve_adapter(str(tmp_path / "empty"), model)
+
+
+def test_a_run_from_before_the_style_options_resumes(data_dir, tmp_path):
+    """A saved config without the options added since (here the style ones) counts them as defaults."""
+    import json
+
+    from conftest import losses, small
+
+    from stdtrt.distill.trainer import distill
+
+    out = tmp_path / "old"
+    distill(small(data_dir, out, max_steps=2, checkpoint_every=1), progress=False)
+    saved = json.loads((out / "config.json").read_text())
+    for key in ("style_images", "style_scale", "ip_adapter", "style_blocks"):
+        saved.pop(key)
+    (out / "config.json").write_text(json.dumps(saved))
+    distill(small(data_dir, out, max_steps=3, checkpoint_every=1), resume=True, progress=False)
+    assert len(losses(out)) == 3
+
+
+def test_the_bank_keeps_each_trajectory_s_style():
+    from stdtrt.distill.bank import TrajectoryBank
+
+    bank = TrajectoryBank(4, (4, 2, 2), 1.0, (1.0, 1.0), seed=0)
+    x, z0 = torch.randn(3, 4, 2, 2), torch.randn(3, 4, 2, 2)
+    fresh = torch.tensor([-1, -1, -1])
+    bank.update(fresh, x, torch.tensor([30, 30, 30]), z0, torch.ones(3), torch.zeros(3, dtype=torch.long),
+                torch.tensor([2, 0, 1]))  # fmt: skip
+    slots = torch.tensor([0, 1, 2])
+    assert bank.get(slots)["style"].tolist() == [2, 0, 1]
+    bank.update(
+        slots,
+        x,
+        torch.tensor([29, 29, 29]),
+        z0,
+        torch.ones(3),
+        torch.zeros(3, dtype=torch.long),
+        torch.tensor([0, 0, 0]),
+    )  # a continued trajectory keeps the style it started with
+    assert bank.get(slots)["style"].tolist() == [2, 0, 1]
+    restored = TrajectoryBank(4, (4, 2, 2), 1.0, (1.0, 1.0), seed=0)
+    restored.load_state_dict(bank.state_dict())
+    assert restored.get(slots)["style"].tolist() == [2, 0, 1]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from stdtrt.config import DistillConfig
+from stdtrt.config import DistillConfig, defaults
 from stdtrt.errors import StdtrtError
 from stdtrt.models.lora import save_diffusers, save_kohya
 
@@ -51,11 +51,13 @@ def prepare_out_dir(cfg: DistillConfig, resume: bool, overwrite: bool) -> Path |
 
 
 def check_same_run(cfg: DistillConfig, saved: dict) -> None:
-    now = asdict(cfg)
+    """Refuse a resume whose config differs from the checkpoint's; an option the saved config does not
+    name (a run from before it existed) counts as its default."""
+    now, d = asdict(cfg), defaults(DistillConfig)
     differ = [
-        f"{k}: {saved.get(k)!r} -> {now[k]!r}"
+        f"{k}: {saved.get(k, d.get(k))!r} -> {now[k]!r}"
         for k in now
-        if k not in DistillConfig.RESUMABLE_CHANGES and _norm(saved.get(k)) != _norm(now[k])
+        if k not in DistillConfig.RESUMABLE_CHANGES and _norm(saved.get(k, d.get(k))) != _norm(now[k])
     ]
     if differ:
         raise StdtrtError(

@@ -137,9 +137,17 @@ def sgm_name(name: str, unet) -> str:
 
 
 def _writes_sgm(unet) -> bool:
-    """An SDXL image UNet's kohya file is written in SGM names (see the module's docstring)."""
-    motion = any("motion_modules" in name for name, _ in unet.named_modules())
-    return unet.config.get("addition_embed_type") == "text_time" and not motion
+    """An SDXL image UNet's kohya file is written in SGM names (see the module's docstring), where
+    diffusers reads them back: one layers_per_block, and an attention in every up block that upsamples
+    (diffusers' SGM reader takes an upsampler at slot 1 for an attention; SDXL's base has one, its refiner
+    not: the refiner's file keeps diffusers' names)."""
+    from stdtrt.models.motion import is_motion_unet
+
+    sdxl = unet.config.get("addition_embed_type") == "text_time" and not is_motion_unet(unet)
+    readable = isinstance(unet.config.layers_per_block, int) and all(
+        hasattr(block, "attentions") for block in unet.up_blocks if getattr(block, "upsamplers", None)
+    )
+    return sdxl and readable
 
 
 def kohya_state_dict(unet, adapter: str = ADAPTER) -> dict[str, torch.Tensor]:

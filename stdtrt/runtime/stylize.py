@@ -197,6 +197,9 @@ def check_request(cfg: StylizeConfig, bundle) -> None:
         raise StdtrtError(f"style image {cfg.style_image} does not exist")
     if cfg.style_image and (not style or file_hash(cfg.style_image) != style["image_sha256"]):
         _refuse(bundle, "style image", style and style["image"], cfg.style_image)
+    motion = bundle.motion
+    if cfg.motion_adapter and (not motion or source_of(cfg.motion_adapter) != motion["source"]):
+        _refuse(bundle, "motion adapter", motion and motion["adapter"], cfg.motion_adapter)
     baked = {
         "style_scale": style["scale"] if style else d["style_scale"],
         "style_blocks": style["blocks"] if style else d["style_blocks"],
@@ -211,7 +214,6 @@ def check_request(cfg: StylizeConfig, bundle) -> None:
         "precision": m["precision"],
         "vae": m["vae"]["spec"],
         "frames_per_step": 1 if bundle.motion else bundle.batch,
-        "motion_adapter": bundle.motion and bundle.motion["adapter"],
         "window": bundle.motion["window"] if bundle.motion else d["window"],
     }
     for option, value in baked.items():
