@@ -29,7 +29,7 @@ from stdtrt.export.validate import Row, check, format_table, onnxruntime_rows, r
 from stdtrt.io.atomic import atomic_dir
 from stdtrt.io.hashing import file_hash, module_hash
 from stdtrt.models.load import DTYPES, load_model, placement_for
-from stdtrt.models.lora import fuse_lora, load_lora, student_grid
+from stdtrt.models.lora import fuse_lora, load_lora, student_grid, trained_clip_frames
 from stdtrt.models.motion import check_motion_window
 from stdtrt.models.style import attach_style, encode_style, warn_if_trained_with_styles
 
@@ -121,7 +121,7 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
     model = load_model(cfg.model, motion_adapter=cfg.motion_adapter)
     motion = None
     if cfg.motion_adapter:  # a slot is one window of the video student
-        check_motion_window(model, cfg.window, cfg.motion_adapter, lora=cfg.lora)
+        check_motion_window(model, cfg.window, cfg.motion_adapter, trained=trained_clip_frames(cfg.lora))
         motion = {"adapter": cfg.motion_adapter, "source": source_of(cfg.motion_adapter),
                   "fingerprint": fingerprint(source_of(cfg.motion_adapter)), "window": cfg.window}  # fmt: skip
     batch = cfg.window if motion else cfg.frames_per_step

@@ -229,6 +229,11 @@ def read_metadata(path: str | Path) -> dict:
     return out
 
 
+def trained_clip_frames(path: str | Path | None) -> int | None:
+    """The clip length a video student was distilled on (its metadata's config), None if unknown."""
+    return (read_metadata(path).get("config") or {}).get("clip_frames") if path else None
+
+
 def student_grid(path: str | Path | None, strength: float) -> int:
     """The teacher grid N a student LoRA was distilled on (its metadata's `teacher_steps`; 50 for a file
     without it, or for no LoRA), so that inference starts at exactly the x_start it was trained from.

@@ -47,19 +47,17 @@ def is_motion_unet(unet) -> bool:
     return type(unet).__name__ == "UNetMotionModel"
 
 
-def check_motion_window(model, frames: int, adapter: str, option: str = "--window", lora: str | None = None):
+def check_motion_window(
+    model, frames: int, adapter: str, option: str = "--window", trained: int | None = None
+):
     """A window (or training clip) the motion modules can attend over; a window other than the clip length
-    the student was distilled on (its LoRA's metadata) is said in one line."""
+    the student was distilled on (`trained`: models.lora.trained_clip_frames) is said in one line."""
     longest = model.unet.config.motion_max_seq_length
     if frames > longest:
         raise StdtrtError(f"{option} {frames} is longer than the {longest} frames {adapter} attends over")
-    if lora:
-        from stdtrt.models.lora import read_metadata
-
-        trained = (read_metadata(lora).get("config") or {}).get("clip_frames")
-        if trained and frames != trained:
-            log.warning("%s %d: the student was distilled on clips of %d frames (its LoRA says)",
-                        option, frames, trained)  # fmt: skip
+    if trained and frames != trained:
+        log.warning("%s %d: the student was distilled on clips of %d frames (its LoRA says)",
+                    option, frames, trained)  # fmt: skip
 
 
 def motion_preset(name: str):

@@ -31,7 +31,7 @@ from stdtrt.io.atomic import atomic_path, check_writable
 from stdtrt.io.hashing import file_hash
 from stdtrt.io.images import IMAGE_SUFFIXES, read_image, resize, write_image
 from stdtrt.models.load import load_model
-from stdtrt.models.lora import student_grid
+from stdtrt.models.lora import student_grid, trained_clip_frames
 from stdtrt.models.motion import check_motion_window
 from stdtrt.models.style import load_style, warn_if_trained_with_styles
 from stdtrt.runtime.backends import load_backend
@@ -247,7 +247,7 @@ def load_window_runner(cfg: StylizeConfig, image_w: int, image_h: int, image: bo
         window = bundle.motion["window"]
         return WindowRunner(backend, window, resolve_overlap(window, cfg.overlap), cfg.seed, cfg.fresh_noise)
     student = load_student(cfg, image_w, image_h)
-    check_motion_window(student.model, cfg.window, cfg.motion_adapter, lora=cfg.lora)
+    check_motion_window(student.model, cfg.window, cfg.motion_adapter, trained=trained_clip_frames(cfg.lora))
     overlap = resolve_overlap(cfg.window, cfg.overlap)
     return WindowRunner(student, cfg.window, overlap, cfg.seed, cfg.fresh_noise)
 
