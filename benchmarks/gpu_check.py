@@ -259,11 +259,13 @@ def motion_rows(report: Report, args, precision: str, device: torch.device) -> N
     + channels_last) checked against the sequential motion student on the same frames."""
     import numpy as np
 
+    from stdtrt.config import resolve_overlap
     from stdtrt.runtime.windows import WindowRunner
 
     if args.model not in MOTION_FOR:
         return
-    w, o = args.window, args.window // 4
+    w = args.window
+    o = resolve_overlap(w, None)  # stylize-video's default
     start = time.perf_counter()
     model = load_model(args.model, device=device, precision=precision, motion_adapter=MOTION_FOR[args.model])
     report.rows.append({"name": "motion model build + placement", "precision": precision, "status": "ok",

@@ -169,7 +169,7 @@ def time_backend(bundle, name: str, device: str, info, folder: Path, model=None)
     if not backend.concurrent_stages:  # one thread runs the networks: the rest of the clip's time is overhead
         network_s = sum(result.stage_seconds.get(s, 0.0) for s in NETWORKS)
         outside = 1 - network_s / result.seconds
-    group = window - resolve_overlap(window, None) if window else 1  # frames one UNet call lets out
+    group = window - runner.overlap if window else 1  # frames one UNet call lets out
     return BackendRun(
         name,
         runner.describe() if window else backend.describe(),

@@ -68,8 +68,10 @@ def _target_names(unet, targets) -> list[str]:
     """peft's target list: the suffixes themselves for an image UNet; for a motion UNet every matching
     module by full name except the motion modules' proj_in and proj_out, which diffusers calls with a
     keyword argument (`proj_in(input=...)`) that a peft LoRA layer does not take."""
+    from stdtrt.models.motion import is_motion_unet
+
     targets = list(targets)
-    if not any("motion_modules" in name for name, _ in unet.named_modules()):
+    if not is_motion_unet(unet):
         return targets
     return [
         name
@@ -229,9 +231,14 @@ def read_metadata(path: str | Path) -> dict:
     return out
 
 
+def trained_config(path: str | Path | None) -> dict:
+    """The distill config a student LoRA records in its metadata (empty without a LoRA or a record)."""
+    return (read_metadata(path).get("config") or {}) if path else {}
+
+
 def trained_clip_frames(path: str | Path | None) -> int | None:
-    """The clip length a video student was distilled on (its metadata's config), None if unknown."""
-    return (read_metadata(path).get("config") or {}).get("clip_frames") if path else None
+    """The clip length a video student was distilled on, None if unknown."""
+    return trained_config(path).get("clip_frames")
 
 
 def student_grid(path: str | Path | None, strength: float) -> int:

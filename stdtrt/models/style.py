@@ -234,9 +234,9 @@ def warn_if_trained_with_styles(lora: str | None, style_image: str | None) -> No
     without one is said in one line (it still runs)."""
     if not lora or style_image:
         return
-    from stdtrt.models.lora import read_metadata
+    from stdtrt.models.lora import trained_config
 
-    folder = (read_metadata(lora).get("config") or {}).get("style_images")
+    folder = trained_config(lora).get("style_images")
     if folder:
         log.warning("%s was distilled with style images (%s): without --style-image it walks trajectories it "
                     "did not learn", Path(lora).name, folder)  # fmt: skip

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from stdtrt.config import check_window, resolve_overlap
 from stdtrt.runtime.pipeline import StageTimes
 from stdtrt.runtime.stream import StreamState
 from stdtrt.runtime.student import Student, VideoNoise, to_tensor, to_uint8
@@ -36,8 +37,8 @@ class WindowRunner:
 
     def __init__(self, engine, window: int, overlap: int, seed: int = 0, fresh_noise: bool = False):
         self.engine, self.window, self.overlap = engine, window, overlap
-        if window < 2 or not 0 <= overlap < window:
-            raise ValueError(f"windows of {window} frames cannot overlap by {overlap}")
+        check_window(window)
+        resolve_overlap(window, overlap)  # the one rule for a window's overlap
         self.sequential = isinstance(engine, Student)
         if not self.sequential and engine.batch != window:
             raise ValueError(f"the backend runs windows of {engine.batch} frames, not {window}")
