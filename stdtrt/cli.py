@@ -327,6 +327,24 @@ def _terminate(signum, frame) -> None:
     raise Terminated()
 
 
+def os_error_line(exc: OSError) -> str:
+    """An OSError as one line: the cause, the path, and for a full disk or a read-only place what to do
+    (outputs are written to temporary names: none is left half-written under its own)."""
+    import errno
+
+    cause = exc.strerror or (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    where = f" ({exc.filename})" if exc.filename else ""
+    hint = {
+        errno.ENOSPC: "; free some space and run again",
+        errno.EDQUOT: "; free some space and run again",
+        errno.EFBIG: "; the file system or a limit refuses a file this large",
+        errno.EACCES: "; choose a folder you can write",
+        errno.EPERM: "; choose a folder you can write",
+        errno.EROFS: "; choose a folder you can write",
+    }.get(exc.errno, "")
+    return f"{cause}{where}{hint}"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user mistakes become one line on stderr and exit code 2, never a traceback; SIGINT and
     SIGTERM clean up and exit 130 and 143."""
@@ -351,6 +369,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except StdtrtError as exc:
         click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except OSError as exc:  # a full disk, a read-only folder, a file that vanished: the path and the cause
+        logging.getLogger("stdtrt").debug("the OS error in full", exc_info=True)
+        click.echo(f"error: {os_error_line(exc)}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)

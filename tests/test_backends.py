@@ -90,7 +90,7 @@ def test_every_backend_gives_the_same_video(sd_bundle, tmp_path, caplog):
         assert result.frames == 5 and result.audio == "copied" and backend in result.backend
         assert set(result.stages) >= {"video_decode", "vae_encode", "unet", "vae_decode", "video_encode"}
         outs[backend] = frames_of(result.output)
-    assert caplog.text.count("frames are resized to it and back") == 2  # once per run, not per frame
+    assert caplog.text.count("fitted in whole, its aspect kept") == 2  # once per run, not per frame
     assert all(a.shape == (64, 96, 3) for a in outs["torch"])
     diffs = [np.abs(a.astype(int) - b.astype(int)).max() for a, b in zip(*outs.values(), strict=True)]
     assert max(diffs) <= 2  # codec and fp32 rounding only

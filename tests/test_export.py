@@ -173,14 +173,17 @@ def test_a_matching_bundle_is_reused_and_a_different_one_refused(sd_bundle, tmp_
     out = tmp_path / "copy"
     shutil.copytree(result.path, out)
     before = (out / "manifest.json").read_text()
-    (out / "stray.txt").write_text("x")  # not listed in the manifest: still the same bundle
+    (out / "stray.txt").write_text("x")  # a bundle is replaced whole: nothing else may be in its folder
+    with pytest.raises(StdtrtError, match=r"not part of an stdtrt bundle \(stray.txt\)"):
+        export_bundle(ExportConfig(**{**cfg.__dict__, "out": str(out)}), progress=False)
+    (out / "stray.txt").unlink()
     again = export_bundle(ExportConfig(**{**cfg.__dict__, "out": str(out)}), progress=False)
     assert again.reused and (out / "manifest.json").read_text() == before
     with pytest.raises(StdtrtError, match="holds a different bundle.*--overwrite"):
         export_bundle(ExportConfig(**{**cfg.__dict__, "out": str(out), "nfe": 2}), progress=False)
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "notes.txt").write_text("mine")
-    with pytest.raises(StdtrtError, match="not a valid bundle"):
+    with pytest.raises(StdtrtError, match="not part of an stdtrt bundle"):
         export_bundle(ExportConfig(**{**cfg.__dict__, "out": str(tmp_path / "junk")}), progress=False)
     assert (tmp_path / "junk" / "notes.txt").read_text() == "mine"
 

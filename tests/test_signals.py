@@ -51,7 +51,7 @@ def test_a_dead_runs_partials_are_removed_and_only_those(tmp_path):
     host = owner_tag().rsplit("-", 1)[0]
     stale = tmp_path / f".out.stdtrt-{host}-{pid}.abc123.partial.mp4"
     stale_dir = tmp_path / f".bundle.stdtrt-{host}-{pid}.xyz.partial"
-    alive = tmp_path / f".out.stdtrt-{host}-{os.getppid()}.def456.partial.mp4"  # a running process's: kept
+    alive = tmp_path / f".out.stdtrt-{host}-{os.getppid()}.def456.partial.mkv"  # a running process's: kept
     elsewhere = tmp_path / f".out.stdtrt-otherhost{host}-{pid}.a1.partial.mp4"  # another machine's: kept
     foreign = tmp_path / ".out.mine.partial.mp4"  # not stdtrt's pattern: kept
     for p in (stale, alive, elsewhere, foreign):

@@ -134,7 +134,7 @@ def test_stylize_video_with_a_style_image(style_png, tmp_path):
     "what,match",
     [
         ("missing", "style image .* does not exist"),
-        ("not-an-image", "is not a readable image"),
+        ("not-an-image", "is not a readable style image"),
         ("scale", r"--style-scale must be in \[0, 2\]"),
         ("other-family", "made for cross-attention of width 64; tiny-sd's is 32"),
         ("not-cached", "hf download nobody/ip-adapter --include .models/ip-adapter_sd15.safetensors"),
@@ -321,7 +321,7 @@ def test_a_student_distilled_with_styles_says_so_without_one(data_dir, styles_di
     [
         ("missing", "is not a folder"),
         ("empty", "holds no images"),
-        ("broken", "is not a readable image"),
+        ("broken", "is not a readable style image"),
         ("sdxl", "made for cross-attention of width|fits tiny-sd"),
     ],
 )

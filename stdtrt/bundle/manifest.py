@@ -14,6 +14,7 @@ import hashlib
 import importlib.metadata
 import json
 import platform
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,20 @@ REQUIRED = (
     "graphs",
     "files",
 )
+
+
+# What export writes into a bundle folder, and nothing else: the manifest, the validation table, and per graph
+# its ONNX file, the ONNX weights beside it and its TensorRT engine.
+_BUNDLE_FILE = re.compile(r"^(manifest\.json|validation\.txt|[a-z0-9_]+\.(onnx|onnx\.data|plan))$")
+
+
+def foreign_entries(folder: Path) -> list[str]:
+    """The entries of `folder` that no bundle holds (every one of them when it has no manifest):
+    `stdtrt export` replaces a bundle, never a folder of anything else."""
+    names = sorted(p.name for p in Path(folder).iterdir())
+    if MANIFEST not in names:
+        return names
+    return [n for n in names if not _BUNDLE_FILE.match(n) or not (Path(folder) / n).is_file()]
 
 
 def cache_key(fields: dict) -> str:

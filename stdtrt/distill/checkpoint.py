@@ -13,6 +13,8 @@ Every file is written to a temporary name (a checkpoint to a temporary folder) a
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -21,32 +23,108 @@ import torch
 
 from stdtrt.config import DistillConfig, defaults
 from stdtrt.errors import StdtrtError
+from stdtrt.io.atomic import check_writable_dir
 from stdtrt.models.lora import save_diffusers, save_kohya
 
 CONFIG_FILE = "config.json"
 LORA_FILE = "lora.safetensors"  # kohya form: diffusers, ComfyUI, A1111
 DIFFUSERS_LORA_FILE = "pytorch_lora_weights.safetensors"  # diffusers form (save_lora_weights)
 
+log = logging.getLogger(__name__)
+
+
+METRICS_FILE = "metrics.jsonl"
+# Everything a run writes into its folder (and nothing else): --overwrite replaces only these.
+RUN_ENTRIES = (
+    CONFIG_FILE,
+    "checkpoints",
+    LORA_FILE,
+    DIFFUSERS_LORA_FILE,
+    METRICS_FILE,
+    "tensorboard",
+    "cache",
+)
+
+
+ASIDE = ".stdtrt-replaced"  # where --overwrite keeps the old run until the new one has made a step
+
+
+def foreign_entries(out: Path) -> list[str]:
+    """What in the run folder no run wrote (stdtrt's own partials, `.NAME.stdtrt-...`, count as a run's)."""
+    names = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    return [n for n in names if n not in RUN_ENTRIES and ".stdtrt-" not in n]
+
+
+def clear_run(out: Path) -> None:
+    """Remove what a run wrote into `out` (RUN_ENTRIES and its partials), nothing else."""
+    for entry in sorted(out.iterdir()) if out.is_dir() else ():
+        if entry.name != ASIDE and (entry.name in RUN_ENTRIES or ".stdtrt-" in entry.name):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+
+
+def set_aside(out: Path) -> Path | None:
+    """--overwrite: move the old run's files into `out/.stdtrt-replaced`, to be dropped once the new run
+    has made its first step, or put back if it fails before (a typo must not cost the old run)."""
+    aside = out / ASIDE
+    entries = [e for e in out.iterdir() if e.name in RUN_ENTRIES] if out.is_dir() else []
+    if not entries:
+        return None
+    aside.mkdir()
+    for entry in entries:
+        entry.rename(aside / entry.name)
+    return aside
+
+
+def restore(out: Path, aside: Path | None) -> None:
+    """Put a run set aside back (after clear_run removed what the failed new run wrote)."""
+    if aside is not None and aside.is_dir():
+        for entry in aside.iterdir():
+            entry.rename(out / entry.name)
+        aside.rmdir()
+
 
 def prepare_out_dir(cfg: DistillConfig, resume: bool, overwrite: bool) -> Path | None:
-    """Check the run folder; return the checkpoint to resume from (None for a fresh run)."""
+    """Check the run folder; return the checkpoint to resume from (None for a fresh run). A folder with
+    anything in it that no run wrote is refused whatever the flags: nothing of the user's is deleted."""
     out = Path(cfg.out)
     saved = out / CONFIG_FILE
+    main = os.environ.get("RANK", "0") == "0"  # before accelerate starts: its launcher's process rank
+    if main and (out / ASIDE).is_dir():  # an --overwrite killed before its first step: its old run returns
+        clear_run(out)
+        restore(out, out / ASIDE)
+        log.warning("%s: put back the run that an interrupted --overwrite had set aside", out)
     if resume and overwrite:
         raise StdtrtError("--resume and --overwrite contradict each other; pick one")
+    if out.exists() and not out.is_dir():
+        raise StdtrtError(f"--out {out} is a file; choose a folder")
+    check_writable_dir(out)
+    foreign = foreign_entries(out)
+    if foreign:
+        shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
+        raise StdtrtError(
+            f"--out {out} holds files that are not part of a stdtrt run ({shown}); choose another --out "
+            f"(a run folder is replaced only when it holds nothing else, even with --overwrite)"
+        )
     if resume:
         if not saved.exists():
             raise StdtrtError(f"nothing to resume in {out}: no {CONFIG_FILE} (start without --resume)")
         check_same_run(cfg, json.loads(saved.read_text()))
-        return latest_checkpoint(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise StdtrtError(
-                f"{out} already holds a run; pass --resume to continue it, --overwrite to replace it, "
-                f"or choose another --out"
+        found = latest_checkpoint(out)
+        if found is None:
+            log.warning(
+                "%s has no finished checkpoint (the run stopped before its first one, every "
+                "--checkpoint-every steps): --resume starts it again from step 0",
+                out,
             )
-        if not saved.exists() and not (out / "checkpoints").exists():
-            raise StdtrtError(f"{out} is not a stdtrt run folder; refusing to overwrite it")
+        return found
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise StdtrtError(
+            f"{out} already holds a run; pass --resume to continue it, --overwrite to replace it, "
+            f"or choose another --out"
+        )
     return None
 
 

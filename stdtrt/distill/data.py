@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from stdtrt.errors import StdtrtError
-from stdtrt.io.images import IMAGE_SUFFIXES
+from stdtrt.io.images import IMAGE_SUFFIXES, open_image, read_image
 from stdtrt.io.video import VIDEO_SUFFIXES, probe, read_frames
 
 log = logging.getLogger(__name__)
@@ -166,24 +166,20 @@ def scan(folder: str | Path, prompt: str, template: str, frames_per_video: int, 
 
 
 def check_readable(files: list[Path]) -> None:
-    """Open every image (and probe every video) once so that a bad file fails before training starts."""
-    from PIL import Image, UnidentifiedImageError
-
+    """Decode every image in full (and probe every video) once, so that a bad file fails before training
+    starts, not in the middle of it."""
     bad = []
     for path in files:
         try:
             if path.suffix.lower() in VIDEO_SUFFIXES:
                 probe(path)
             else:
-                with Image.open(path) as im:
-                    im.verify()
-        except Image.DecompressionBombError:
-            bad.append(f"{path} (over Pillow's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS} pixels)")
-        except (UnidentifiedImageError, OSError, SyntaxError, StdtrtError) as exc:
-            bad.append(f"{path} ({type(exc).__name__})")
+                open_image(path)
+        except StdtrtError as exc:
+            bad.append(str(exc))
     if bad:
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-        raise StdtrtError(f"unreadable files in the data folder: {', '.join(bad[:3])}{more}")
+        raise StdtrtError(f"unreadable files in the data folder: {'; '.join(bad[:3])}{more}")
 
 
 def _crop(rgb: np.ndarray, size: int, u: list[float], zoom: float) -> torch.Tensor:
@@ -200,10 +196,7 @@ def _crop(rgb: np.ndarray, size: int, u: list[float], zoom: float) -> torch.Tens
 
 
 def _rgb(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    return read_image(path, warn_alpha=False)  # upright (EXIF orientation); alpha is no part of a style
 
 
 def random_crop(path: Path, size: int, generator: torch.Generator, zoom: float) -> torch.Tensor:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from stdtrt.distill.checkpoint import METRICS_FILE
+
 log = logging.getLogger(__name__)
 
 
@@ -24,7 +26,7 @@ class MetricsLog:
         self.file = None
         self.tb = None
         if accelerator.is_main_process:
-            path = out / "metrics.jsonl"
+            path = out / METRICS_FILE
             if resume_step is None:
                 path.unlink(missing_ok=True)
             elif path.exists():  # drop what an interrupted run logged after its last checkpoint

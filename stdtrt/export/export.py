@@ -26,7 +26,7 @@ from stdtrt.errors import StdtrtError
 from stdtrt.export import tensorrt
 from stdtrt.export.onnx import export_networks
 from stdtrt.export.validate import Row, check, format_table, onnxruntime_rows, reference, tensorrt_rows
-from stdtrt.io.atomic import atomic_dir
+from stdtrt.io.atomic import atomic_dir, check_writable_dir
 from stdtrt.io.hashing import file_hash, module_hash
 from stdtrt.models.load import DTYPES, load_model, placement_for
 from stdtrt.models.lora import fuse_lora, load_lora, student_grid, trained_clip_frames
@@ -48,18 +48,23 @@ class ExportResult:
 
 
 def _existing(out: Path, key: str, overwrite: bool):
-    """The bundle already at `out` when it can be reused; None when `out` is free (or may be replaced)."""
+    """The bundle already at `out` when it can be reused; None when `out` is free (or may be replaced).
+    Only an empty folder or a bundle is ever replaced: a folder holding anything else is refused, with
+    --overwrite too (nothing of the user's is deleted)."""
     if not out.exists():
         return None
     if not out.is_dir():
         raise StdtrtError(f"--out {out} is a file; choose a folder")
-    if not any(out.iterdir()) or overwrite:
+    if not any(out.iterdir()):
+        return None
+    check_out(out)
+    if overwrite:
         return None
     try:
         bundle = mf.read_bundle(out, verify=True)
     except StdtrtError as exc:
         raise StdtrtError(
-            f"{out} is not empty and not a valid bundle ({exc}); pass --overwrite to replace it"
+            f"{out} holds a bundle that cannot be reused ({exc}); pass --overwrite to replace it"
         ) from None
     if bundle.key != key:
         m = bundle.manifest
@@ -68,6 +73,29 @@ def _existing(out: Path, key: str, overwrite: bool):
             f"{bundle.height}, {m['precision']}); pass --overwrite to replace it or choose another --out"
         )
     return bundle
+
+
+def check_out(out: Path) -> None:
+    """Before anything is loaded: `out` can be written and holds nothing but a bundle (or nothing), and
+    is not the folder this process (and the user's shell) is in: a bundle is replaced whole, folder and
+    all, which would leave the shell in a deleted folder."""
+    here = Path.cwd()
+    if out == here or out in here.parents:
+        raise StdtrtError(
+            f"--out {out} is the folder you are in (or holds it): a bundle replaces its folder whole; name it "
+            f"from outside, e.g. `cd .. && stdtrt export ... --out {out.name}`"
+        )
+    if out.is_dir():
+        foreign = mf.foreign_entries(out)
+        if foreign:
+            shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
+            raise StdtrtError(
+                f"--out {out} holds files that are not part of an stdtrt bundle ({shown}); export replaces "
+                f"only a bundle or an empty folder, even with --overwrite: choose another --out"
+            )
+    elif out.exists():
+        raise StdtrtError(f"--out {out} is a file; choose a folder")
+    check_writable_dir(out)
 
 
 def _engines_fit(bundle, key: str) -> bool:
@@ -113,7 +141,8 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
     import torch
 
     start, stages = time.perf_counter(), {}
-    out = Path(cfg.out)
+    out = Path(cfg.out).expanduser().absolute()  # `--out .` names the current folder
+    check_out(out)
     build_trt, trt_line = tensorrt.decide(cfg.tensorrt)
     precision = export_precision(cfg.precision, build_trt)
     grid = student_grid(cfg.lora, cfg.strength)

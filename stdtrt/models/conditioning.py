@@ -7,9 +7,12 @@ states, for SDXL the pooled text embedding and the six micro-conditioning time i
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -83,6 +86,33 @@ def sdxl_time_ids(height: int, width: int) -> torch.Tensor:
     return torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32)
 
 
+def truncated_tokens(tokenizer, prompt: str) -> list[int]:
+    """The token ids of `prompt` that CLIP does not read: past model_max_length (77: 75 and the start and
+    end tokens); stdtrt, like diffusers' pipelines, encodes one window and cuts the rest."""
+    ids = tokenizer(prompt, truncation=False, add_special_tokens=True, verbose=False).input_ids
+    keep = tokenizer.model_max_length - 1  # the end token takes the last place
+    return ids[keep:-1] if len(ids) > tokenizer.model_max_length else []
+
+
+_SAID: set[str] = set()
+
+
+def say_truncated(pipe, prompts: list[str]) -> None:
+    """One line per prompt (once per process) that is longer than the text encoder reads, with how many
+    tokens and which words are dropped."""
+    tokenizer = pipe.tokenizer if pipe.tokenizer is not None else pipe.tokenizer_2
+    for prompt in dict.fromkeys(prompts):
+        cut = truncated_tokens(tokenizer, prompt) if prompt not in _SAID else []
+        if cut:
+            _SAID.add(prompt)
+            words = tokenizer.decode(cut).strip()
+            shown = words if len(words) <= 60 else words[:57] + "..."
+            log.warning(
+                "the prompt has %d tokens more than the %d the text encoder reads: they are dropped, from "
+                "%r on; shorten the prompt", len(cut), tokenizer.model_max_length - 2, shown,
+            )  # fmt: skip
+
+
 @torch.no_grad()
 def encode_prompt(pipe, prompt: str | list[str], height: int, width: int) -> Conditioning:
     """Encode prompt(s) with a diffusers SD or SDXL pipeline's own text encoders (no guidance branch).
@@ -90,6 +120,7 @@ def encode_prompt(pipe, prompt: str | list[str], height: int, width: int) -> Con
     An empty prompt gives the real empty-prompt embeddings (what the teacher's unconditional branch uses).
     """
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    say_truncated(pipe, prompts)
     device = pipe.unet.device
     if hasattr(pipe, "text_encoder_2"):  # SDXL
         embeds, _, pooled, _ = pipe.encode_prompt(

@@ -27,6 +27,7 @@ import torch
 from stdtrt.config import STYLE_BLOCKS, cache_root, check_style_scale
 from stdtrt.errors import StdtrtError
 from stdtrt.io.hashing import file_hash
+from stdtrt.io.images import open_image
 from stdtrt.models.hub import local_folder
 
 log = logging.getLogger(__name__)
@@ -270,15 +271,5 @@ def load_style(model, image: str, adapter: str, scale: float, blocks: str) -> St
 
 
 def read_style_image(path: str):
-    """The style image as RGB, or one line saying why not."""
-    from PIL import Image, UnidentifiedImageError
-
-    p = Path(path)
-    if not p.is_file():
-        raise StdtrtError(f"style image {path} does not exist")
-    try:
-        with Image.open(p) as im:
-            im.load()
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise StdtrtError(f"style image {path} is not a readable image ({type(exc).__name__})") from None
+    """The style image as upright RGB (PIL), or one line saying why not (io/images.open_image)."""
+    return open_image(Path(path), "style image").convert("RGB")

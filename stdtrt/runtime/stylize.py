@@ -29,7 +29,7 @@ from stdtrt.errors import StdtrtError
 from stdtrt.io import video
 from stdtrt.io.atomic import atomic_path, check_writable
 from stdtrt.io.hashing import file_hash
-from stdtrt.io.images import IMAGE_SUFFIXES, read_image, resize, write_image
+from stdtrt.io.images import IMAGE_SUFFIXES, fit_box, letterbox, read_image, unletterbox, write_image
 from stdtrt.models.load import load_model
 from stdtrt.models.lora import student_grid, trained_clip_frames
 from stdtrt.models.motion import check_motion_window
@@ -275,11 +275,6 @@ def load_runner(cfg: StylizeConfig, image_w: int, image_h: int, image: bool = Fa
         bundle, cfg.backend, cfg.device, torch_speedups=cfg.torch_speedups(), verify=cfg.verify,
         style_image=cfg.style_image,
     )  # fmt: skip
-    if (image_w, image_h) != (bundle.width, bundle.height):
-        log.warning(
-            "the input is %dx%d and bundle %s works at %dx%d: frames are resized to it and back",
-            image_w, image_h, bundle.path, bundle.width, bundle.height,
-        )  # fmt: skip
     return StreamRunner(backend, cfg.seed, cfg.fresh_noise, None, cfg.skip_threshold, cfg.max_skips)
 
 
@@ -293,17 +288,30 @@ def stylize_image(cfg: StylizeConfig, input_path: str | Path, output_path: str |
     check_writable(output_path)
     rgb = read_image(input_path)
     runner = load_runner(cfg, rgb.shape[1], rgb.shape[0], image=True)
-    out = runner(resize(rgb, runner.width, runner.height))
-    write_image(output_path, resize(out, rgb.shape[1], rgb.shape[0]))
+    _say_fit((rgb.shape[1], rgb.shape[0]), runner, input_path)
+    out = runner(letterbox(rgb, runner.width, runner.height))
+    write_image(output_path, unletterbox(out, (rgb.shape[1], rgb.shape[0])))
     return output_path
 
 
+def _say_fit(size: tuple[int, int], runner, what) -> None:
+    """One line when the picture is fitted between bars into a working size of another aspect (a bundle's
+    fixed size, or --width and --height): the bars are stylized too and cut off again (io/images.fit_box)."""
+    box = fit_box(size, (runner.width, runner.height))
+    if box[2:] != (runner.width, runner.height):
+        log.warning(
+            "%s is %dx%d and runs at %dx%d: it is fitted in whole, its aspect kept, between bars that are cut "
+            "off again (a bundle exported with --width/--height of its aspect uses all of its pixels)",
+            what, *size, runner.width, runner.height,
+        )  # fmt: skip
+
+
 # -- video ------------------------------------------------------------------------------------------------
-def _timed_frames(info, w: int, h: int, times: StageTimes):
+def _timed_frames(info, w: int, h: int, times: StageTimes, sizes=None):
     """Decoded frames at the working size (converted and resized in one swscale call); decoding time is
     recorded as `video_decode`."""
 
-    frames = video.read_frames(info, w, h)
+    frames = video.read_frames(info, w, h, sizes)
     while True:
         start = time.perf_counter()
         item = next(frames, None)
@@ -323,7 +331,10 @@ def stylize_video(cfg: StylizeConfig, input_path: str | Path, output_path: str |
     if size != (info.width, info.height):
         log.warning("%s is %dx%d: written at %dx%d (--pad-odd; 4:2:0 video needs even sizes)",
                     input_path, info.width, info.height, *size)  # fmt: skip
+    for note in video.conversion_notes(info):
+        log.warning("%s", note)
     runner = load_runner(cfg, info.width, info.height)
+    _say_fit((info.width, info.height), runner, input_path)
     return run_video(runner, info, output_path, cfg, progress)
 
 
@@ -337,7 +348,10 @@ def run_video(runner, info, output_path: Path, cfg: StylizeConfig, progress: boo
     bar = tqdm(total=info.frames or None, unit="frame", desc="stylize", disable=not progress, smoothing=0.1)
     frame_times: list[float] = []
     with atomic_path(output_path) as tmp:
-        writer = video.VideoWriter(tmp, output_path.suffix, info, crf=cfg.crf, pad_odd=cfg.pad_odd)
+        sizes = video.FrameSizes(info)
+        writer = video.VideoWriter(
+            tmp, output_path.suffix, info, crf=cfg.crf, pad_odd=cfg.pad_odd, sizes=sizes
+        )
 
         def write(item):
             rgb, pts = item
@@ -349,7 +363,7 @@ def run_video(runner, info, output_path: Path, cfg: StylizeConfig, progress: boo
 
         start = time.perf_counter()
         try:
-            run_pipeline(_timed_frames(info, w, h, times), runner.stages(), write, cfg.queue_size)
+            run_pipeline(_timed_frames(info, w, h, times, sizes), runner.stages(), write, cfg.queue_size)
         except BaseException:
             writer.abort()
             raise
