@@ -55,7 +55,8 @@ from stdtrt.export.validate import TOLERANCES, compare  # noqa: E402
 from stdtrt.models.load import load_model  # noqa: E402
 from stdtrt.runtime.backends.torch import TorchBackend  # noqa: E402
 from stdtrt.runtime.stream import StreamState  # noqa: E402
-from stdtrt.runtime.student import Student, VideoNoise, make_noise  # noqa: E402
+from stdtrt.runtime.student import Student, VideoNoise  # noqa: E402
+from stdtrt.schedule import make_noise  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROMPT = "an oil painting"

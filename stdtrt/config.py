@@ -102,22 +102,83 @@ def motion_adapter_opt(group=None):
                "adapter (folder, cached hub id, or tiny-motion), frames in overlapping windows", group=group)  # fmt: skip
 
 
+DEFAULT_WINDOW = 16  # for a video student whose LoRA does not say its clip length
+
+
 def window_opt(group=None):
-    return opt(16, "frames per window of the video student (one trajectory each)", group=group)
+    return opt(None, "frames per window of the video student (one trajectory each) [the clip length it was "
+               f"distilled on; {DEFAULT_WINDOW} when its LoRA does not say]", group=group)  # fmt: skip
 
 
-def check_window(window: int) -> None:
-    if window < 2:
+def check_window(window: int | None) -> None:
+    if window is not None and window < 2:
         raise StdtrtError(f"--window must be at least 2, got {window}")
 
 
+def resolve_window(window: int | None, trained: int | None) -> int:
+    """--window as given, else the clip length the student was distilled on (its card), else 16."""
+    return window or trained or DEFAULT_WINDOW
+
+
 def resolve_overlap(window: int, overlap: int | None) -> int:
-    """--overlap for a window (a bundle's or --window): as given, in [0, window), or a quarter of it."""
+    """--overlap for a window (a bundle's or --window): as given, in [0, window / 2], or a quarter of it.
+    More than half would blend frames already blended with the window before."""
     if overlap is None:
         return window // 4
-    if not 0 <= overlap < window:
-        raise StdtrtError(f"--overlap must be in [0, window), got window {window}, overlap {overlap}")
+    if not 0 <= overlap <= window // 2:
+        raise StdtrtError(
+            f"--overlap must be in [0, window / 2] (more blends frames that were blended already), got window "
+            f"{window}, overlap {overlap}"
+        )
     return overlap
+
+
+# How a video's frames are noised to x_start (schedule.frame_noise): the same noise for every frame, or
+# each frame its own (a video student learns one of them: distill records it, inference reads it back).
+NOISE_RULES = ("shared", "per-frame")
+
+# Cached cross-frame attention (models/attention_cache.py), the same on stylize and export.
+MAX_CACHE_FRAMES = 4
+
+
+def check_cache_options(frames: int, interval: int, fusion: float) -> None:
+    if not 0 <= frames <= MAX_CACHE_FRAMES:
+        raise StdtrtError(f"--cache-frames must be in 0..{MAX_CACHE_FRAMES}, got {frames}")
+    if interval < 1:
+        raise StdtrtError(f"--cache-interval must be at least 1, got {interval}")
+    if not 0.0 <= fusion <= 1.0:
+        raise StdtrtError(f"--feature-fusion must be in [0, 1], got {fusion}")
+
+
+def check_cache_use(cfg) -> None:
+    """What a cache runs with: one frame per slot of the per-frame student (StylizeConfig, ExportConfig)."""
+    check_cache_options(cfg.cache_frames, cfg.cache_interval, cfg.feature_fusion)
+    if not cfg.cache_frames and (cfg.cache_interval != 1 or cfg.feature_fusion):
+        raise StdtrtError("--cache-interval and --feature-fusion need --cache-frames 1 or more")
+    if cfg.cache_frames and cfg.motion_adapter:
+        raise StdtrtError(
+            "--cache-frames is for the per-frame student: the video student's motion modules already attend "
+            "across its window (use one or the other)"
+        )
+    if cfg.cache_frames and cfg.frames_per_step != 1:
+        raise StdtrtError(
+            "--cache-frames attends to the frames just before each one, which a slot of several frames "
+            "computes at once: drop --frames-per-step"
+        )
+
+
+def cache_frames_opt(group=None):
+    return opt(0, "cached cross-frame attention (StreamV2V): each self-attention layer also attends to the last "
+               "F frames it saw, 0 (off) to 4", group=group)  # fmt: skip
+
+
+def cache_interval_opt(group=None):
+    return opt(1, "the cache is written every frame and its ring advances every N frames", group=group)
+
+
+def feature_fusion_opt(group=None):
+    return opt(0.0, "with --cache-frames: pull output tokens (low-resolution blocks) this far towards a cached "
+               "token of cosine >= 0.98, in [0, 1] (StreamV2V: 0.8)", group=group)  # fmt: skip
 
 
 STYLE_BLOCKS = ("instantstyle", "all")  # where --style-image goes (models/style.style_processors)
@@ -182,6 +243,9 @@ class StylizeConfig:
         "1 keeps the latency of one frame (a bundle bakes its own B in)",
         group="video",
     )
+    cache_frames: int = cache_frames_opt(group="video")
+    cache_interval: int = cache_interval_opt(group="video")
+    feature_fusion: float = feature_fusion_opt(group="video")
     queue_size: int = opt(8, "frames buffered between decode, the networks and encode", group="video")
     skip_threshold: float | None = opt(
         None,
@@ -222,8 +286,9 @@ class StylizeConfig:
             raise StdtrtError(f"crf must be in [0, 51], got {self.crf}")
         check_style_scale(self.style_scale)
         check_window(self.window)
+        check_cache_use(self)
         if self.overlap is not None and self.overlap < 0:  # against the window where it is known: at load
-            raise StdtrtError(f"--overlap must be in [0, window), got {self.overlap}")
+            raise StdtrtError(f"--overlap must be in [0, window / 2], got {self.overlap}")
         if self.skip_threshold is not None and not 0.0 <= self.skip_threshold <= 1.0:
             raise StdtrtError(f"--skip-threshold must be in [0, 1], got {self.skip_threshold}")
         if self.max_skips < 1:
@@ -296,6 +361,9 @@ class DistillConfig:
         "or tiny-motion), on clips of the videos in --data",
     )
     clip_frames: int = opt(8, "frames per training clip (the authors: 8)")
+    clip_noise: str = opt("per-frame", "the video student's noise rule: each frame of a clip its own noise (as "
+                          "AnimateDiff trains), or the same for all (shared); inference follows the LoRA's record",
+                          choices=NOISE_RULES)  # fmt: skip
     frame_stride: int = opt(4, "frames between the frames of a clip (the authors: 4)")
     clips_per_video: int = opt(4, "clips taken evenly from each video")
     adv_frames: int = opt(2, "frames of each clip the discriminator sees (the authors: 2)")
@@ -410,6 +478,9 @@ class ExportConfig:
     frames_per_step: int = opt(
         1, "B frames in each stream slot (the UNet graph runs NFE x B latents per call): throughput for files"
     )
+    cache_frames: int = cache_frames_opt()
+    cache_interval: int = cache_interval_opt()
+    feature_fusion: float = feature_fusion_opt()
     width: int | None = opt(None, "working width, a multiple of 8 [the model's native size]")
     height: int | None = opt(None, "working height, a multiple of 8 [the model's native size]")
     precision: str = opt(
@@ -437,10 +508,13 @@ class ExportConfig:
         if self.frames_per_step < 1:
             raise StdtrtError(f"--frames-per-step must be at least 1, got {self.frames_per_step}")
         check_window(self.window)
+        if self.window is not None and not self.motion_adapter:
+            raise StdtrtError("--window is the video student's: it needs --motion-adapter")
         if self.motion_adapter and self.frames_per_step != 1:
             raise StdtrtError(
                 "a video student's slot is one window (--window frames): drop --frames-per-step"
             )
+        check_cache_use(self)
         if self.opset < 17:
             raise StdtrtError(f"opset must be 17 or newer (LayerNormalization), got {self.opset}")
         if self.workspace_gb <= 0:

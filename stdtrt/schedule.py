@@ -60,6 +60,24 @@ def coefficients(abar: torch.Tensor, t: int) -> tuple[float, float]:
     return float(ab.sqrt()), float((1 - ab).sqrt())
 
 
+def make_noise(shape, seed: int, count: int = 1) -> torch.Tensor:
+    """Seeded standard normal noise (count, *shape), identical on every device (drawn on the CPU)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn((count, *shape), generator=g, dtype=torch.float32)
+
+
+def frame_noise(rule: str, shape, seed: int, first: int, count: int) -> torch.Tensor:
+    """The noise of frames first .. first + count - 1 of a video (or clip) seeded by `seed`, by a noise
+    rule (config.NOISE_RULES): "shared", one noise for every frame (a still scene stays still);
+    "per-frame", each frame its own, seeded by the seed and the frame's index (so a frame gets the same
+    noise in every window it is part of).  # (count, *shape) float32 on the CPU"""
+    if rule == "shared":
+        return make_noise(shape, seed).expand(count, *shape)
+    if rule == "per-frame":
+        return torch.cat([make_noise(shape, seed * 1_000_003 + first + i) for i in range(count)])
+    raise StdtrtError(f"unknown noise rule {rule!r}")
+
+
 def x_start(z0: torch.Tensor, noise: torch.Tensor, a, b) -> torch.Tensor:
     """The fixed partial-noise state x_{tau_eta} = a z0 + b noise.  # (B, 4, H/8, W/8)
     Any forward-noised state is the same formula: a and b may be floats or (B, 1, 1, 1) tensors."""

@@ -281,9 +281,9 @@ def test_resume_refuses_other_dtypes_than_the_checkpoints(data_dir, tmp_path):
 
 def test_saved_lora_reproduces_the_in_memory_student(data_dir, tmp_path):
     from stdtrt.distill.checkpoint import save_lora
+    from stdtrt.models.card import StudentCard
     from stdtrt.models.conditioning import predict_eps
     from stdtrt.models.load import load_model
-    from stdtrt.models.lora import student_grid
 
     run = _run(small(data_dir, tmp_path / "r", lr=1e-2, teacher_steps=25))
     for _ in range(2):
@@ -298,7 +298,7 @@ def test_saved_lora_reproduces_the_in_memory_student(data_dir, tmp_path):
         for name in ("lora.safetensors", "pytorch_lora_weights.safetensors"):
             fresh = load_model("tiny-sd", lora=str(tmp_path / "r" / name))
             assert (predict_eps(fresh.unet, x, 600, cond) - ours).abs().max() < 1e-5, name
-            assert student_grid(tmp_path / "r" / name, 0.75) == 25, name  # both files carry the grid
+            assert StudentCard.read(tmp_path / "r" / name).grid(0.75) == 25, name  # both files carry the grid
     assert (ours - base).abs().max() > 1e-4  # the trained adapter is not zero
 
 

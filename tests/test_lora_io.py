@@ -122,13 +122,13 @@ def test_not_a_lora(tmp_path):
 
 
 def test_a_lora_for_another_strength_is_flagged(lora_file, caplog):
-    from stdtrt.models.lora import student_grid
+    from stdtrt.models.card import StudentCard
 
     _, path, *_ = lora_file
     with caplog.at_level("WARNING"):
-        assert student_grid(path, 0.75) == 50  # no teacher_steps in this file: the default grid
+        assert StudentCard.read(path).grid(0.75) == 50  # no teacher_steps in this file: the default grid
         assert not caplog.records
-        student_grid(path, 0.5)
+        StudentCard.read(path).grid(0.5)
     assert "distilled for strength 0.75" in caplog.text
 
 
@@ -137,13 +137,14 @@ def test_inference_starts_on_the_grid_the_student_was_distilled_on(tmp_path, vid
     from stdtrt import schedule
     from stdtrt.config import ExportConfig, StylizeConfig
     from stdtrt.export.export import export_bundle
-    from stdtrt.models.lora import add_lora, save_kohya, student_grid
+    from stdtrt.models.card import StudentCard
+    from stdtrt.models.lora import add_lora, save_kohya
     from stdtrt.runtime.stylize import load_model_backend
 
     model = load_model("tiny-sd")
     add_lora(model.unet, rank=2, alpha=2.0)
     path = save_kohya(model.unet, tmp_path / "n20.safetensors", {"eta": 0.75, "teacher_steps": 20})
-    assert student_grid(path, 0.75) == 20
+    assert StudentCard.read(path).grid(0.75) == 20
     n20 = schedule.student_plan(model.alphas_cumprod(), 0.75, 4, num_steps=20)
     # N = 20: k = 50, n_eta = ceil(20 * 0.75) = 15, t = 50 * 16 - 1 = 799 (not the N = 50 grid's 779)
     assert n20.timesteps[0] == 799 and n20.num_steps == 20

@@ -204,12 +204,13 @@ def test_windows_overlap_and_blend_without_seams(motion_lora):
     # by hand: windows start at 0, 2, 4, 6 (the last one padded with its last frame)
     student = runner.engine
 
-    def window_latents(window):  # one trajectory of 4 frames, by the Student's own calls
+    def window_latents(start):  # one trajectory of 4 frames from `start`, by the Student's own calls
+        window = (frames + [frames[-1]] * 4)[start : start + 4]
         z = student.encode(to_tensor(np.stack(window), "cpu")).transpose(0, 1)[None]
-        noise = runner.noise.take(4).transpose(0, 1)[None]
+        noise = runner.noise.at(start, 4).transpose(0, 1)[None]  # each frame's own, in every window
         return student.sample(z, noise)[0].transpose(0, 1)
 
-    lat = [window_latents((frames + [frames[-1]] * 4)[s : s + 4]) for s in (0, 2, 4, 6)]
+    lat = [window_latents(s) for s in (0, 2, 4, 6)]
     ramp = blend_weights(2).view(-1, 1, 1, 1)
     assert torch.allclose(ramp.flatten(), torch.tensor([1 / 3, 2 / 3]))
     want = [lat[0][0], lat[0][1]]
@@ -318,7 +319,11 @@ def test_a_video_bundle_is_validated_and_records_its_window(motion_bundle):
     assert bundle.motion["adapter"] == "tiny-motion" and bundle.motion["window"] == 4 and bundle.batch == 4
     rows = {r["name"]: r for r in bundle.manifest["validation"]["rows"]}
     assert rows["frames (stream vs sequential torch)"]["ok"] and rows["unet (finished latents)"]["ok"]
-    assert bundle.manifest["key_fields"]["motion"] == {"adapter": "tiny-motion", "window": 4}
+    assert bundle.manifest["key_fields"]["motion"] == {
+        "adapter": "tiny-motion",
+        "window": 4,
+        "noise_rule": "per-frame",
+    }
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
@@ -399,3 +404,43 @@ def test_bench_times_a_video_bundle_in_windows(motion_bundle):
     (run,) = bench.runs
     assert "windows of 4 frames overlapping by 1" in run.describe
     assert 0 < run.steady_fps < 3 * run.fps  # a burst of 3 frames written at once is not a rate
+
+
+@pytest.mark.parametrize("rule", ["per-frame", "shared"])
+def test_distill_and_the_window_runner_noise_a_clip_alike(rule, clips_dir, tmp_path):
+    """The one noise rule of the video student: distill's clip noise for a seed is the noise a video of that
+    seed gets over its first window at inference; the rule goes into the LoRA and comes back out."""
+    from accelerate import Accelerator
+
+    from stdtrt.distill.trainer import Run, distill
+    from stdtrt.models.card import StudentCard
+    from stdtrt.runtime.student import VideoNoise
+    from stdtrt.runtime.stylize import load_runner
+
+    cfg = _clip_cfg(clips_dir, tmp_path / "run", clip_noise=rule, max_steps=1)
+    run = Run(_clip_cfg(clips_dir, tmp_path / "probe", clip_noise=rule), Accelerator(cpu=True))
+    trained = run.clip_noise([1234], (4, 4, 5, 6))[0]  # (4, F, h, w)
+    runtime = VideoNoise((4, 5, 6), 1234, rule).at(0, 4).transpose(0, 1)
+    assert torch.equal(trained, runtime)
+    same = all(torch.equal(trained[:, 0], trained[:, f]) for f in range(1, 4))
+    assert same == (rule == "shared")
+    later = VideoNoise((4, 5, 6), 1234, rule)
+    assert torch.equal(later.at(2, 4)[0], later.at(0, 4)[2])  # a frame's noise is its own in every window
+    distill(cfg, progress=False)
+    lora = tmp_path / "run" / "lora.safetensors"
+    card = StudentCard.read(lora)
+    assert card.noise_rule == rule and card.clip_frames == 4
+    stylize = StylizeConfig(
+        model="tiny-sd", motion_adapter="tiny-motion", lora=str(lora), width=48, height=40
+    )
+    runner = load_runner(stylize, 48, 40)
+    assert runner.noise.rule == rule and runner.window == 4  # the default window: the trained clip length
+
+
+def test_an_overlap_over_half_the_window_is_refused(motion_lora):
+    from stdtrt.runtime.stylize import load_runner
+
+    cfg = StylizeConfig(model="tiny-sd", motion_adapter="tiny-motion", lora=str(motion_lora / "lora.safetensors"),
+                        window=4, overlap=3)  # fmt: skip
+    with pytest.raises(StdtrtError, match=r"--overlap must be in \[0, window / 2\]"):
+        load_runner(cfg, 48, 40)

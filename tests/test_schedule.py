@@ -95,7 +95,8 @@ def _diffusers_tcd_latents(model, z0, seed, plan, guidance, gamma, prompt):
 @pytest.mark.parametrize("kind", ["tiny_sd", "tiny_sdxl"])
 @pytest.mark.parametrize("guidance,gamma", [(1.0, 0.0), (3.0, 0.0), (1.0, 0.3)])
 def test_student_sampler_equals_diffusers_tcd(kind, guidance, gamma, request):
-    from stdtrt.runtime.student import Student, make_noise
+    from stdtrt.runtime.student import Student
+    from stdtrt.schedule import make_noise
 
     model = request.getfixturevalue(kind)
     plan = schedule.student_plan(model.alphas_cumprod(), 0.75, 4, gamma=gamma)

@@ -15,7 +15,8 @@ from stdtrt.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from stdtrt.runtime.backends.torch import TorchBackend
 from stdtrt.runtime.pipeline import compose, run_pipeline
 from stdtrt.runtime.stream import StreamRunner, StreamState
-from stdtrt.runtime.student import Student, make_noise, to_tensor
+from stdtrt.runtime.student import Student, to_tensor
+from stdtrt.schedule import make_noise
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 

@@ -94,7 +94,8 @@ def test_instantstyle_scales_only_the_style_block(style_png):
 def test_the_stream_form_equals_the_sequential_student_with_a_style(style_png):
     from stdtrt.runtime.backends.torch import TorchBackend
     from stdtrt.runtime.stream import StreamState
-    from stdtrt.runtime.student import Student, make_noise, to_tensor
+    from stdtrt.runtime.student import Student, to_tensor
+    from stdtrt.schedule import make_noise
 
     model = load_model("tiny-sd")
     style = load_style(model, str(style_png), "tiny-ip-adapter", 1.0, "all")

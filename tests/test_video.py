@@ -89,7 +89,8 @@ def test_frames_per_step_match_frame_by_frame(tmp_path):
 
 def test_student_encodes_the_prompt_once_not_per_frame(tiny_sd):
     from stdtrt import schedule
-    from stdtrt.runtime.student import Student, make_noise
+    from stdtrt.runtime.student import Student
+    from stdtrt.schedule import make_noise
 
     plan = schedule.student_plan(tiny_sd.alphas_cumprod(), 0.75, 4)
     student = Student(tiny_sd, plan, "oil", 64, 64)
@@ -240,7 +241,7 @@ def test_unknown_model_fails_before_any_output(tmp_path, video):
 
 
 def test_noise_is_the_same_on_every_device():
-    from stdtrt.runtime.student import make_noise
+    from stdtrt.schedule import make_noise
 
     assert torch.equal(make_noise((4, 8, 8), 3), make_noise((4, 8, 8), 3))
     assert not torch.equal(make_noise((4, 8, 8), 3), make_noise((4, 8, 8), 4))

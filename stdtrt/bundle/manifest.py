@@ -82,6 +82,7 @@ def onnx_key_fields(
     conditioning_hash: str | None = None,
     style: dict | None = None,
     motion: dict | None = None,
+    cache: dict | None = None,
 ) -> dict:
     """What the ONNX graphs depend on (the negative prompt only when guidance bakes it in). The baked plan
     covers the scheduler config (timesteps and coefficients); the conditioning hash covers the tokenizer
@@ -110,7 +111,9 @@ def onnx_key_fields(
         # and the adapter (its float output may differ in the last bits between CPUs: not a key)
         fields["style"] = {k: v for k, v in style.items() if k not in ("image", "embeds_sha256")}
     if motion is not None:  # the motion modules' weights are in model_hash (the UNet is a UNetMotionModel)
-        fields["motion"] = {"adapter": motion["adapter"], "window": motion["window"]}
+        fields["motion"] = {k: motion[k] for k in ("adapter", "window", "noise_rule") if k in motion}
+    if cache is not None:  # cached attention: the UNet graph takes and gives back the cache
+        fields["cache"] = cache
     return fields
 
 
@@ -192,6 +195,16 @@ class Bundle:
         """A video student's bundle: {"adapter", "source", "fingerprint", "window"} (a slot is one window
         of `window` frames, = batch); None for a per-frame student's."""
         return self.manifest.get("motion")
+
+    @property
+    def cache(self) -> dict | None:
+        """Cached attention baked into the UNet graph ({"frames", "interval", "fusion", "threshold"}), or None."""
+        return self.manifest.get("cache")
+
+    @property
+    def cache_input(self) -> dict | None:
+        """The UNet graph's `cache` input ({"name", "shape": [rows, size], "dtype"}), or None."""
+        return next((i for i in self.manifest["graphs"]["unet"]["inputs"] if i["name"] == "cache"), None)
 
     @property
     def placement(self) -> dict:

@@ -21,13 +21,15 @@ are the image form's, row by row. Overlapping windows are blended outside the gr
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 
 from stdtrt import schedule
 from stdtrt.errors import StdtrtError
-from stdtrt.models.conditioning import Conditioning, conditionings, predict_eps
+from stdtrt.models.attention_cache import AttentionCache
+from stdtrt.models.conditioning import Conditioning, compute_dtype, conditionings, predict_eps
 from stdtrt.models.motion import is_motion_unet
 from stdtrt.models.vae import pixels_to_unit, unit_to_pixels, vae_decode, vae_encode
 
@@ -44,6 +46,10 @@ class VaeEncoder(torch.nn.Module):
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         return vae_encode(self.vae, pixels_to_unit(frames), self.scaling_factor)
 
+    @staticmethod
+    def io() -> tuple[list[str], list[str]]:
+        return ["frames"], ["latent"]
+
 
 class VaeDecoder(torch.nn.Module):
     """Latents (B, 4, h, w) -> uint8 frames (B, H, W, 3)."""
@@ -54,6 +60,10 @@ class VaeDecoder(torch.nn.Module):
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         return unit_to_pixels(vae_decode(self.vae, latents, self.scaling_factor))
+
+    @staticmethod
+    def io() -> tuple[list[str], list[str]]:
+        return ["latent"], ["frames"]
 
 
 def _column(values, batch: int) -> torch.Tensor:
@@ -72,6 +82,7 @@ class StreamUNet(torch.nn.Module):
         uncond: Conditioning | None,
         guidance: float,
         batch: int = 1,
+        cache=None,
     ):
         super().__init__()
         if plan.gamma != 0:
@@ -90,6 +101,23 @@ class StreamUNet(torch.nn.Module):
         self._register_cond("cond", cond.repeat(calls))
         self.has_uncond = uncond is not None and guidance > 1
         self._register_cond("uncond", uncond.repeat(calls) if self.has_uncond else None)
+        self.cache = cache  # models.attention_cache.AttentionCache, installed on `unet`, or None
+        if cache is not None and (self.clips or batch != 1):
+            raise StdtrtError("cached attention runs one frame per slot (no --frames-per-step, no windows)")
+        self.cache_rows = calls * (2 if self.has_uncond else 1)  # the UNet call's batch: a cache row each
+
+    def cache_spec(self) -> tuple | None:
+        """(rows, size, dtype) of the cache this UNet graph takes and gives back, or None."""
+        if self.cache is None:
+            return None
+        return self.cache_rows, self.cache.size, compute_dtype(self.unet)
+
+    def io(self) -> tuple[list[str], list[str]]:
+        """The graph's input and output names, in forward's order."""
+        extra_in, extra_out = (
+            (["cache", "frame_index"], ["cache_next"]) if self.cache is not None else ([], [])
+        )
+        return ["slots", "z0", "noise", *extra_in], ["slots_next", "done", *extra_out]
 
     def _register_cond(self, prefix: str, c: Conditioning | None) -> None:
         for field in ("embeds", "pooled", "time_ids", "image"):
@@ -106,29 +134,46 @@ class StreamUNet(torch.nn.Module):
             getattr(self, f"{prefix}_image"),
         )
 
-    def forward(self, slots: torch.Tensor, z0: torch.Tensor, noise: torch.Tensor):
+    def forward(
+        self, slots: torch.Tensor, z0: torch.Tensor, noise: torch.Tensor, cache=None, frame_index=None
+    ):
         """slots (NFE*B, 4, h, w) (slot 0's rows are overwritten), z0 and noise (B, 4, h, w), all float32 ->
         (slots_next (NFE*B, 4, h, w), done (B, 4, h, w)). The UNet runs in its own dtype inside predict_eps;
-        x_start, the jumps and the shift in float32."""
+        x_start, the jumps and the shift in float32. With cached attention also `cache` (rows, size) in the
+        UNet's dtype and `frame_index` (NFE,) int64, the frame each slot holds (-1: none), and the next cache
+        comes back third (models/attention_cache.py)."""
         b = self.batch
         x = torch.cat([schedule.x_start(z0, noise, self.a_start, self.b_start), slots[b:]])
         unet_x = x.unflatten(0, (self.nfe, b)).transpose(1, 2) if self.clips else x  # (NFE, 4, B, h, w)
-        eps = predict_eps(
-            self.unet, unet_x, self.timesteps, self._cond("cond"), self._cond("uncond"), self.guidance
-        )
+        with contextlib.ExitStack() as stack:
+            if self.cache is not None:  # a cache row per UNet row: the guidance branches repeat the slots
+                index = frame_index.repeat(self.cache_rows // frame_index.shape[0])
+                cache_next = stack.enter_context(self.cache.attending(cache, index))
+            eps = predict_eps(
+                self.unet, unet_x, self.timesteps, self._cond("cond"), self._cond("uncond"), self.guidance
+            )
         if self.clips:
             eps = eps.transpose(1, 2).flatten(0, 1)
         out = schedule.ddim_jump(x, eps, self.a_t, self.b_t, self.a_s, self.b_s)  # slot i now at targets[i]
-        return torch.cat([torch.zeros_like(out[:b]), out[:-b]]), out[-b:]
+        shifted, done = torch.cat([torch.zeros_like(out[:b]), out[:-b]]), out[-b:]
+        return (shifted, done) if self.cache is None else (shifted, done, cache_next[0])
 
 
-def example_inputs(nfe: int, batch: int, latent_shape, width: int, height: int, device="cpu") -> dict:
+def example_inputs(
+    nfe: int, batch: int, latent_shape, width: int, height: int, device="cpu", cache: tuple | None = None
+) -> dict:
     """Zero inputs of the interface's shapes and dtypes per call: "encode" (frames), "step" (slots, z0,
-    noise), "decode" (latents). What export traces with, and backends warm up and capture with."""
+    noise[, cache, frame_index]), "decode" (latents). What export traces with, and backends warm up and
+    capture with. `cache`: (rows, size, dtype) of a cached-attention UNet's cache."""
     z = torch.zeros((batch, *latent_shape), device=device)
+    step = (torch.zeros((nfe * batch, *latent_shape), device=device), z, z.clone())
+    if cache is not None:
+        rows, size, dtype = cache
+        index = torch.arange(nfe, device=device)  # a full pipe: slot i holds frame i's predecessor
+        step += (torch.zeros((rows, size), dtype=dtype, device=device), index)
     return {
         "encode": (torch.zeros((batch, height, width, 3), dtype=torch.uint8, device=device),),
-        "step": (torch.zeros((nfe * batch, *latent_shape), device=device), z, z.clone()),
+        "step": step,
         "decode": (z.clone(),),
     }
 
@@ -151,11 +196,15 @@ def build_networks(
     height: int,
     batch: int = 1,
     style=None,
+    cache=None,
 ) -> Networks:
-    """The three bundle networks of a loaded (fused) model for one prompt (and style image), size and B, on
-    its device."""
+    """The three bundle networks of a loaded (fused) model for one prompt (and style image, and attention
+    cache settings), size and B, on its device."""
     cond, uncond = conditionings(model.pipe, prompt, negative_prompt, guidance, height, width, style)
-    unet = StreamUNet(model.unet, plan, cond, uncond, guidance, batch).to(model.device)  # coefficients: fp32
+    attention = None
+    if cache is not None:
+        attention = AttentionCache.on(model.unet, cache, cond, model.latent_shape(width, height))
+    unet = StreamUNet(model.unet, plan, cond, uncond, guidance, batch, attention).to(model.device)
     return Networks(
         VaeEncoder(model.vae, model.scaling_factor).eval(),
         unet.eval(),

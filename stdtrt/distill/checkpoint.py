@@ -258,6 +258,7 @@ def save_lora(run) -> Path:
         "base_model": run.cfg.model,
         "kind": run.model.kind,
         "motion_adapter": run.cfg.motion_adapter or None,  # a video student runs with its adapter
+        "noise_rule": run.cfg.clip_noise if run.cfg.motion_adapter else None,  # ... and x_start by this rule
         "steps": run.step,
         "config": asdict(run.cfg),
     }

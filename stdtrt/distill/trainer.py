@@ -226,7 +226,11 @@ class Run:
                 ]
             )
             z0 = vae_encode(self.model.vae, images.to(self.device), self.model.scaling_factor)  # float32
-        noise = torch.randn(z0.shape, generator=self.generator).to(self.device)
+        if self.clips:  # the video student's noise rule, the one inference builds x_start by (its LoRA says)
+            seeds = torch.randint(2**31 - 1, (count,), generator=self.generator).tolist()
+            noise = self.clip_noise(seeds, z0.shape[1:]).to(self.device)
+        else:
+            noise = torch.randn(z0.shape, generator=self.generator).to(self.device)
         if self.cfg.mode == "lcm":
             n = torch.randint(1, self.cfg.teacher_steps, (count,), generator=self.generator)
         else:
@@ -249,6 +253,17 @@ class Run:
                 else torch.randint(len(self.styles), (count,), generator=self.style_generator)
             ).to(self.device),
         }
+
+    def clip_noise(self, seeds: list[int], shape) -> torch.Tensor:
+        """The noise of new clips (4, F, h, w) by --clip-noise, each seeded as a video of that seed is at
+        inference (runtime/student.VideoNoise over its first window).  # (len(seeds), 4, F, h, w)"""
+        c, frames, h, w = shape
+        return torch.stack(
+            [
+                schedule.frame_noise(self.cfg.clip_noise, (c, h, w), s, 0, frames).transpose(0, 1)
+                for s in seeds
+            ]
+        )
 
     def _batch(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         slots = self.bank.draw(self.cfg.batch_size)

@@ -48,6 +48,7 @@ class BackendRun:
     fps: float  # the whole clip, pipe fill and flush included
     steady_fps: float  # while frames enter (see steady_fps())
     outside: float | None = None  # share of the clip's time outside the network calls (one-thread stages)
+    peak_mb: float | None = None  # CUDA: the most device memory torch held during the clip
 
     @property
     def network_ms(self) -> float:
@@ -80,9 +81,11 @@ class BundleBench:
 
     def table(self) -> str:
         s = self.setup
+        cache = s.get("cache")
+        cached = f", attention cache of {cache['frames']} frames ({cache['mb']:.1f} MB)" if cache else ""
         lines = [
             f"bench: {s['bundle']}: {s['model']} {s['width']}x{s['height']}, VAE {s['vae']}, nfe {s['nfe']}, "
-            f"guidance {s['guidance']}, {s['precision']}, {s['frames']} frames on {s['machine']}",
+            f"guidance {s['guidance']}, {s['precision']}{cached}, {s['frames']} frames on {s['machine']}",
             f"{'backend':<12} {'load s':>7} {'v.dec':>7} {'vae enc':>8} {'unet':>8} {'vae dec':>8} {'v.enc':>7} "
             f"{'net sum':>8} {'e2e/frm':>8} {'over':>6} {'fps':>6} {'clip fps':>8} {'vs diffusers':>12} {'outside':>8}",
         ]
@@ -94,6 +97,7 @@ class BundleBench:
                 f"{r.network_ms:>8.1f} {r.frame_ms:>8.1f} {100 * (r.frame_ms / r.network_ms - 1):>5.1f}% "
                 f"{r.steady_fps:>6.3f} {r.fps:>8.3f} {f'{ratio:.2f}x' if ratio else '-':>12} "
                 f"{'-' if r.outside is None else f'{100 * r.outside:.1f}%':>8}"
+                + ("" if r.peak_mb is None else f"  peak {r.peak_mb:.0f} MB")
             )
         if self.baseline:
             b = self.baseline
@@ -164,7 +168,11 @@ def time_backend(bundle, name: str, device: str, info, folder: Path, model=None)
     # a video student's bundle runs as stylize-video runs it: windows overlapping by the default --overlap
     window = bundle.motion and bundle.motion["window"]
     runner = WindowRunner(backend, window, resolve_overlap(window, None)) if window else StreamRunner(backend)
+    cuda = backend.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(backend.device)
     result = run_video(runner, info, folder / f"out-{name}.mp4", cfg, progress=False)
+    peak = torch.cuda.max_memory_allocated(backend.device) / 2**20 if cuda else None
     outside = None
     if not backend.concurrent_stages:  # one thread runs the networks: the rest of the clip's time is overhead
         network_s = sum(result.stage_seconds.get(s, 0.0) for s in NETWORKS)
@@ -178,6 +186,7 @@ def time_backend(bundle, name: str, device: str, info, folder: Path, model=None)
         result.fps,
         steady_fps(result, backend.plan.nfe, group),
         outside,
+        peak,
     )
 
 
@@ -226,6 +235,13 @@ def bench_bundle(cfg: BenchConfig, path: Path) -> BundleBench:
         "guidance": m["guidance"], "precision": m["precision"], "frames": cfg.frames, "machine": machine(),
         "torch": torch.__version__, "bundle": str(path), "vae": m["vae"]["spec"],
     }  # fmt: skip
+    if bundle.cache:  # the state a cached bundle carries from frame to frame
+        spec = bundle.cache_input
+        rows, size = spec["shape"]
+        setup["cache"] = {
+            **bundle.cache,
+            "mb": rows * size * (2 if spec["dtype"] == "float16" else 4) / 2**20,
+        }
     result = BundleBench(setup)
     model = None
     with tempfile.TemporaryDirectory(prefix="stdtrt-bench.") as tmp:

@@ -21,15 +21,17 @@ from stdtrt.availability import tensorrt_identity
 from stdtrt.bundle import manifest as mf
 from stdtrt.bundle.model import conditioning_hash, fingerprint, model_hash, source_of
 from stdtrt.bundle.networks import build_networks, example_inputs
-from stdtrt.config import ExportConfig, to_dict
+from stdtrt.config import ExportConfig, resolve_window, to_dict
 from stdtrt.errors import StdtrtError
 from stdtrt.export import tensorrt
 from stdtrt.export.onnx import export_networks
 from stdtrt.export.validate import Row, check, format_table, onnxruntime_rows, reference, tensorrt_rows
 from stdtrt.io.atomic import atomic_dir, check_writable_dir
 from stdtrt.io.hashing import file_hash, module_hash
+from stdtrt.models.attention_cache import CacheSettings
+from stdtrt.models.card import StudentCard
 from stdtrt.models.load import DTYPES, load_model, placement_for
-from stdtrt.models.lora import fuse_lora, load_lora, student_grid, trained_clip_frames
+from stdtrt.models.lora import fuse_lora, load_lora
 from stdtrt.models.motion import check_motion_window
 from stdtrt.models.style import attach_style, encode_style, warn_if_trained_with_styles
 
@@ -145,15 +147,18 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
     check_out(out)
     build_trt, trt_line = tensorrt.decide(cfg.tensorrt)
     precision = export_precision(cfg.precision, build_trt)
-    grid = student_grid(cfg.lora, cfg.strength)
+    card = StudentCard.read(cfg.lora)
+    grid = card.grid(cfg.strength)
     # float32 on the CPU: the validation reference, then what is traced
     model = load_model(cfg.model, motion_adapter=cfg.motion_adapter)
     motion = None
     if cfg.motion_adapter:  # a slot is one window of the video student
-        check_motion_window(model, cfg.window, cfg.motion_adapter, trained=trained_clip_frames(cfg.lora))
+        window = resolve_window(cfg.window, card.clip_frames)
+        check_motion_window(model, window, cfg.motion_adapter, trained=card.clip_frames)
         motion = {"adapter": cfg.motion_adapter, "source": source_of(cfg.motion_adapter),
-                  "fingerprint": fingerprint(source_of(cfg.motion_adapter)), "window": cfg.window}  # fmt: skip
-    batch = cfg.window if motion else cfg.frames_per_step
+                  "fingerprint": fingerprint(source_of(cfg.motion_adapter)), "window": window,
+                  "noise_rule": card.noise_rule}  # fmt: skip
+    batch = motion["window"] if motion else cfg.frames_per_step
     width = cfg.width or cfg.height or model.native_size
     height = cfg.height or cfg.width or model.native_size
     plan = schedule.student_plan(model.alphas_cumprod(), cfg.strength, cfg.nfe, 0.0, grid)
@@ -166,7 +171,7 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
     if cfg.lora:
         load_lora(model, cfg.lora)  # refuses a LoRA of another UNet
         lora_hash = file_hash(cfg.lora)
-    style = None
+    style, cache = None, CacheSettings.of(cfg)
     warn_if_trained_with_styles(cfg.lora, cfg.style_image)
     if cfg.style_image:  # its embedding becomes a constant of the UNet graph, like the prompt's
         style = encode_style(model, cfg.style_image, cfg.ip_adapter, cfg.style_scale, cfg.style_blocks)
@@ -177,6 +182,7 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
         precision=precision, placement=graphs_at.dtypes(), vae=vae, opset=cfg.opset, plan=plan.as_dict(),
         conditioning_hash=conditioning_hash(model, cfg, width, height),
         style=None if style is None else style.record(), motion=motion,
+        cache=None if cache is None else cache.record(),
     )  # fmt: skip
     key = mf.cache_key(fields)
     existing = _existing(out, key, cfg.overwrite)
@@ -188,11 +194,11 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
         return ExportResult(out, True, time.perf_counter() - start, sizes, None, trt_line)
     with atomic_dir(out) as tmp:
         t = time.perf_counter()
-        networks, ref, fused = _reference(cfg, model, plan, width, height, style, batch)
+        networks, ref, fused = _reference(cfg, model, plan, width, height, style, batch, cache)
         stages["reference"] = time.perf_counter() - t
         if existing is None:
             manifest, rows = _export_onnx(
-                cfg, model, networks, ref, fused, plan, fields, key, graphs_at, tmp, stages, style
+                cfg, model, networks, ref, fused, plan, fields, key, graphs_at, tmp, stages, style, cache
             )
             manifest["motion"] = motion
         else:
@@ -224,7 +230,7 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
     )
 
 
-def _reference(cfg, model, plan, width, height, style, batch):
+def _reference(cfg, model, plan, width, height, style, batch, cache):
     """Fuse the LoRA and build the float32 networks; with validation on, run the reference on them.
     Returns (networks, reference or None, the fuse report or None)."""
 
@@ -232,14 +238,16 @@ def _reference(cfg, model, plan, width, height, style, batch):
     if style is not None:
         attach_style(model, style)
     networks = build_networks(
-        model, plan, cfg.prompt, cfg.negative_prompt, cfg.guidance, width, height, batch, style
+        model, plan, cfg.prompt, cfg.negative_prompt, cfg.guidance, width, height, batch, style, cache
     )
     if not cfg.validate:
         return networks, None, fused
-    return networks, reference(networks, model, plan, cfg, width, height, style), fused
+    return networks, reference(networks, model, plan, cfg, width, height, style, cache), fused
 
 
-def _export_onnx(cfg, model, networks, ref, fused, plan, fields, key, graphs_at, tmp: Path, stages, style):
+def _export_onnx(
+    cfg, model, networks, ref, fused, plan, fields, key, graphs_at, tmp: Path, stages, style, cache
+):
     """Trace the three graphs in the graphs' placement, write a first manifest, validate them on
     onnxruntime; return (manifest, rows)."""
 
@@ -248,16 +256,18 @@ def _export_onnx(cfg, model, networks, ref, fused, plan, fields, key, graphs_at,
         model.place(graphs_at)
         networks = build_networks(
             model, plan, cfg.prompt, cfg.negative_prompt, cfg.guidance, fields["width"], fields["height"],
-            fields["batch"], style,
+            fields["batch"], style, cache,
         )  # fmt: skip
     dtypes = graphs_at.dtypes()
     precision = {"vae_encoder": dtypes["vae"], "unet": dtypes["unet"], "vae_decoder": dtypes["vae"]}
     latent = model.latent_shape(fields["width"], fields["height"])
-    examples = example_inputs(plan.nfe, fields["batch"], latent, fields["width"], fields["height"])
+    examples = example_inputs(plan.nfe, fields["batch"], latent, fields["width"], fields["height"],
+                              cache=networks.unet.cache_spec())  # fmt: skip
     graphs = export_networks(networks, tmp, examples, cfg.opset, precision)
     stages["onnx"] = time.perf_counter() - t
     manifest = _manifest(cfg, model, fused, plan, fields, key, graphs)
     manifest["style"] = None if style is None else style.record()
+    manifest["cache"] = None if cache is None else cache.record()
     manifest["files"] = _files(tmp, {})
     mf.write_manifest(tmp, manifest)
     if ref is None:

@@ -114,14 +114,6 @@ def export_graph(
     }
 
 
-# graph -> (its inputs, its outputs): the names the runtime binds (bundle/networks.py has their meaning)
-GRAPH_IO = {
-    "vae_encoder": (["frames"], ["latent"]),
-    "unet": (["slots", "z0", "noise"], ["slots_next", "done"]),
-    "vae_decoder": (["latent"], ["frames"]),
-}
-
-
 def export_networks(networks, folder: Path, examples: dict, opset: int, precision: dict[str, str]) -> dict:
     """Export the three bundle graphs into `folder`; return graph name -> manifest entry. `examples`: the
     backend interface's inputs per call (Backend.example_inputs); `precision`: graph -> its modules' dtype."""
@@ -130,7 +122,7 @@ def export_networks(networks, folder: Path, examples: dict, opset: int, precisio
     graphs = {}
     for name, module in modules.items():
         log.info("exporting %s to ONNX (opset %d, %s)", name, opset, precision[name])
-        inputs, outputs = GRAPH_IO[name]
+        inputs, outputs = module.io()  # the names the runtime binds (bundle/networks.py has their meaning)
         graphs[name] = export_graph(
             module, examples[calls[name]], folder / f"{name}.onnx", inputs, outputs, opset, precision[name]
         )

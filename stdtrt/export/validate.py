@@ -26,7 +26,8 @@ from stdtrt.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from stdtrt.runtime.backends.tensorrt import TensorRTBackend
 from stdtrt.runtime.pipeline import compose
 from stdtrt.runtime.stream import StreamRunner
-from stdtrt.runtime.student import Student, make_noise, to_uint8
+from stdtrt.runtime.student import Student, to_uint8
+from stdtrt.schedule import make_noise
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +65,21 @@ class Reference:
     done: torch.Tensor
     decoded: torch.Tensor  # decoder(z0), uint8 (B, H, W, 3)
     stylized: torch.Tensor  # each frame through NFE sequential student steps, decoded: uint8 (B, H, W, 3)
+    sequence: np.ndarray  # the frames `stylized` was made of: `frames`, or with cached attention several
+    cache: tuple = ()  # with cached attention: (seeded cache, frame index) the step ran with
+    cache_next: torch.Tensor | None = None
+
+
+CACHED_FRAMES = 4  # frames a cached-attention bundle is checked on: the cache is written, then read
 
 
 @torch.no_grad()
-def reference(networks, model, plan, cfg, width: int, height: int, style=None) -> Reference:
+def reference(networks, model, plan, cfg, width: int, height: int, style=None, cache=None) -> Reference:
     """Run the float32 torch modules (the bundle's networks, and the sequential student of the same fused
-    model, plan, prompt, style and guidance, with the video noise of cfg.seed) on inputs seeded by cfg.seed."""
+    model, plan, prompt, style, guidance and attention cache, with the video noise of cfg.seed) on inputs
+    seeded by cfg.seed."""
 
-    student = Student(model, plan, cfg.prompt, width, height, cfg.negative_prompt, cfg.guidance, style)
+    student = Student(model, plan, cfg.prompt, width, height, cfg.negative_prompt, cfg.guidance, style, cache)
     b = networks.unet.batch
     frames = np.stack(list(sample_frames(b, width, height)))
     pixels = torch.from_numpy(frames)
@@ -79,15 +87,27 @@ def reference(networks, model, plan, cfg, width: int, height: int, style=None) -
     g = torch.Generator().manual_seed(cfg.seed)
     slots = torch.randn((plan.nfe * b, *z0.shape[1:]), generator=g)
     noise = torch.randn(z0.shape, generator=g)
-    slots_next, done = networks.unet(slots, z0, noise)
+    state, cache_next = (), None
+    if networks.unet.cache is not None:  # a seeded cache, every slot holding a frame past the first
+        rows, size, dtype = networks.unet.cache_spec()
+        state = (torch.randn((rows, size), generator=g).to(dtype), torch.arange(1, plan.nfe + 1))
+        slots_next, done, cache_next = networks.unet(slots, z0, noise, *state)
+    else:
+        slots_next, done = networks.unet(slots, z0, noise)
     video_noise = make_noise(tuple(z0.shape[1:]), cfg.seed).expand(b, -1, -1, -1)  # what a stream enters with
+    sequence = frames
     if networks.unet.clips:  # a video student's slot is one window: its frames as one clip
         window = student.sample(z0.transpose(0, 1)[None], video_noise.transpose(0, 1)[None])
         latents = window[0].transpose(0, 1)
+    elif networks.unet.cache is not None:  # frame by frame, each attending to those before it
+        sequence = np.stack(list(sample_frames(CACHED_FRAMES, width, height)))
+        encoded = networks.encoder(torch.from_numpy(sequence))
+        latents = torch.cat([student.sample(z[None], video_noise) for z in encoded])
     else:
         latents = student.sample(z0, video_noise)
     stylized = torch.from_numpy(to_uint8(student.decode(latents)))
-    return Reference(cfg.seed, frames, slots, noise, z0, slots_next, done, networks.decoder(z0), stylized)
+    return Reference(cfg.seed, frames, slots, noise, z0, slots_next, done, networks.decoder(z0), stylized,
+                     sequence, state, cache_next)  # fmt: skip
 
 
 def compare(backend: str, name: str, ours: torch.Tensor, ref: torch.Tensor, relative: float) -> Row:
@@ -112,15 +132,19 @@ def check_backend(backend, ref: Reference, graphs: dict, label: str) -> list[Row
 
     tol = {g: TOLERANCES[graphs[g]["precision"]][0] for g in graphs}
     dev = backend.device
-    slots_next, done = backend.step(ref.slots.to(dev), ref.z0.to(dev), ref.noise.to(dev))
+    outputs = backend.step(
+        ref.slots.to(dev), ref.z0.to(dev), ref.noise.to(dev), *(t.to(dev) for t in ref.cache)
+    )
     rows = [
         compare(label, "vae_encoder", backend.encode(torch.from_numpy(ref.frames).to(dev)), ref.z0, tol["vae_encoder"]),
-        compare(label, f"unet (stream step, {ref.slots.shape[0]} slots)", slots_next, ref.slots_next, tol["unet"]),
-        compare(label, "unet (finished latents)", done, ref.done, tol["unet"]),
+        compare(label, f"unet (stream step, {ref.slots.shape[0]} slots)", outputs[0], ref.slots_next, tol["unet"]),
+        compare(label, "unet (finished latents)", outputs[1], ref.done, tol["unet"]),
         compare(label, "vae_decoder", backend.decode(ref.z0.to(dev)), ref.decoded, tol["vae_decoder"]),
     ]  # fmt: skip
+    if ref.cache_next is not None:
+        rows.insert(3, compare(label, "unet (attention cache)", outputs[2], ref.cache_next, tol["unet"]))
     runner = StreamRunner(backend, seed=ref.seed)
-    out = [frame for frame, _ in compose_all(runner, ref.frames)]
+    out = [frame for frame, _ in compose_all(runner, ref.sequence)]
     frame_tol = TOLERANCES["fp16" if "fp16" in {e["precision"] for e in graphs.values()} else "fp32"][1]
     rows.append(
         compare(

@@ -23,7 +23,6 @@ import torch
 from stdtrt.errors import StdtrtError
 from stdtrt.io.atomic import atomic_path
 from stdtrt.models.conditioning import encode_prompt, predict_eps
-from stdtrt.schedule import TEACHER_STEPS
 
 log = logging.getLogger(__name__)
 
@@ -229,39 +228,6 @@ def read_metadata(path: str | Path) -> dict:
             except (json.JSONDecodeError, TypeError):
                 out[key[7:]] = value
     return out
-
-
-def trained_config(path: str | Path | None) -> dict:
-    """The distill config a student LoRA records in its metadata (empty without a LoRA or a record)."""
-    return (read_metadata(path).get("config") or {}) if path else {}
-
-
-def trained_clip_frames(path: str | Path | None) -> int | None:
-    """The clip length a video student was distilled on, None if unknown."""
-    return trained_config(path).get("clip_frames")
-
-
-def student_grid(path: str | Path | None, strength: float) -> int:
-    """The teacher grid N a student LoRA was distilled on (its metadata's `teacher_steps`; 50 for a file
-    without it, or for no LoRA), so that inference starts at exactly the x_start it was trained from.
-    Warns when the LoRA was distilled for another strength (eta) than the one asked for: STD trains one
-    LoRA per eta, and another start state is outside what it learned."""
-
-    if path is None:
-        return TEACHER_STEPS
-    meta = read_metadata(path)
-    eta = meta.get("eta")
-    if isinstance(eta, int | float) and abs(eta - strength) > 1e-6:
-        log.warning(
-            "%s was distilled for strength %g; running it at %g leaves the trajectory it learned",
-            Path(path).name,
-            eta,
-            strength,
-        )
-    steps = meta.get("teacher_steps", TEACHER_STEPS)
-    if not isinstance(steps, int) or steps < 2 or 1000 % steps:
-        raise StdtrtError(f"LoRA {path} records teacher_steps {steps!r}, which is not a divisor of 1000")
-    return steps
 
 
 def _unet_pairs(keys) -> int:

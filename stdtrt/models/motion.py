@@ -51,7 +51,7 @@ def check_motion_window(
     model, frames: int, adapter: str, option: str = "--window", trained: int | None = None
 ):
     """A window (or training clip) the motion modules can attend over; a window other than the clip length
-    the student was distilled on (`trained`: models.lora.trained_clip_frames) is said in one line."""
+    the student was distilled on (`trained`: its models.card.StudentCard's clip_frames) is said in one line."""
     longest = model.unet.config.motion_max_seq_length
     if frames > longest:
         raise StdtrtError(f"{option} {frames} is longer than the {longest} frames {adapter} attends over")

@@ -28,6 +28,7 @@ from stdtrt.config import STYLE_BLOCKS, cache_root, check_style_scale
 from stdtrt.errors import StdtrtError
 from stdtrt.io.hashing import file_hash
 from stdtrt.io.images import open_image
+from stdtrt.models.card import StudentCard
 from stdtrt.models.hub import local_folder
 
 log = logging.getLogger(__name__)
@@ -235,9 +236,7 @@ def warn_if_trained_with_styles(lora: str | None, style_image: str | None) -> No
     without one is said in one line (it still runs)."""
     if not lora or style_image:
         return
-    from stdtrt.models.lora import trained_config
-
-    folder = trained_config(lora).get("style_images")
+    folder = StudentCard.read(lora).style_images
     if folder:
         log.warning("%s was distilled with style images (%s): without --style-image it walks trajectories it "
                     "did not learn", Path(lora).name, folder)  # fmt: skip

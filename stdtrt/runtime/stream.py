@@ -94,7 +94,9 @@ class Staging:
 
 
 class StreamState:
-    """The NFE-slot pipe of one video (B frames per slot). `noise(n)` gives noise for the next n frames."""
+    """The NFE-slot pipe of one video (B frames per slot). `noise(n)` gives noise for the next n frames.
+    With cached attention the pipe also holds the cache (it stays with the slots' positions) and knows
+    which frame of the video each slot holds (models/attention_cache.py)."""
 
     def __init__(self, backend, noise: Callable[[int], torch.Tensor], times: StageTimes | None = None):
         self.backend, self.plan, self.batch = backend, backend.plan, backend.batch
@@ -102,11 +104,17 @@ class StreamState:
         self.slots = torch.zeros((self.plan.nfe * self.batch, *backend.latent_shape), device=backend.device)
         self.tags: list[list | None] = [None] * self.plan.nfe  # what each slot holds; None = empty
         self.calls = 0
+        self.cache = backend.empty_cache()  # None without cached attention
+        self.held = [-1] * self.plan.nfe  # the frame each slot held in the last call (-1: none)
+        self.entered = 0  # frames that entered the pipe
 
-    def push(self, z0: torch.Tensor, tags: list) -> list[tuple[torch.Tensor, list]]:
-        """Enter B frames' content latents z0 (B, 4, h, w) with their tags (None for padding); return the
-        group that finished, if any: [(latents (B, 4, h, w), tags)]."""
-        return self._advance(z0, tags, self.noise(self.batch))
+    def push(
+        self, z0: torch.Tensor, tags: list, noise: torch.Tensor | None = None
+    ) -> list[tuple[torch.Tensor, list]]:
+        """Enter B frames' content latents z0 (B, 4, h, w) with their tags (None for padding), and their noise
+        (default: the next B frames' of `noise`); return the group that finished, if any: [(latents (B, 4,
+        h, w), tags)]."""
+        return self._advance(z0, tags, self.noise(self.batch) if noise is None else noise)
 
     def newest(self) -> list | None:
         """The tags of the newest group still in the pipe (None when it has left, or none is in)."""
@@ -122,7 +130,15 @@ class StreamState:
 
     def _advance(self, z0, tags, noise) -> list[tuple[torch.Tensor, list]]:
         """One step: the new frames fill slot 0 and jump with the rest; the last slot's group leaves."""
-        self.slots, out = self.times.timed("unet", self.backend.step, self.slots, z0, noise)
+        if self.cache is None:
+            self.slots, out = self.times.timed("unet", self.backend.step, self.slots, z0, noise)
+        else:  # one frame per slot: slot i holds the frame slot i - 1 held in the last call
+            self.held = [self.entered if tags is not None else -1, *self.held[:-1]]
+            self.entered += tags is not None
+            index = torch.tensor(self.held, dtype=torch.long, device=self.backend.device)
+            self.slots, out, self.cache = self.times.timed(
+                "unet", self.backend.step, self.slots, z0, noise, self.cache, index
+            )
         self.calls += 1
         held = [tags, *self.tags[1:]]  # what each slot held in this call (slot 0: the new frames)
         self.tags = [None, *held[:-1]]  # slot 0 of the state is always free: new frames enter there
@@ -194,12 +210,12 @@ class StreamRunner:
         self,
         backend,
         seed: int = 0,
-        fresh_noise: bool = False,
+        noise_rule: str = "shared",
         times: StageTimes | None = None,
         skip_threshold: float | None = None,
         max_skips: int = 10,
     ):
-        self.backend, self.seed, self.fresh_noise = backend, seed, fresh_noise
+        self.backend, self.seed, self.noise_rule = backend, seed, noise_rule
         self.width, self.height, self.batch = backend.width, backend.height, backend.batch
         self.times = times or StageTimes()
         self.filter = SimilarityFilter(skip_threshold, max_skips)
@@ -246,8 +262,8 @@ class StreamRunner:
 
     def unet(self, items: Iterator) -> Iterator:
         lane = Lane(self.backend.device)
-        noise = VideoNoise(self.backend.latent_shape, self.seed, self.fresh_noise, self.backend.device)
-        state = StreamState(self.backend, noise.take, self.times)
+        noise = VideoNoise(self.backend.latent_shape, self.seed, self.noise_rule, self.backend.device)
+        self.state = state = StreamState(self.backend, noise.take, self.times)  # (kept: bench, tests read it)
         for item in items:
             if isinstance(item, Skip):
                 newest = state.newest()

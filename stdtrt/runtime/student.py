@@ -9,7 +9,9 @@ import numpy as np
 import torch
 
 from stdtrt import schedule
-from stdtrt.models.conditioning import Conditioning, conditionings, predict_eps
+from stdtrt.errors import StdtrtError
+from stdtrt.models.attention_cache import AttentionCache, CacheSettings
+from stdtrt.models.conditioning import Conditioning, compute_dtype, conditionings, predict_eps
 from stdtrt.models.vae import vae_decode, vae_encode
 
 
@@ -43,6 +45,7 @@ class Student:
         negative_prompt: str = "",
         guidance: float = 1.0,
         style=None,
+        cache: CacheSettings | None = None,
     ):
         self.model, self.plan, self.guidance = model, plan, guidance
         self.width, self.height = width, height
@@ -52,6 +55,12 @@ class Student:
             model.pipe, prompt, negative_prompt, guidance, height, width, style
         )
         self.latent_shape = model.latent_shape(width, height)
+        # cached attention: each step's own cache, as a stream slot has (models/attention_cache.py)
+        self.cache = (
+            None if cache is None else AttentionCache.on(model.unet, cache, self.cond, self.latent_shape)
+        )
+        self.caches: list[torch.Tensor] | None = None
+        self.frame = 0  # frames sampled so far (the cache's frame index)
 
     @property
     def device(self):
@@ -72,11 +81,26 @@ class Student:
         return predict_eps(self.model.unet, x, t, self.cond, self.uncond, self.guidance)
 
     @torch.no_grad()
+    def _cached_eps(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        """The noise estimate of step i through step i's cache (one frame), which the call then updates."""
+        if x.shape[0] != 1:
+            raise StdtrtError("cached attention samples one frame at a time, in order")
+        rows = 2 if self.uncond is not None and self.guidance > 1 else 1
+        if self.caches is None:
+            dtype = compute_dtype(self.model.unet)
+            self.caches = [self.cache.empty(rows, dtype, self.device) for _ in range(self.plan.nfe)]
+        index = torch.full((rows,), self.frame, dtype=torch.long)
+        with self.cache.attending(self.caches[i], index) as cache_next:
+            e = self.eps(x, self.plan.timesteps[i])
+        self.caches[i] = cache_next[0]
+        return e
+
+    @torch.no_grad()
     def step(self, x: torch.Tensor, i: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Student step i: UNet at timesteps[i], DDIM jump to landing[i] (re-noised to targets[i] if gamma)."""
         p = self.plan
         x = x.float()
-        e = self.eps(x, p.timesteps[i])
+        e = self.eps(x, p.timesteps[i]) if self.cache is None else self._cached_eps(x, i)
         x = schedule.ddim_jump(x, e, p.a_t[i], p.b_t[i], p.a_s[i], p.b_s[i])
         if p.gamma > 0 and i < p.nfe - 1:
             noise = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device)
@@ -90,6 +114,7 @@ class Student:
         x = schedule.x_start(z0, noise.to(z0.device, torch.float32), self.plan.a_start, self.plan.b_start)
         for i in range(self.plan.nfe):
             x = self.step(x, i, generator)
+        self.frame += 1
         return x
 
     @torch.no_grad()
@@ -101,23 +126,25 @@ class Student:
         return to_uint8(self.decode(self.sample(z0, noise, generator)))
 
 
-def make_noise(shape, seed: int, count: int = 1) -> torch.Tensor:
-    """Seeded standard normal noise (count, *shape), identical on every device (drawn on the CPU)."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn((count, *shape), generator=g, dtype=torch.float32)
-
-
 class VideoNoise:
-    """The one noise rule of a video: drawn once from `seed` (a still scene stays still), or with `fresh`
-    new for every frame, drawn in order from a generator seeded by it; on the CPU, so that every device
-    and backend sees the same numbers. `take(n)`: noise for the next n frames, (n, *shape) float32."""
+    """The noise of a video's frames, in order (`take`) or by index (`at`), on `device`: the rule
+    schedule.frame_noise names (config.NOISE_RULES), seeded by `seed`. The image student runs "shared"
+    (drawn once: a still scene stays still; `--fresh-noise` makes it "per-frame"); a video student runs
+    the rule its LoRA was distilled with. Drawn on the CPU, so that every device and backend sees the same
+    numbers."""
 
-    def __init__(self, shape, seed: int, fresh: bool = False, device="cpu"):
-        self.shape, self.fresh, self.device = tuple(shape), fresh, torch.device(device)
-        self.generator = torch.Generator().manual_seed(seed)
-        self.fixed = None if fresh else make_noise(self.shape, seed).to(self.device)  # moved there once
+    def __init__(self, shape, seed: int, rule: str = "shared", device="cpu"):
+        self.shape, self.seed, self.rule, self.device = tuple(shape), seed, rule, torch.device(device)
+        self.fixed = None if rule != "shared" else schedule.make_noise(self.shape, seed).to(self.device)
+        self.next = 0  # the next frame `take` gives noise for
+
+    def at(self, first: int, count: int) -> torch.Tensor:
+        """Noise for frames first .. first + count - 1.  # (count, *shape)"""
+        if self.fixed is not None:  # moved to the device once
+            return self.fixed.expand(count, *self.shape)
+        return schedule.frame_noise(self.rule, self.shape, self.seed, first, count).to(self.device)
 
     def take(self, n: int = 1) -> torch.Tensor:
-        if self.fresh:
-            return torch.randn((n, *self.shape), generator=self.generator).to(self.device)
-        return self.fixed.expand(n, *self.shape)
+        """Noise for the next n frames."""
+        out, self.next = self.at(self.next, n), self.next + n
+        return out

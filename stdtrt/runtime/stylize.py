@@ -24,14 +24,15 @@ import numpy as np
 from stdtrt import schedule
 from stdtrt.bundle.manifest import read_bundle
 from stdtrt.bundle.model import source_of
-from stdtrt.config import DEFAULT_BUNDLE, StylizeConfig, defaults, resolve_overlap
+from stdtrt.config import DEFAULT_BUNDLE, StylizeConfig, defaults, resolve_overlap, resolve_window
 from stdtrt.errors import StdtrtError
 from stdtrt.io import video
 from stdtrt.io.atomic import atomic_path, check_writable
 from stdtrt.io.hashing import file_hash
 from stdtrt.io.images import IMAGE_SUFFIXES, fit_box, letterbox, read_image, unletterbox, write_image
+from stdtrt.models.attention_cache import CacheSettings
+from stdtrt.models.card import UNRECORDED_NOISE_RULE, StudentCard
 from stdtrt.models.load import load_model
-from stdtrt.models.lora import student_grid, trained_clip_frames
 from stdtrt.models.motion import check_motion_window
 from stdtrt.models.style import load_style, warn_if_trained_with_styles
 from stdtrt.runtime.backends import load_backend
@@ -79,7 +80,7 @@ def _load(cfg: StylizeConfig, image_w: int, image_h: int, fuse: bool):
         raise StdtrtError(
             f"--{needs_image[0].replace('_', '-')} needs --style-image (the picture to style after)"
         )
-    grid = student_grid(cfg.lora, cfg.strength)
+    grid = StudentCard.read(cfg.lora).grid(cfg.strength)
     model = load_model(
         cfg.model,
         device=cfg.device,
@@ -102,7 +103,8 @@ def load_student(cfg: StylizeConfig, image_w: int, image_h: int):
     """The sequential torch student (the reference: NFE steps per frame) for --model at the working size."""
 
     model, plan, width, height, style = _load(cfg, image_w, image_h, fuse=False)
-    return Student(model, plan, cfg.prompt, width, height, cfg.negative_prompt, cfg.guidance, style)
+    cache = CacheSettings.of(cfg)
+    return Student(model, plan, cfg.prompt, width, height, cfg.negative_prompt, cfg.guidance, style, cache)
 
 
 def load_model_backend(cfg: StylizeConfig, image_w: int, image_h: int):
@@ -112,7 +114,7 @@ def load_model_backend(cfg: StylizeConfig, image_w: int, image_h: int):
     model, plan, width, height, style = _load(cfg, image_w, image_h, fuse=True)
     return TorchBackend.from_model(
         model, plan, cfg.prompt, cfg.negative_prompt, cfg.guidance, width, height, cfg.frames_per_step, style,
-        **cfg.torch_speedups(),
+        CacheSettings.of(cfg), **cfg.torch_speedups(),
     )  # fmt: skip
 
 
@@ -126,7 +128,7 @@ class StudentRunner:
 
         self.student, self.cfg = student, cfg
         self.width, self.height = student.width, student.height
-        self.noise = VideoNoise(student.latent_shape, cfg.seed, cfg.fresh_noise, student.device)
+        self.noise = VideoNoise(student.latent_shape, cfg.seed, image_noise_rule(cfg), student.device)
         self.step_gen = torch.Generator().manual_seed(cfg.seed + 1)  # gamma > 0 re-noising
         self.times = StageTimes()
 
@@ -215,6 +217,9 @@ def check_request(cfg: StylizeConfig, bundle) -> None:
         "vae": m["vae"]["spec"],
         "frames_per_step": 1 if bundle.motion else bundle.batch,
         "window": bundle.motion["window"] if bundle.motion else d["window"],
+        "cache_frames": bundle.cache["frames"] if bundle.cache else 0,
+        "cache_interval": bundle.cache["interval"] if bundle.cache else d["cache_interval"],
+        "feature_fusion": bundle.cache["fusion"] if bundle.cache else d["feature_fusion"],
     }
     for option, value in baked.items():
         asked = getattr(cfg, option)
@@ -244,12 +249,21 @@ def load_window_runner(cfg: StylizeConfig, image_w: int, image_h: int, image: bo
     if bundle is not None:
         backend = load_backend(bundle, cfg.backend, cfg.device, torch_speedups=cfg.torch_speedups(),
                                verify=cfg.verify, style_image=cfg.style_image)  # fmt: skip
-        window = bundle.motion["window"]
-        return WindowRunner(backend, window, resolve_overlap(window, cfg.overlap), cfg.seed, cfg.fresh_noise)
+        window, rule = bundle.motion["window"], bundle.motion.get("noise_rule", UNRECORDED_NOISE_RULE)
+        rule = "per-frame" if cfg.fresh_noise else rule
+        return WindowRunner(backend, window, resolve_overlap(window, cfg.overlap), cfg.seed, rule)
+    card = StudentCard.read(cfg.lora)
     student = load_student(cfg, image_w, image_h)
-    check_motion_window(student.model, cfg.window, cfg.motion_adapter, trained=trained_clip_frames(cfg.lora))
-    overlap = resolve_overlap(cfg.window, cfg.overlap)
-    return WindowRunner(student, cfg.window, overlap, cfg.seed, cfg.fresh_noise)
+    window = resolve_window(cfg.window, card.clip_frames)
+    check_motion_window(student.model, window, cfg.motion_adapter, trained=card.clip_frames)
+    rule = "per-frame" if cfg.fresh_noise else card.noise_rule
+    return WindowRunner(student, window, resolve_overlap(window, cfg.overlap), cfg.seed, rule)
+
+
+def image_noise_rule(cfg: StylizeConfig) -> str:
+    """The per-frame student's: one noise for the whole video (a still scene stays still), or with
+    --fresh-noise each frame its own (the comparison that shows what the fixed noise does)."""
+    return "per-frame" if cfg.fresh_noise else "shared"
 
 
 def load_runner(cfg: StylizeConfig, image_w: int, image_h: int, image: bool = False):
@@ -269,13 +283,13 @@ def load_runner(cfg: StylizeConfig, image_w: int, image_h: int, image: bool = Fa
                 log.warning("--skip-threshold works on the stream form: --gamma > 0 runs every frame")
             return StudentRunner(load_student(cfg, image_w, image_h), cfg)
         backend = load_model_backend(cfg, image_w, image_h)
-        return StreamRunner(backend, cfg.seed, cfg.fresh_noise, None, cfg.skip_threshold, cfg.max_skips)
+        return StreamRunner(backend, cfg.seed, image_noise_rule(cfg), None, cfg.skip_threshold, cfg.max_skips)
 
     backend = load_backend(
         bundle, cfg.backend, cfg.device, torch_speedups=cfg.torch_speedups(), verify=cfg.verify,
         style_image=cfg.style_image,
     )  # fmt: skip
-    return StreamRunner(backend, cfg.seed, cfg.fresh_noise, None, cfg.skip_threshold, cfg.max_skips)
+    return StreamRunner(backend, cfg.seed, image_noise_rule(cfg), None, cfg.skip_threshold, cfg.max_skips)
 
 
 def stylize_image(cfg: StylizeConfig, input_path: str | Path, output_path: str | Path) -> Path:

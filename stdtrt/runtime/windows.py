@@ -1,8 +1,9 @@
 """The video student at run time: frames in overlapping windows through the motion UNet.
 
 A window of W frames (`--window`) is one trajectory: the frames' content latents, x_start with the video's
-noise (VideoNoise: one fixed noise for every frame, so a still scene stays still within and across
-windows, or `--fresh-noise`), then the NFE student steps, the motion modules attending across the window.
+noise by the rule the student was distilled with (schedule.frame_noise: each frame its own noise, the same
+in every window the frame is part of, or one noise for all), then the NFE student steps, the motion
+modules attending across the window.
 Two engines run it, frame for frame the same (tests/test_motion.py):
 - a `Student` on a model with a UNetMotionModel (`--model ... --motion-adapter`): NFE sequential steps per
   window (and --gamma > 0);
@@ -35,7 +36,7 @@ class WindowRunner:
 
     skipped = 0  # the similarity filter belongs to the per-frame stream form
 
-    def __init__(self, engine, window: int, overlap: int, seed: int = 0, fresh_noise: bool = False):
+    def __init__(self, engine, window: int, overlap: int, seed: int = 0, noise_rule: str = "per-frame"):
         self.engine, self.window, self.overlap = engine, window, overlap
         check_window(window)
         resolve_overlap(window, overlap)  # the one rule for a window's overlap
@@ -43,9 +44,9 @@ class WindowRunner:
         if not self.sequential and engine.batch != window:
             raise ValueError(f"the backend runs windows of {engine.batch} frames, not {window}")
         self.width, self.height = engine.width, engine.height
-        # the video's one noise rule (runtime/student.VideoNoise): the same fixed noise for every frame, as
-        # the image student has (a still scene stays still, across windows too), or --fresh-noise
-        self.noise = VideoNoise(engine.latent_shape, seed, fresh_noise, engine.device)
+        # the noise rule the student was distilled with (its LoRA's card): every frame its own noise, the
+        # same in every window it is part of, or the same noise for all frames
+        self.noise = VideoNoise(engine.latent_shape, seed, noise_rule, engine.device)
         self.generator = torch.Generator().manual_seed(seed)  # gamma > 0: the re-noising, seeded
         self.times = StageTimes()
 
@@ -79,15 +80,16 @@ class WindowRunner:
         order."""
         e = self.engine
         if self.sequential:
-            for frames, final in windows:
+            for frames, final, start in windows:
                 clip = self._encode(self._pad(frames)).transpose(0, 1)[None]  # (1, 4, W, h, w)
-                noise = self.noise.take(self.window).transpose(0, 1)[None]
+                noise = self.noise.at(start, self.window).transpose(0, 1)[None]
                 out = self.times.timed("unet", e.sample, clip, noise, self.generator)
                 yield out[0].transpose(0, 1).float().cpu(), frames, final
             return
         state = StreamState(e, self.noise.take, self.times)
-        for frames, final in windows:
-            for latents, (done, done_final) in state.push(self._encode(self._pad(frames)), (frames, final)):
+        for frames, final, start in windows:
+            z0, noise = self._encode(self._pad(frames)), self.noise.at(start, self.window)
+            for latents, (done, done_final) in state.push(z0, (frames, final), noise):
                 yield latents.float().cpu(), done, done_final
         for latents, (done, done_final) in state.flush():
             yield latents.float().cpu(), done, done_final
@@ -97,19 +99,20 @@ class WindowRunner:
         return np.stack([rgb for rgb, _ in frames + [frames[-1]] * (self.window - len(frames))])
 
     def _windows(self, items):
-        """(frames, final): windows of W (frame, tag), each starting O frames before the last one ended;
-        the last one shorter (final) unless the video ended exactly where a window's overlap begins."""
+        """(frames, final, start): windows of W (frame, tag), each starting O frames before the last one
+        ended (`start`: its first frame's index in the video); the last one shorter (final) unless the
+        video ended exactly where a window's overlap begins."""
         w, o = self.window, self.overlap
         buffer: list = []
-        ran = False
+        ran, start = False, 0
         for item in items:
             buffer.append(item)
             if len(buffer) == w:
-                yield buffer, False
-                ran = True
+                yield buffer, False, start
+                ran, start = True, start + w - o
                 buffer = buffer[w - o :] if o else []
         if buffer and (not ran or len(buffer) > o):
-            yield buffer, True
+            yield buffer, True, start
 
     def stylize(self, items):
         """(frame, tag) in order -> (stylized frame, tag) in order."""

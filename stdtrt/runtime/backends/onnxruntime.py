@@ -12,15 +12,14 @@ from stdtrt.bundle.manifest import Bundle
 from stdtrt.bundle.networks import GRAPHS
 from stdtrt.config import cache_root
 from stdtrt.errors import StdtrtError
-from stdtrt.runtime.backends.base import Backend
+from stdtrt.runtime.backends.base import TORCH_DTYPES, Backend, bundle_cache_spec
 
 log = logging.getLogger(__name__)
 
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 # a manifest's dtype names -> torch's and numpy's
-TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "uint8": torch.uint8}
-NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8}
+NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8, "int64": np.int64}
 
 
 def tensorrt_provider_unusable() -> str | None:
@@ -163,7 +162,8 @@ class OnnxRuntimeBackend(Backend):
     ):
         """`concurrent`: the three graphs in threads of their own (the default; on a CPU each gets half the
         cores); `providers`: only these GPU providers (validation asks for CUDA alone)."""
-        super().__init__(bundle.plan(), bundle.width, bundle.height, bundle.latent_shape, bundle.batch)
+        super().__init__(bundle.plan(), bundle.width, bundle.height, bundle.latent_shape, bundle.batch,
+                         bundle_cache_spec(bundle))  # fmt: skip
 
         cache = cache_root() / "ort-trt" / bundle.key[:16]
         allowed = None if providers is None else (*providers, "CPUExecutionProvider")
@@ -233,8 +233,8 @@ class OnnxRuntimeBackend(Backend):
     def encode(self, frames):
         return self._run("vae_encoder", frames)
 
-    def step(self, slots, z0, noise):
-        return self._run("unet", slots, z0, noise)
+    def step(self, slots, z0, noise, *cache):
+        return self._run("unet", slots, z0, noise, *cache)
 
     def decode(self, latents):
         return self._run("vae_decoder", latents)

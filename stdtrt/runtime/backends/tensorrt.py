@@ -12,7 +12,7 @@ from stdtrt.availability import is_tensorrt_available, tensorrt_identity
 from stdtrt.bundle.networks import GRAPHS
 from stdtrt.errors import StdtrtError
 from stdtrt.models.load import resolve_device
-from stdtrt.runtime.backends.base import Backend
+from stdtrt.runtime.backends.base import Backend, bundle_cache_spec
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,8 @@ class TensorRTBackend(Backend):
     def __init__(self, bundle, device: str = "auto"):
         import tensorrt as trt
 
-        super().__init__(bundle.plan(), bundle.width, bundle.height, bundle.latent_shape, bundle.batch)
+        super().__init__(bundle.plan(), bundle.width, bundle.height, bundle.latent_shape, bundle.batch,
+                         bundle_cache_spec(bundle))  # fmt: skip
         self.device = resolve_device(device if device.startswith("cuda") else "cuda")  # cuda:N
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         graphs = bundle.manifest["graphs"]
@@ -129,8 +130,8 @@ class TensorRTBackend(Backend):
     def encode(self, frames):
         return self.engines["vae_encoder"](frames.to(self.device))
 
-    def step(self, slots, z0, noise):
-        return self.engines["unet"](slots.to(self.device), z0.to(self.device), noise.to(self.device))
+    def step(self, slots, z0, noise, *cache):
+        return self.engines["unet"](*(x.to(self.device) for x in (slots, z0, noise, *cache)))
 
     def decode(self, latents):
         return self.engines["vae_decoder"](latents.to(self.device))

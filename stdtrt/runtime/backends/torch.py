@@ -66,7 +66,7 @@ class TorchBackend(Backend):
         compile: bool = False,
         channels_last: bool = True,
     ):
-        super().__init__(plan, width, height, latent_shape, networks.unet.batch)
+        super().__init__(plan, width, height, latent_shape, networks.unet.batch, networks.unet.cache_spec())
         self.networks, self.placement, self.device = networks, placement, placement.device
         self.concurrent_stages = self.device.type == "cuda"
         cuda = self.device.type == "cuda"
@@ -88,12 +88,15 @@ class TorchBackend(Backend):
     @classmethod
     def from_model(
         cls, model, plan, prompt: str, negative_prompt: str, guidance: float, width: int, height: int,
-        batch: int = 1, style=None, **speed,
+        batch: int = 1, style=None, cache=None, **speed,
     ):  # fmt: skip
         """From a loaded model whose LoRA (if any) is already fused; B = `batch` frames per slot; `style`: a
-        loaded models.style.Style. `speed`: cuda_graphs, compile, channels_last (see the class)."""
+        loaded models.style.Style; `cache`: attention cache settings (models.attention_cache.CacheSettings).
+        `speed`: cuda_graphs, compile, channels_last (see the class)."""
 
-        nets = build_networks(model, plan, prompt, negative_prompt, guidance, width, height, batch, style)
+        nets = build_networks(
+            model, plan, prompt, negative_prompt, guidance, width, height, batch, style, cache
+        )
         return cls(nets, plan, width, height, model.latent_shape(width, height), model.placement, **speed)
 
     @classmethod
@@ -117,11 +120,11 @@ class TorchBackend(Backend):
         return self.fns["encode"](frames.to(self.device, torch.uint8))
 
     @torch.inference_mode()
-    def step(self, slots, z0, noise):
-        f32 = torch.float32
-        return self.fns["step"](
-            slots.to(self.device, f32), z0.to(self.device, f32), noise.to(self.device, f32)
-        )
+    def step(self, slots, z0, noise, *cache):
+        f32, dev = torch.float32, self.device
+        if cache:  # (the cache in the UNet's own dtype, the frame each slot holds)
+            cache = (cache[0].to(dev, self.cache_spec[2]), cache[1].to(dev, torch.long))
+        return self.fns["step"](slots.to(dev, f32), z0.to(dev, f32), noise.to(dev, f32), *cache)
 
     @torch.inference_mode()
     def decode(self, latents):

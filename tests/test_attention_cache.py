@@ -1,0 +1,208 @@
+"""Cached cross-frame attention (issue 20): the ring's rule, feature fusion, the stream form against the
+sequential student frame by frame, every backend and precision, and the bad input around it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import frames_of, make_video
+
+from stdtrt import schedule
+from stdtrt.config import ExportConfig, StylizeConfig
+from stdtrt.errors import StdtrtError
+from stdtrt.io.samples import sample_frames
+from stdtrt.models.attention_cache import AttentionCache, CacheSettings, _Call, _fuse, _Layer
+from stdtrt.models.load import load_model
+from stdtrt.runtime.backends.torch import TorchBackend
+from stdtrt.runtime.stream import StreamState
+from stdtrt.runtime.student import Student, VideoNoise
+
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
+W, H = 64, 48
+
+
+def test_the_ring_is_written_every_frame_and_advanced_every_interval():
+    """Each frame writes its keys into the newest place; every interval-th frame first drops the oldest.
+    Values are the frame's number, so the ring's content reads as frame numbers."""
+    frames, interval = 3, 2
+    cache = AttentionCache(CacheSettings(frames, interval))
+    cache.layers = [_Layer("l", tokens=1, channels=1, offset=0, fuse=False)]
+    state = torch.full((1, 3 * frames), -7.0)  # never written: must not survive frame 0
+    seen = []
+    for f in range(7):
+        call = _Call(state, torch.tensor([f]))
+        block = cache.read(call, 0, 1)
+        own = torch.full((1, 1, 1), float(f))
+        fresh = torch.tensor(f == 0)
+        old = tuple(
+            torch.where(fresh, own.unsqueeze(1).expand(-1, frames, -1, -1), block[:, j]) for j in range(3)
+        )
+        cache.write(call, 0, old, (own, own, own))
+        state = call.written[0]
+        seen.append(state.view(3, frames)[0].tolist())
+    # frame 0 fills every place; then the newest place is always the frame just written, and the older ones
+    # move on only at frames 2, 4, 6 (the interval)
+    assert seen == [[0, 0, 0], [0, 0, 1], [0, 1, 2], [0, 1, 3], [1, 3, 4], [1, 3, 5], [3, 5, 6]]
+    call = _Call(state, torch.tensor([-1]))  # a slot that holds no frame keeps its cache
+    cache.write(call, 0, tuple(cache.read(call, 0, 1)[:, j] for j in range(3)), (own * 99,) * 3)
+    assert torch.equal(call.written[0], state)
+
+
+def test_feature_fusion_pulls_only_near_copies():
+    cached = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])  # (rows 1, F 1, T 2, C 2)
+    out = torch.tensor([[[2.0, 0.02], [1.0, 1.0]]])  # token 0 nearly parallel to cached token 0; token 1 not
+    fused = _fuse(out, cached, 0.8)
+    assert torch.allclose(fused[0, 0], out[0, 0] + 0.8 * (cached[0, 0, 0] - out[0, 0]))
+    assert torch.equal(fused[0, 1], out[0, 1])
+
+
+def _latents_sequential(model, plan, settings, z0s, noise, guidance=1.0):
+    student = Student(model, plan, "a photo", W, H, "", guidance, None, settings)
+    return torch.cat([student.sample(z[None], noise) for z in z0s])
+
+
+def _latents_stream(model, plan, settings, z0s, guidance=1.0):
+    backend = TorchBackend.from_model(model, plan, "a photo", "", guidance, W, H, 1, None, settings)
+    noise = VideoNoise(backend.latent_shape, 0)
+    state, out = StreamState(backend, noise.take), []
+    for i, z in enumerate(z0s):
+        out += [lat for lat, _ in state.push(z[None], [i])]
+    out += [lat for lat, _ in state.flush()]
+    return torch.cat(out)
+
+
+@pytest.fixture(scope="module")
+def clip_latents():
+    model = load_model("tiny-sd")
+    frames = np.stack(list(sample_frames(6, W, H)))
+    student = Student(model, schedule.student_plan(model.alphas_cumprod(), 0.75, 4, 0.0), "", W, H)
+    with torch.no_grad():
+        return student.encode(torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1)
+
+
+@pytest.mark.parametrize(
+    "settings,guidance",
+    [(CacheSettings(1), 1.0), (CacheSettings(2, 2), 3.0), (CacheSettings(4, 1, 1.0), 1.0)],
+)
+def test_stream_equals_sequential_and_the_cache_acts(settings, guidance, clip_latents):
+    model = load_model("tiny-sd")
+    plan = schedule.student_plan(model.alphas_cumprod(), 0.75, 4, 0.0)
+    noise = VideoNoise(model.latent_shape(W, H), 0).take(1)
+    seq = _latents_sequential(model, plan, settings, clip_latents, noise, guidance)
+    stream = _latents_stream(load_model("tiny-sd"), plan, settings, clip_latents, guidance)
+    plain = _latents_sequential(load_model("tiny-sd"), plan, None, clip_latents, noise, guidance)
+    rms = float(plain.pow(2).mean().sqrt())
+    moved = (seq - plain).abs().amax(dim=(1, 2, 3))  # what the cache does to each frame
+    assert moved[0] <= 2e-6 * rms  # frame 0 attends as without a cache (its own keys, duplicated)
+    assert (moved[1:] > 1e-4 * rms).all(), moved  # every later frame sees the earlier ones
+    diff = (stream - seq).abs()
+    if settings.fusion:  # a token nearly as close to two cached frames may be pulled to either (argmax)
+        assert diff.mean() <= 1e-5 * rms and diff.max() < 0.5 * moved[1:].min()
+    else:
+        assert diff.max() <= 2e-6 * rms, diff.max()  # the same frames through the same caches
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 0.02), (torch.bfloat16, 0.08)])
+def test_the_cache_runs_in_half_precision(dtype, tol, clip_latents):
+    from stdtrt.models.load import placement_for
+
+    plan = None
+    outs = {}
+    for d in (torch.float32, dtype):
+        model = load_model("tiny-sd")
+        model.place(placement_for(torch.device("cpu"), d, model.kind, model.vae.config))
+        plan = plan or schedule.student_plan(model.alphas_cumprod(), 0.75, 4, 0.0)
+        outs[d] = _latents_stream(model, plan, CacheSettings(2, 1, 0.8), clip_latents)
+    scale = outs[torch.float32].abs().max()
+    err = (outs[dtype] - outs[torch.float32]).abs().max() / scale
+    assert torch.isfinite(outs[dtype]).all() and 0 < err < tol, err
+
+
+def test_skipped_frames_do_not_write_the_cache(tmp_path):
+    """A frame the similarity filter skips never enters the pipe, so the cache's frame count (the ring's
+    clock) counts only the frames that went through the networks."""
+    from stdtrt.io.video import probe
+    from stdtrt.runtime.stylize import load_runner, run_video
+
+    src = make_video(tmp_path / "still.mp4", frames=8, size=(W, H), audio=False, repeat=True)
+    cfg = StylizeConfig(model="tiny-sd", width=W, height=H, cache_frames=2, skip_threshold=0.99, max_skips=2)
+    info = probe(src)
+    runner = load_runner(cfg, info.width, info.height)
+    result = run_video(runner, info, tmp_path / "out.mp4", cfg, progress=False)
+    # 8 still frames, at most 2 reuses in a row: frames 0, 3 and 6 go through the networks
+    assert result.frames == 8 and result.skipped == 5 and runner.state.entered == 3
+
+
+def test_a_bundle_with_a_cache_runs_on_every_backend_as_the_model_path(tmp_path):
+    from stdtrt.bundle.manifest import read_bundle
+    from stdtrt.export.export import export_bundle
+    from stdtrt.runtime.stylize import stylize_video
+
+    bundle = tmp_path / "cached"
+    result = export_bundle(ExportConfig(model="tiny-sd", out=str(bundle), width=W, height=H, cache_frames=2,
+                                        cache_interval=2, tensorrt=False), progress=False)  # fmt: skip
+    assert "attention cache" in result.table and read_bundle(bundle).cache["frames"] == 2
+    src = make_video(tmp_path / "in.mp4", frames=6, size=(W, H), audio=False)
+    outs = {}
+    for backend in ("onnxruntime", "torch"):
+        cfg = StylizeConfig(bundle=str(bundle), backend=backend)
+        outs[backend] = frames_of(stylize_video(cfg, src, tmp_path / f"{backend}.mp4", progress=False).output)
+    model = StylizeConfig(model="tiny-sd", width=W, height=H, cache_frames=2, cache_interval=2)
+    outs["model"] = frames_of(stylize_video(model, src, tmp_path / "model.mp4", progress=False).output)
+    for name in ("torch", "model"):
+        diff = max(
+            np.abs(a.astype(int) - b.astype(int)).max()
+            for a, b in zip(outs["onnxruntime"], outs[name], strict=True)
+        )
+        assert diff <= 2, (name, diff)
+    for wrong, match in (
+        ({"cache_frames": 1}, "cache frames 2, not 1"),
+        ({"cache_interval": 1}, "cache interval"),
+    ):
+        with pytest.raises(StdtrtError, match=match):
+            stylize_video(
+                StylizeConfig(bundle=str(bundle), explicit=tuple(wrong), **wrong), src, tmp_path / "x.mp4"
+            )
+
+
+@pytest.mark.parametrize(
+    "options,match",
+    [
+        ({"cache_frames": 5}, r"--cache-frames must be in 0..4"),
+        ({"cache_frames": 2, "cache_interval": 0}, "--cache-interval must be at least 1"),
+        ({"cache_frames": 2, "feature_fusion": 1.5}, r"--feature-fusion must be in \[0, 1\]"),
+        ({"feature_fusion": 0.8}, "need --cache-frames 1 or more"),
+        ({"cache_frames": 2, "motion_adapter": "tiny-motion"}, "motion modules already attend"),
+        ({"cache_frames": 2, "frames_per_step": 2}, "drop --frames-per-step"),
+    ],
+)
+def test_bad_cache_options_are_one_line(options, match):
+    for cls in (StylizeConfig, ExportConfig):
+        with pytest.raises(StdtrtError, match=match):
+            cls(model="tiny-sd", **options)
+
+
+def test_a_bundle_without_a_cache_refuses_one(tmp_path, capsys):
+    from stdtrt.cli import main
+    from stdtrt.export.export import export_bundle
+
+    bundle = tmp_path / "plain"
+    export_bundle(ExportConfig(model="tiny-sd", out=str(bundle), width=W, height=H, validate=False,
+                               tensorrt=False), progress=False)  # fmt: skip
+    src = make_video(tmp_path / "in.mp4", frames=2, size=(W, H), audio=False)
+    with pytest.raises(SystemExit) as code:
+        main(
+            [
+                "stylize-video",
+                str(src),
+                "-o",
+                str(tmp_path / "o.mp4"),
+                "--bundle",
+                str(bundle),
+                "--cache-frames",
+                "2",
+            ]
+        )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code.value.code == 2 and len(err) == 1 and "cache frames 0, not 2" in err[0]
