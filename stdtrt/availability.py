@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 
+from stdtrt.config import parse_device
+
 
 def is_cuda_available() -> tuple[bool, str]:
     import torch
@@ -63,7 +65,7 @@ def tensorrt_identity(device: str = "cuda") -> dict:
     import tensorrt as trt
     import torch
 
-    index = (torch.device(device).index or 0) if device.startswith("cuda:") else 0  # "auto", "cuda": GPU 0
+    index = parse_device(device).gpu  # "auto", "cuda": GPU 0
     major, minor = torch.cuda.get_device_capability(index)
     gpu = torch.cuda.get_device_name(index)
     return {"version": trt.__version__, "gpu": gpu, "arch": f"sm_{major}{minor}"}

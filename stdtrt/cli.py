@@ -38,16 +38,35 @@ def _item_kind(f) -> type:
     return int if "tuple[int" in _annotation(f) else str
 
 
+def _fields(cls, group: str | None):
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if meta.get("cli") is False or (group != "*" and meta.get("group") not in (None, group)):
+            continue
+        yield f, meta, meta.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def ablations(cls, group: str | None = "*") -> str:
+    """The epilog naming a command's comparison switches (hidden from its option list)."""
+    names = []
+    for _, meta, flag in _fields(cls, group):
+        if meta.get("ablation"):
+            choices = meta.get("choices")
+            names.append(f"{flag} {'|'.join(choices)}" if choices else f"{flag}")
+    if not names:
+        return ""
+    lines = "\n".join(f"  {name}" for name in names)
+    return f"\b\nFor comparisons (the benchmarks' ablations, not for everyday use):\n{lines}"
+
+
 def config_options(cls, group: str | None = "*"):
     """One click option per field of `cls` (default None: "not given"), help and default from the field.
-    `group`: "*" every field; None only the fields without a group; a name: those and that group's."""
+    `group`: "*" every field; None only the fields without a group; a name: those and that group's.
+    Ablation switches are hidden from the option list (`ablations` names them)."""
 
     def decorate(fn):
-        for f in reversed(dataclasses.fields(cls)):
-            meta = f.metadata
-            if meta.get("cli") is False or (group != "*" and meta.get("group") not in (None, group)):
-                continue
-            flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+        for f, meta, flag in reversed(list(_fields(cls, group))):
+            hidden = bool(meta.get("ablation"))
             names = [flag] + ([meta["short"]] if meta.get("short") else [])
             default = f.default if f.default not in (None, ()) else None
             help_text = meta.get("help", "")
@@ -57,17 +76,21 @@ def config_options(cls, group: str | None = "*"):
             if kind is bool:
                 on = flag.removeprefix("--")
                 state = "on" if f.default else "off" if f.default is False else "auto"
-                fn = click.option(f"{flag}/--no-{on}", f.name, default=None, help=f"{help_text} [{state}]")(
-                    fn
-                )
+                fn = click.option(
+                    f"{flag}/--no-{on}", f.name, default=None, help=f"{help_text} [{state}]", hidden=hidden
+                )(fn)
             elif kind is tuple:
                 fn = click.option(
-                    *names, f.name, multiple=True, help=help_text + " (repeat or comma-separate)"
+                    *names,
+                    f.name,
+                    multiple=True,
+                    help=help_text + " (repeat or comma-separate)",
+                    hidden=hidden,
                 )(fn)
             else:
                 choices = meta.get("choices")
                 ptype = click.Choice(choices) if choices else kind
-                fn = click.option(*names, f.name, type=ptype, default=None, help=help_text)(fn)
+                fn = click.option(*names, f.name, type=ptype, default=None, help=help_text, hidden=hidden)(fn)
         return fn
 
     return decorate
@@ -164,7 +187,7 @@ def _video_flags(fn):
     )(fn)
 
 
-@cli.command("stylize-video")
+@cli.command("stylize-video", epilog=ablations(StylizeConfig, "video"))
 @click.argument("input", type=click.Path(dir_okay=False))
 @click.option(
     "-o",
@@ -204,7 +227,7 @@ def report(input: str, output: str) -> None:
     _echo_report(input, output)
 
 
-@cli.command()
+@cli.command(epilog=ablations(StylizeConfig, "video"))
 @click.option(
     "--out", default="stdtrt-demo", show_default=True, type=click.Path(file_okay=False), help="Output folder."
 )
@@ -256,7 +279,7 @@ def build_distill_config(config_file: str | None, given: dict) -> DistillConfig:
     return build_config(DistillConfig, given, base)
 
 
-@cli.command()
+@cli.command(epilog=ablations(DistillConfig))
 @click.option(
     "--config",
     "config_file",

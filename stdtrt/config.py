@@ -18,6 +18,29 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # see models/load.py: the one pre
 DEFAULT_BUNDLE = "stdtrt-engine"
 
 
+@dataclass(frozen=True)
+class DeviceName:
+    """A --device as written: auto, cpu, cuda or cuda:N (the one parser of device strings; models/load.py
+    resolves it against the GPUs torch sees)."""
+
+    kind: str  # "auto", "cpu" or "cuda"
+    index: int | None = None  # N of cuda:N
+
+    @property
+    def gpu(self) -> int:
+        """The GPU it names: N, else 0 ("auto" and "cuda" mean the first)."""
+        return self.index or 0
+
+
+def parse_device(name: str) -> DeviceName:
+    kind, _, index = str(name).partition(":")
+    if kind in ("auto", "cpu") and not index:
+        return DeviceName(kind)
+    if kind == "cuda" and (not index or index.isdigit()):
+        return DeviceName("cuda", int(index) if index else None)
+    raise StdtrtError(f"device {name!r} is not one of auto, cpu, cuda, cuda:N")
+
+
 def cache_root() -> Path:
     """stdtrt's own cache folder ($STDTRT_CACHE, else ~/.cache/stdtrt)."""
     return Path(os.environ.get("STDTRT_CACHE", Path.home() / ".cache" / "stdtrt"))
@@ -66,12 +89,28 @@ def check_student(cfg) -> None:
 
 
 def opt(
-    default, help: str = "", *, choices=None, short: str | None = None, flag: str | None = None, group=None
+    default,
+    help: str = "",
+    *,
+    choices=None,
+    short: str | None = None,
+    flag: str | None = None,
+    group=None,
+    ablation: bool = False,
 ):
     """A config field with its help text: the reason for the default lives here, and the CLI generates
     its option from it (cli.config_options). `choices` limit the values, `short` adds a one-letter flag,
-    `flag` renames the option, `group` ("video") puts it on the commands it belongs to."""
-    meta = {"help": help, "choices": choices, "short": short, "flag": flag, "group": group}
+    `flag` renames the option, `group` ("video") puts it on the commands it belongs to, `ablation` marks a
+    switch that exists for comparisons (the benchmarks'): out of the option list, named at the end of
+    --help."""
+    meta = {
+        "help": help,
+        "choices": choices,
+        "short": short,
+        "flag": flag,
+        "group": group,
+        "ablation": ablation,
+    }
     return field(default=default, metadata=meta)
 
 
@@ -225,7 +264,8 @@ class StylizeConfig:
     guidance: float = opt(1.0, "classifier-free guidance at inference; a distilled student wants 1 (off)")
     gamma: float = opt(0.0, "TCD stochasticity in [0, 1); 0 is deterministic (what a bundle runs)")
     seed: int = opt(0, "seeds the noise, drawn once per video so that a still scene stays still")
-    fresh_noise: bool = opt(False, "new noise for every frame (it flickers: for comparisons)", group="video")
+    fresh_noise: bool = opt(False, "new noise for every frame (it flickers: for comparisons)", group="video",
+                            ablation=True)  # fmt: skip
     width: int | None = opt(None, "working width, a multiple of 8 [the input's aspect near the native area]")
     height: int | None = opt(None, "working height, a multiple of 8")
     backend: str = opt(
@@ -274,6 +314,7 @@ class StylizeConfig:
 
     def __post_init__(self) -> None:
         check_student(self)
+        parse_device(self.device)
         if not 0.0 <= self.gamma < 1.0:
             raise StdtrtError(f"gamma must be in [0, 1), got {self.gamma}")
         if self.backend not in BACKENDS:
@@ -319,6 +360,8 @@ class DistillConfig:
     mode: str = opt(
         "std",
         "'std': trajectories from x_start; 'lcm': forward-noised states over the whole grid, x0 target (baseline)",
+        choices=("std", "lcm"),
+        ablation=True,
     )
     w_min: float = opt(5.0, "teacher guidance w ~ U[w_min, w_max], LCM form e_c + w (e_c - e_u)")
     w_max: float = opt(15.0, "upper end of the teacher guidance range")
@@ -326,8 +369,9 @@ class DistillConfig:
     bank_size: int = opt(32, "trajectory slots per process (the authors keep 4 at batch 1)")
     huber_c: float = opt(1e-3, "pseudo-Huber constant")
     target: str = opt(
-        "student", "'student' (stop-gradient, as the authors' code) or 'ema' (the paper's figure)"
-    )
+        "student", "'student' (stop-gradient, as the authors' code) or 'ema' (the paper's figure)",
+        choices=("student", "ema"),
+    )  # fmt: skip
     ema_decay: float = opt(0.95, "only for target = 'ema'")
     lora_rank: int = opt(64, "LoRA rank (the authors: 64)")
     lora_alpha: float = opt(64.0, "LoRA alpha; scale = alpha / rank")
@@ -350,7 +394,8 @@ class DistillConfig:
         choices=("auto", "no", "fp16", "bf16"),
     )
     gradient_checkpointing: bool = opt(False, "trade compute for memory on large UNets")
-    teacher: str = opt("shared", "'shared': one UNet, adapters off for the teacher; 'copy': a second UNet")
+    teacher: str = opt("shared", "'shared': one UNet, adapters off for the teacher; 'copy': a second UNet",
+                       choices=("shared", "copy"), ablation=True)  # fmt: skip
     compile_loss: bool = opt(
         True, "fuse the jump + pseudo-Huber with torch.compile (eager fallback)", flag="--compile"
     )
@@ -383,7 +428,8 @@ class DistillConfig:
     adv_lr: float = opt(1e-4, "discriminator learning rate")
     adv_gp_weight: float = opt(1e-5, "gradient penalty on real/fake interpolations")
     adv_blocks: tuple[int, ...] = opt((2, 5, 8, 11), "DINOv2 blocks whose patch tokens the heads read")
-    adv_mode: str = opt("asymmetric", "'asymmetric' (real at r < s) or 'symmetric' (r = s, the ablation)")
+    adv_mode: str = opt("asymmetric", "'asymmetric' (real at r < s) or 'symmetric' (r = s, the ablation)",
+                        choices=("asymmetric", "symmetric"), ablation=True)  # fmt: skip
     adv_model: str = opt("facebook/dinov2-small", "DINOv2 backbone: folder, cached hub id, or 'tiny-dinov2'")
     adv_decode_size: int = opt(0, "decode fake/real at this side for the discriminator (0: full size)")
     adv_max_images: int = opt(0, "use at most this many batch elements for the adversarial branch (0: all)")
@@ -545,6 +591,7 @@ class BenchConfig:
     json: str | None = opt(None, "write the results as JSON here")
 
     def __post_init__(self) -> None:
+        parse_device(self.device)
         if self.frames < 2:
             raise StdtrtError(f"bench needs at least 2 frames, got {self.frames}")
         bad = [b for b in self.backends if b not in BACKENDS or b == "auto"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from stdtrt import schedule
-from stdtrt.config import round_size
+from stdtrt.config import parse_device, round_size
 from stdtrt.errors import StdtrtError
 from stdtrt.models import presets
 from stdtrt.models.hub import local_folder
@@ -159,26 +159,18 @@ class Placement:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """auto (CUDA when torch sees a GPU, else the CPU), cpu, cuda or cuda:N; a GPU that is not there is one
-    clear line."""
-    if name == "auto":
+    """auto (CUDA when torch sees a GPU, else the CPU), cpu, cuda or cuda:N (config.parse_device); a GPU that
+    is not there is one clear line."""
+    asked = parse_device(name)
+    if asked.kind == "auto":
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise StdtrtError(f"device {name!r} is not one of auto, cpu, cuda, cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise StdtrtError(f"device {name!r} is not one of auto, cpu, cuda, cuda:N")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise StdtrtError(
-                f"device {name} requested but CUDA is not available (torch {torch.__version__})"
-            )
-        index = device.index or 0
-        if index >= torch.cuda.device_count():
-            raise StdtrtError(f"device {name} requested but torch sees {torch.cuda.device_count()} GPU(s)")
-        device = torch.device("cuda", index)
-    return device
+    if asked.kind == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise StdtrtError(f"device {name} requested but CUDA is not available (torch {torch.__version__})")
+    if asked.gpu >= torch.cuda.device_count():
+        raise StdtrtError(f"device {name} requested but torch sees {torch.cuda.device_count()} GPU(s)")
+    return torch.device("cuda", asked.gpu)
 
 
 def has_bf16(device: torch.device) -> bool:

@@ -10,7 +10,7 @@ import torch
 
 from stdtrt.bundle.manifest import Bundle
 from stdtrt.bundle.networks import GRAPHS
-from stdtrt.config import cache_root
+from stdtrt.config import cache_root, parse_device
 from stdtrt.errors import StdtrtError
 from stdtrt.runtime.backends.base import TORCH_DTYPES, Backend, bundle_cache_spec
 
@@ -55,8 +55,9 @@ def ort_providers(
     available = [p for p in ort.get_available_providers() if allowed is None or p in allowed]
     providers: list = []
     notes: list[str] = []
-    if device != "cpu":
-        index = int(device.split(":")[1]) if device.startswith("cuda:") else 0
+    asked = parse_device(device)
+    if asked.kind != "cpu":
+        index = asked.gpu
         if "TensorrtExecutionProvider" in available:
             reason = tensorrt_provider_unusable()
             if reason:
@@ -72,7 +73,7 @@ def ort_providers(
                 providers.append(("TensorrtExecutionProvider", options))
         if "CUDAExecutionProvider" in available:
             providers.append(("CUDAExecutionProvider", {"device_id": index}))
-        if device.startswith("cuda") and not providers:
+        if asked.kind == "cuda" and not providers:
             raise StdtrtError(
                 f"device {device} requested but onnxruntime {ort.__version__} has no CUDA provider "
                 f"(available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu"
@@ -187,16 +188,12 @@ class OnnxRuntimeBackend(Backend):
                 ) from None
             notes += [n for n in more if n not in notes]
             on_gpu = sess.get_providers()[0] != "CPUExecutionProvider"
-            if device.startswith("cuda") and not on_gpu:  # asked for the GPU: never run on the CPU quietly
+            if parse_device(device).kind == "cuda" and not on_gpu:  # asked for the GPU: never the CPU quietly
                 raise StdtrtError(
                     f"onnxruntime could not start a GPU provider for {graph} ({'; '.join(notes) or sess.get_providers()}); "
                     f"check onnxruntime-gpu and CUDA, or run with --device cpu"
                 )
-            dev = (
-                torch.device(device if device.startswith("cuda:") else "cuda")
-                if on_gpu
-                else torch.device("cpu")
-            )
+            dev = torch.device("cuda", parse_device(device).gpu) if on_gpu else torch.device("cpu")
             spec = bundle.manifest["graphs"][graph]
             self.sessions[graph] = sess
             self.io[graph] = (spec["inputs"], spec["outputs"], dev)

@@ -10,6 +10,7 @@ import torch
 
 from stdtrt.availability import is_tensorrt_available, tensorrt_identity
 from stdtrt.bundle.networks import GRAPHS
+from stdtrt.config import parse_device
 from stdtrt.errors import StdtrtError
 from stdtrt.models.load import resolve_device
 from stdtrt.runtime.backends.base import Backend, bundle_cache_spec
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 def tensorrt_unusable(bundle, device: str) -> str | None:
     """Why the bundle's engines cannot run here (None when they can)."""
 
-    if device == "cpu":
+    if parse_device(device).kind == "cpu":
         return "TensorRT needs CUDA and --device cpu was asked for"
     built = bundle.tensorrt
     if not built:
@@ -109,7 +110,7 @@ class TensorRTBackend(Backend):
 
         super().__init__(bundle.plan(), bundle.width, bundle.height, bundle.latent_shape, bundle.batch,
                          bundle_cache_spec(bundle))  # fmt: skip
-        self.device = resolve_device(device if device.startswith("cuda") else "cuda")  # cuda:N
+        self.device = resolve_device(f"cuda:{parse_device(device).gpu}")
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         graphs = bundle.manifest["graphs"]
         with torch.cuda.device(self.device):
