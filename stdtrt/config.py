@@ -220,6 +220,62 @@ def feature_fusion_opt(group=None):
                "token of cosine >= 0.98, in [0, 1] (StreamV2V: 0.8)", group=group)  # fmt: skip
 
 
+# ControlNet (models/controlnet.py, models/control_maps.py), the same on stylize and export.
+PREPROCESSORS = (
+    "canny",
+    "depth",
+)  # --controlnet NAME computes the maps; a path or hub id reads --control-video
+
+
+def controlnet_opt():
+    return opt(None, "keep the scene's structure with a ControlNet: canny or depth (maps computed from each frame, "
+               "the family's ControlNet unless --controlnet-model), or a ControlNet's folder or cached hub id "
+               "(maps from --control-video)")  # fmt: skip
+
+
+def controlnet_model_opt():
+    return opt(None, "the ControlNet for --controlnet canny|depth: folder, cached hub id, or tiny-controlnet "
+               "(built in, random) [lllyasviel's v1.1 canny/depth for SD 1.x, diffusers' for SDXL]")  # fmt: skip
+
+
+def control_scale_opt():
+    return opt(1.0, "weight of the ControlNet's residuals, in [0, 2]")
+
+
+def canny_opts():
+    return (opt(100, "the Canny edge detector's lower threshold (--controlnet canny)"),
+            opt(200, "the Canny edge detector's upper threshold (--controlnet canny)"))  # fmt: skip
+
+
+def depth_model_opt():
+    return opt("depth-anything/Depth-Anything-V2-Small-hf", "the depth model of --controlnet depth: folder, cached "
+               "hub id, or tiny-depth (built in, random)")  # fmt: skip
+
+
+def check_control(cfg) -> None:
+    """The ControlNet options of a StylizeConfig or ExportConfig."""
+    if not 0.0 <= cfg.control_scale <= 2.0:
+        raise StdtrtError(f"--control-scale must be in [0, 2], got {cfg.control_scale}")
+    if not 0 <= cfg.canny_low < cfg.canny_high <= 1000:
+        raise StdtrtError(
+            f"need 0 <= --canny-low < --canny-high <= 1000, got {cfg.canny_low}, {cfg.canny_high}"
+        )
+    video = getattr(cfg, "control_video", None)
+    if cfg.controlnet is None and (cfg.controlnet_model or video):
+        raise StdtrtError("--controlnet-model and --control-video need --controlnet")
+    if cfg.controlnet in PREPROCESSORS and video:
+        raise StdtrtError(
+            f"--control-video brings its own maps: pass the ControlNet itself as --controlnet PATH_OR_ID, not "
+            f"{cfg.controlnet}"
+        )
+    if cfg.controlnet is not None and cfg.controlnet not in PREPROCESSORS and cfg.controlnet_model:
+        raise StdtrtError("--controlnet names the ControlNet already: drop --controlnet-model")
+    if cfg.controlnet is not None and cfg.motion_adapter:
+        raise StdtrtError(
+            "ControlNet runs with the per-frame student, not with --motion-adapter (its windows)"
+        )
+
+
 STYLE_BLOCKS = ("instantstyle", "all")  # where --style-image goes (models/style.style_processors)
 
 
@@ -286,6 +342,14 @@ class StylizeConfig:
     cache_frames: int = cache_frames_opt(group="video")
     cache_interval: int = cache_interval_opt(group="video")
     feature_fusion: float = feature_fusion_opt(group="video")
+    controlnet: str | None = controlnet_opt()
+    controlnet_model: str | None = controlnet_model_opt()
+    control_scale: float = control_scale_opt()
+    control_video: str | None = opt(None, "the control maps, frame by frame (a video of the input's frame count), for "
+                                    "--controlnet PATH_OR_ID", group="video")  # fmt: skip
+    canny_low: int = canny_opts()[0]
+    canny_high: int = canny_opts()[1]
+    depth_model: str = depth_model_opt()
     queue_size: int = opt(8, "frames buffered between decode, the networks and encode", group="video")
     skip_threshold: float | None = opt(
         None,
@@ -328,6 +392,7 @@ class StylizeConfig:
         check_style_scale(self.style_scale)
         check_window(self.window)
         check_cache_use(self)
+        check_control(self)
         if self.overlap is not None and self.overlap < 0:  # against the window where it is known: at load
             raise StdtrtError(f"--overlap must be in [0, window / 2], got {self.overlap}")
         if self.skip_threshold is not None and not 0.0 <= self.skip_threshold <= 1.0:
@@ -527,6 +592,12 @@ class ExportConfig:
     cache_frames: int = cache_frames_opt()
     cache_interval: int = cache_interval_opt()
     feature_fusion: float = feature_fusion_opt()
+    controlnet: str | None = controlnet_opt()
+    controlnet_model: str | None = controlnet_model_opt()
+    control_scale: float = control_scale_opt()
+    canny_low: int = canny_opts()[0]
+    canny_high: int = canny_opts()[1]
+    depth_model: str = depth_model_opt()
     width: int | None = opt(None, "working width, a multiple of 8 [the model's native size]")
     height: int | None = opt(None, "working height, a multiple of 8 [the model's native size]")
     precision: str = opt(
@@ -561,6 +632,7 @@ class ExportConfig:
                 "a video student's slot is one window (--window frames): drop --frames-per-step"
             )
         check_cache_use(self)
+        check_control(self)
         if self.opset < 17:
             raise StdtrtError(f"opset must be 17 or newer (LayerNormalization), got {self.opset}")
         if self.workspace_gb <= 0:

@@ -162,8 +162,8 @@ def test_validation_catches_a_timestep_off_by_one_grid_step_or_another_prompt(ti
     }
     for name, nets in wrong.items():
         with torch.no_grad():
-            slots_next, done = nets.unet(ref.slots, ref.z0, ref.noise)
-        for ours, want in ((slots_next, ref.slots_next), (done, ref.done)):
+            slots_next, done = nets.unet(ref.step_in["slots"], ref.z0, ref.step_in["noise"])
+        for ours, want in ((slots_next, ref.step_out["slots_next"]), (done, ref.step_out["done"])):
             row = compare("torch", name, ours, want, TOLERANCES["fp16"][0])
             assert not row.ok and row.max_abs > 2 * row.tolerance, (name, row)
 

@@ -83,6 +83,7 @@ def onnx_key_fields(
     style: dict | None = None,
     motion: dict | None = None,
     cache: dict | None = None,
+    control: dict | None = None,
 ) -> dict:
     """What the ONNX graphs depend on (the negative prompt only when guidance bakes it in). The baked plan
     covers the scheduler config (timesteps and coefficients); the conditioning hash covers the tokenizer
@@ -114,6 +115,8 @@ def onnx_key_fields(
         fields["motion"] = {k: motion[k] for k in ("adapter", "window", "noise_rule") if k in motion}
     if cache is not None:  # cached attention: the UNet graph takes and gives back the cache
         fields["cache"] = cache
+    if control is not None:  # the ControlNet by its weights' hash (not where it lies), scale, maps
+        fields["control"] = {k: v for k, v in control.items() if k != "source"}
     return fields
 
 
@@ -200,11 +203,6 @@ class Bundle:
     def cache(self) -> dict | None:
         """Cached attention baked into the UNet graph ({"frames", "interval", "fusion", "threshold"}), or None."""
         return self.manifest.get("cache")
-
-    @property
-    def cache_input(self) -> dict | None:
-        """The UNet graph's `cache` input ({"name", "shape": [rows, size], "dtype"}), or None."""
-        return next((i for i in self.manifest["graphs"]["unet"]["inputs"] if i["name"] == "cache"), None)
 
     @property
     def placement(self) -> dict:

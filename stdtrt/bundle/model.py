@@ -9,6 +9,8 @@ from pathlib import Path
 from stdtrt.errors import StdtrtError
 from stdtrt.io.hashing import file_hash, module_hash
 from stdtrt.models.conditioning import encode_prompt
+from stdtrt.models.control_maps import DEFAULT_DEPTH_MODEL, MapSpec
+from stdtrt.models.controlnet import Control, load_controlnet
 from stdtrt.models.load import load_model, recorded_placement
 from stdtrt.models.lora import fuse_lora, load_lora
 from stdtrt.models.style import load_style
@@ -133,3 +135,23 @@ def load_bundle_style(bundle, model, image: str | None = None):
                 f"the {what} of bundle {bundle.path} changed since it was exported (hash differs)"
             )
     return style
+
+
+def load_bundle_control(bundle, model):
+    """The ControlNet a bundle baked in (None without one), loaded again onto `model` for the torch backend
+    and placed as its UNet: refused when it is not what the manifest records (its weights' hash)."""
+    recorded = bundle.manifest.get("control")
+    if not recorded:
+        return None
+    maps = recorded["maps"]
+    spec = MapSpec(
+        maps["kind"], maps.get("low", 100), maps.get("high", 200), maps.get("model", DEFAULT_DEPTH_MODEL)
+    )
+    control = Control(load_controlnet(recorded["source"], model), recorded["controlnet"], recorded["scale"], spec,
+                      model.kind == "sdxl")  # fmt: skip
+    if module_hash(control.net) != recorded["hash"]:
+        raise StdtrtError(
+            f"the ControlNet {recorded['source']} changed since bundle {bundle.path} was exported"
+        )
+    control.place(model.device, model.dtype)
+    return control

@@ -30,6 +30,7 @@ from stdtrt import schedule
 from stdtrt.errors import StdtrtError
 from stdtrt.models.attention_cache import AttentionCache
 from stdtrt.models.conditioning import Conditioning, compute_dtype, conditionings, predict_eps
+from stdtrt.models.control_maps import to_unit
 from stdtrt.models.motion import is_motion_unet
 from stdtrt.models.vae import pixels_to_unit, unit_to_pixels, vae_decode, vae_encode
 
@@ -72,7 +73,12 @@ def _column(values, batch: int) -> torch.Tensor:
 
 
 class StreamUNet(torch.nn.Module):
-    """One call = the new frames enter and every slot makes one DDIM jump (see the module doc)."""
+    """One call = the new frames enter and every slot makes one DDIM jump (see the module doc).
+
+    Its inputs and outputs are named (`io`, `specs`): slots, z0 and noise always; with cached attention the
+    cache and the frame each slot holds (models/attention_cache.py); with a ControlNet each new frame's
+    control map and the maps of the frames in the slots (models/controlnet.py). A name `X` among the inputs
+    with `X_next` among the outputs is state the runtime hands back at the next call (runtime/stream.py)."""
 
     def __init__(
         self,
@@ -83,6 +89,7 @@ class StreamUNet(torch.nn.Module):
         guidance: float,
         batch: int = 1,
         cache=None,
+        control=None,
     ):
         super().__init__()
         if plan.gamma != 0:
@@ -102,22 +109,41 @@ class StreamUNet(torch.nn.Module):
         self.has_uncond = uncond is not None and guidance > 1
         self._register_cond("uncond", uncond.repeat(calls) if self.has_uncond else None)
         self.cache = cache  # models.attention_cache.AttentionCache, installed on `unet`, or None
-        if cache is not None and (self.clips or batch != 1):
-            raise StdtrtError("cached attention runs one frame per slot (no --frames-per-step, no windows)")
+        self.control = control  # models.controlnet.Control, or None
+        if (cache is not None or control is not None) and self.clips:
+            raise StdtrtError(
+                "cached attention and ControlNet run with the per-frame student, not in windows"
+            )
+        if cache is not None and batch != 1:
+            raise StdtrtError("cached attention runs one frame per slot (no --frames-per-step)")
         self.cache_rows = calls * (2 if self.has_uncond else 1)  # the UNet call's batch: a cache row each
 
-    def cache_spec(self) -> tuple | None:
-        """(rows, size, dtype) of the cache this UNet graph takes and gives back, or None."""
-        if self.cache is None:
-            return None
-        return self.cache_rows, self.cache.size, compute_dtype(self.unet)
+    def specs(self, latent_shape, width: int, height: int) -> list[tuple[str, tuple, torch.dtype]]:
+        """(name, shape, dtype) of each input, in forward's order."""
+        n, b, z = self.nfe * self.batch, self.batch, tuple(latent_shape)
+        out = [
+            ("slots", (n, *z), torch.float32),
+            ("z0", (b, *z), torch.float32),
+            ("noise", (b, *z), torch.float32),
+        ]
+        if self.cache is not None:
+            out += [("cache", (self.cache_rows, self.cache.size), compute_dtype(self.unet)),
+                    ("frame_index", (self.nfe,), torch.int64)]  # fmt: skip
+        if self.control is not None:
+            out += [
+                ("control", (b, height, width, 3), torch.uint8),
+                ("control_slots", (n, height, width, 3), torch.uint8),
+            ]
+        return out
 
     def io(self) -> tuple[list[str], list[str]]:
         """The graph's input and output names, in forward's order."""
-        extra_in, extra_out = (
-            (["cache", "frame_index"], ["cache_next"]) if self.cache is not None else ([], [])
-        )
-        return ["slots", "z0", "noise", *extra_in], ["slots_next", "done", *extra_out]
+        inputs, outputs = ["slots", "z0", "noise"], ["slots_next", "done"]
+        if self.cache is not None:
+            inputs, outputs = inputs + ["cache", "frame_index"], outputs + ["cache_next"]
+        if self.control is not None:
+            inputs, outputs = inputs + ["control", "control_slots"], outputs + ["control_slots_next"]
+        return inputs, outputs
 
     def _register_cond(self, prefix: str, c: Conditioning | None) -> None:
         for field in ("embeds", "pooled", "time_ids", "image"):
@@ -134,47 +160,52 @@ class StreamUNet(torch.nn.Module):
             getattr(self, f"{prefix}_image"),
         )
 
-    def forward(
-        self, slots: torch.Tensor, z0: torch.Tensor, noise: torch.Tensor, cache=None, frame_index=None
-    ):
+    def forward(self, slots: torch.Tensor, z0: torch.Tensor, noise: torch.Tensor, *extra: torch.Tensor):
         """slots (NFE*B, 4, h, w) (slot 0's rows are overwritten), z0 and noise (B, 4, h, w), all float32 ->
-        (slots_next (NFE*B, 4, h, w), done (B, 4, h, w)). The UNet runs in its own dtype inside predict_eps;
-        x_start, the jumps and the shift in float32. With cached attention also `cache` (rows, size) in the
-        UNet's dtype and `frame_index` (NFE,) int64, the frame each slot holds (-1: none), and the next cache
-        comes back third (models/attention_cache.py)."""
+        (slots_next (NFE*B, 4, h, w), done (B, 4, h, w), then the next state of `extra`, in `io`'s order).
+        The UNet runs in its own dtype inside predict_eps; x_start, the jumps and the shift in float32.
+        Extra inputs by name: `cache` (rows, size) in the UNet's dtype and `frame_index` (NFE,) int64, the
+        frame each slot holds (-1: none); `control` (B, H, W, 3) uint8, the new frames' maps, and
+        `control_slots` (NFE*B, H, W, 3), the maps of the frames in the slots."""
         b = self.batch
+        named = dict(zip(self.io()[0][3:], extra, strict=True))
         x = torch.cat([schedule.x_start(z0, noise, self.a_start, self.b_start), slots[b:]])
         unet_x = x.unflatten(0, (self.nfe, b)).transpose(1, 2) if self.clips else x  # (NFE, 4, B, h, w)
+        control, maps = None, None
+        if self.control is not None:  # each slot's own frame's map: the new frames' enter slot 0 as x does
+            maps = torch.cat([named["control"], named["control_slots"][b:]])
+            control = (self.control, to_unit(maps))
         with contextlib.ExitStack() as stack:
             if self.cache is not None:  # a cache row per UNet row: the guidance branches repeat the slots
-                index = frame_index.repeat(self.cache_rows // frame_index.shape[0])
-                cache_next = stack.enter_context(self.cache.attending(cache, index))
+                index = named["frame_index"].repeat(self.cache_rows // named["frame_index"].shape[0])
+                cache_next = stack.enter_context(self.cache.attending(named["cache"], index))
             eps = predict_eps(
-                self.unet, unet_x, self.timesteps, self._cond("cond"), self._cond("uncond"), self.guidance
-            )
+                self.unet, unet_x, self.timesteps, self._cond("cond"), self._cond("uncond"), self.guidance,
+                control,
+            )  # fmt: skip
         if self.clips:
             eps = eps.transpose(1, 2).flatten(0, 1)
         out = schedule.ddim_jump(x, eps, self.a_t, self.b_t, self.a_s, self.b_s)  # slot i now at targets[i]
-        shifted, done = torch.cat([torch.zeros_like(out[:b]), out[:-b]]), out[-b:]
-        return (shifted, done) if self.cache is None else (shifted, done, cache_next[0])
+        result = [torch.cat([torch.zeros_like(out[:b]), out[:-b]]), out[-b:]]
+        if self.cache is not None:
+            result.append(cache_next[0])
+        if maps is not None:
+            result.append(torch.cat([torch.zeros_like(maps[:b]), maps[:-b]]))
+        return tuple(result)
 
 
-def example_inputs(
-    nfe: int, batch: int, latent_shape, width: int, height: int, device="cpu", cache: tuple | None = None
-) -> dict:
-    """Zero inputs of the interface's shapes and dtypes per call: "encode" (frames), "step" (slots, z0,
-    noise[, cache, frame_index]), "decode" (latents). What export traces with, and backends warm up and
-    capture with. `cache`: (rows, size, dtype) of a cached-attention UNet's cache."""
-    z = torch.zeros((batch, *latent_shape), device=device)
-    step = (torch.zeros((nfe * batch, *latent_shape), device=device), z, z.clone())
-    if cache is not None:
-        rows, size, dtype = cache
-        index = torch.arange(nfe, device=device)  # a full pipe: slot i holds frame i's predecessor
-        step += (torch.zeros((rows, size), dtype=dtype, device=device), index)
+def example_inputs(networks, latent_shape, width: int, height: int, device="cpu") -> dict:
+    """Zero inputs of the interface's shapes and dtypes per call: "encode" (frames), "step" (the UNet
+    graph's named inputs, StreamUNet.specs), "decode" (latents). What export traces with, and backends warm
+    up and capture with."""
+    b = networks.unet.batch
+    z = torch.zeros((b, *latent_shape), device=device)
+    step = tuple(torch.zeros(shape, dtype=dtype, device=device) for _, shape, dtype in
+                 networks.unet.specs(latent_shape, width, height))  # fmt: skip
     return {
-        "encode": (torch.zeros((batch, height, width, 3), dtype=torch.uint8, device=device),),
+        "encode": (torch.zeros((b, height, width, 3), dtype=torch.uint8, device=device),),
         "step": step,
-        "decode": (z.clone(),),
+        "decode": (z,),
     }
 
 
@@ -197,14 +228,15 @@ def build_networks(
     batch: int = 1,
     style=None,
     cache=None,
+    control=None,
 ) -> Networks:
-    """The three bundle networks of a loaded (fused) model for one prompt (and style image, and attention
-    cache settings), size and B, on its device."""
+    """The three bundle networks of a loaded (fused) model for one prompt (and style image, attention
+    cache settings, ControlNet: a models.controlnet.Control), size and B, on its device."""
     cond, uncond = conditionings(model.pipe, prompt, negative_prompt, guidance, height, width, style)
     attention = None
     if cache is not None:
         attention = AttentionCache.on(model.unet, cache, cond, model.latent_shape(width, height))
-    unet = StreamUNet(model.unet, plan, cond, uncond, guidance, batch, attention).to(model.device)
+    unet = StreamUNet(model.unet, plan, cond, uncond, guidance, batch, attention, control).to(model.device)
     return Networks(
         VaeEncoder(model.vae, model.scaling_factor).eval(),
         unet.eval(),

@@ -28,6 +28,7 @@ from stdtrt.eval.baseline import diffusers_baseline
 from stdtrt.io.atomic import atomic_path
 from stdtrt.io.samples import sample_frames
 from stdtrt.io.video import probe, read_frames, write_video
+from stdtrt.models.control_maps import DEFAULT_DEPTH_MODEL, ControlMaps, MapSpec
 from stdtrt.runtime.backends import ORDER, load_backend
 from stdtrt.runtime.stream import StreamRunner
 from stdtrt.runtime.stylize import run_video
@@ -98,6 +99,11 @@ class BundleBench:
                 f"{r.steady_fps:>6.3f} {r.fps:>8.3f} {f'{ratio:.2f}x' if ratio else '-':>12} "
                 f"{'-' if r.outside is None else f'{100 * r.outside:.1f}%':>8}"
                 + ("" if r.peak_mb is None else f"  peak {r.peak_mb:.0f} MB")
+                + (
+                    f"  control maps {r.stages_ms['control_map']:.1f} ms"
+                    if "control_map" in r.stages_ms
+                    else ""
+                )
             )
         if self.baseline:
             b = self.baseline
@@ -167,7 +173,18 @@ def time_backend(bundle, name: str, device: str, info, folder: Path, model=None)
     cfg = StylizeConfig()
     # a video student's bundle runs as stylize-video runs it: windows overlapping by the default --overlap
     window = bundle.motion and bundle.motion["window"]
-    runner = WindowRunner(backend, window, resolve_overlap(window, None)) if window else StreamRunner(backend)
+    control = bundle.manifest.get("control")
+    maps = None
+    if control:  # its maps as stylize-video computes them (edges stand in for a control video's)
+        spec = control["maps"]
+        spec = MapSpec("canny") if spec["kind"] == "video" else MapSpec(spec["kind"], spec.get("low", 100),
+                                                                          spec.get("high", 200), spec.get("model", DEFAULT_DEPTH_MODEL))  # fmt: skip
+        maps = ControlMaps(spec, bundle.width, bundle.height, backend.device)
+    runner = (
+        WindowRunner(backend, window, resolve_overlap(window, None))
+        if window
+        else StreamRunner(backend, maps=maps)
+    )
     cuda = backend.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(backend.device)
@@ -223,6 +240,8 @@ def bench_bundle(cfg: BenchConfig, path: Path) -> BundleBench:
         if m.get("style")
         else "a video student's motion UNet"
         if bundle.motion
+        else "a ControlNet baked in"
+        if m.get("control")
         else None
     )
     if unlike and cfg.baseline:
@@ -236,7 +255,7 @@ def bench_bundle(cfg: BenchConfig, path: Path) -> BundleBench:
         "torch": torch.__version__, "bundle": str(path), "vae": m["vae"]["spec"],
     }  # fmt: skip
     if bundle.cache:  # the state a cached bundle carries from frame to frame
-        spec = bundle.cache_input
+        spec = next(i for i in m["graphs"]["unet"]["inputs"] if i["name"] == "cache")
         rows, size = spec["shape"]
         setup["cache"] = {
             **bundle.cache,

@@ -30,6 +30,7 @@ from stdtrt.io.atomic import atomic_dir, check_writable_dir
 from stdtrt.io.hashing import file_hash, module_hash
 from stdtrt.models.attention_cache import CacheSettings
 from stdtrt.models.card import StudentCard
+from stdtrt.models.controlnet import setup_control
 from stdtrt.models.load import DTYPES, load_model, placement_for
 from stdtrt.models.lora import fuse_lora, load_lora
 from stdtrt.models.motion import check_motion_window
@@ -172,6 +173,7 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
         load_lora(model, cfg.lora)  # refuses a LoRA of another UNet
         lora_hash = file_hash(cfg.lora)
     style, cache = None, CacheSettings.of(cfg)
+    control = setup_control(cfg, model)  # float32 on the CPU, as the model: placed with it for the graphs
     warn_if_trained_with_styles(cfg.lora, cfg.style_image)
     if cfg.style_image:  # its embedding becomes a constant of the UNet graph, like the prompt's
         style = encode_style(model, cfg.style_image, cfg.ip_adapter, cfg.style_scale, cfg.style_blocks)
@@ -183,6 +185,7 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
         conditioning_hash=conditioning_hash(model, cfg, width, height),
         style=None if style is None else style.record(), motion=motion,
         cache=None if cache is None else cache.record(),
+        control=None if control is None else control.record(),
     )  # fmt: skip
     key = mf.cache_key(fields)
     existing = _existing(out, key, cfg.overwrite)
@@ -194,11 +197,24 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
         return ExportResult(out, True, time.perf_counter() - start, sizes, None, trt_line)
     with atomic_dir(out) as tmp:
         t = time.perf_counter()
-        networks, ref, fused = _reference(cfg, model, plan, width, height, style, batch, cache)
+        networks, ref, fused = _reference(cfg, model, plan, width, height, style, batch, cache, control)
         stages["reference"] = time.perf_counter() - t
         if existing is None:
             manifest, rows = _export_onnx(
-                cfg, model, networks, ref, fused, plan, fields, key, graphs_at, tmp, stages, style, cache
+                cfg,
+                model,
+                networks,
+                ref,
+                fused,
+                plan,
+                fields,
+                key,
+                graphs_at,
+                tmp,
+                stages,
+                style,
+                cache,
+                control,
             )
             manifest["motion"] = motion
         else:
@@ -230,7 +246,7 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
     )
 
 
-def _reference(cfg, model, plan, width, height, style, batch, cache):
+def _reference(cfg, model, plan, width, height, style, batch, cache, control):
     """Fuse the LoRA and build the float32 networks; with validation on, run the reference on them.
     Returns (networks, reference or None, the fuse report or None)."""
 
@@ -238,15 +254,25 @@ def _reference(cfg, model, plan, width, height, style, batch, cache):
     if style is not None:
         attach_style(model, style)
     networks = build_networks(
-        model, plan, cfg.prompt, cfg.negative_prompt, cfg.guidance, width, height, batch, style, cache
+        model,
+        plan,
+        cfg.prompt,
+        cfg.negative_prompt,
+        cfg.guidance,
+        width,
+        height,
+        batch,
+        style,
+        cache,
+        control,
     )
     if not cfg.validate:
         return networks, None, fused
-    return networks, reference(networks, model, plan, cfg, width, height, style, cache), fused
+    return networks, reference(networks, model, plan, cfg, width, height, style, cache, control), fused
 
 
 def _export_onnx(
-    cfg, model, networks, ref, fused, plan, fields, key, graphs_at, tmp: Path, stages, style, cache
+    cfg, model, networks, ref, fused, plan, fields, key, graphs_at, tmp: Path, stages, style, cache, control
 ):
     """Trace the three graphs in the graphs' placement, write a first manifest, validate them on
     onnxruntime; return (manifest, rows)."""
@@ -254,20 +280,22 @@ def _export_onnx(
     t = time.perf_counter()
     if graphs_at.half:  # trace the modules as they will run: half-precision weights and compute
         model.place(graphs_at)
+        if control is not None:
+            control.place(graphs_at.device, graphs_at.unet)
         networks = build_networks(
             model, plan, cfg.prompt, cfg.negative_prompt, cfg.guidance, fields["width"], fields["height"],
-            fields["batch"], style, cache,
+            fields["batch"], style, cache, control,
         )  # fmt: skip
     dtypes = graphs_at.dtypes()
     precision = {"vae_encoder": dtypes["vae"], "unet": dtypes["unet"], "vae_decoder": dtypes["vae"]}
     latent = model.latent_shape(fields["width"], fields["height"])
-    examples = example_inputs(plan.nfe, fields["batch"], latent, fields["width"], fields["height"],
-                              cache=networks.unet.cache_spec())  # fmt: skip
+    examples = example_inputs(networks, latent, fields["width"], fields["height"])
     graphs = export_networks(networks, tmp, examples, cfg.opset, precision)
     stages["onnx"] = time.perf_counter() - t
     manifest = _manifest(cfg, model, fused, plan, fields, key, graphs)
     manifest["style"] = None if style is None else style.record()
     manifest["cache"] = None if cache is None else cache.record()
+    manifest["control"] = None if control is None else control.record()
     manifest["files"] = _files(tmp, {})
     mf.write_manifest(tmp, manifest)
     if ref is None:

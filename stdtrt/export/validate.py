@@ -58,56 +58,72 @@ class Reference:
 
     seed: int
     frames: np.ndarray  # (B, H, W, 3) uint8: sample photographs at the bundle's size
-    slots: torch.Tensor  # seeded slots (NFE*B, 4, h, w)
-    noise: torch.Tensor  # seeded (B, 4, h, w)
     z0: torch.Tensor  # encoder(frames)
-    slots_next: torch.Tensor  # unet(slots, z0, noise)
-    done: torch.Tensor
+    step_in: dict  # the UNet graph's inputs by name: seeded slots and noise, z0, seeded extra state
+    step_out: dict  # what the UNet module gives for them, by output name
     decoded: torch.Tensor  # decoder(z0), uint8 (B, H, W, 3)
-    stylized: torch.Tensor  # each frame through NFE sequential student steps, decoded: uint8 (B, H, W, 3)
-    sequence: np.ndarray  # the frames `stylized` was made of: `frames`, or with cached attention several
-    cache: tuple = ()  # with cached attention: (seeded cache, frame index) the step ran with
-    cache_next: torch.Tensor | None = None
+    stylized: torch.Tensor  # each frame of `sequence` through NFE sequential student steps, decoded
+    sequence: np.ndarray  # `frames`, or with cached attention or a ControlNet several frames in order
+    maps: object = None  # the control maps `stylized` was made with (models.control_maps.MapSpec), if any
 
 
-CACHED_FRAMES = 4  # frames a cached-attention bundle is checked on: the cache is written, then read
+SEQUENCE_FRAMES = 4  # frames a cached or controlled bundle is checked on, one after the other
+
+
+def _seeded(name: str, shape, dtype, g: torch.Generator, nfe: int) -> torch.Tensor:
+    if name == "frame_index":  # every slot holding a frame past the first: the cache is read
+        return torch.arange(1, nfe + 1)
+    if dtype == torch.uint8:
+        return torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
+    return torch.randn(shape, generator=g).to(dtype)
+
+
+def validation_maps(control):
+    """The maps a ControlNet bundle is checked with: its own preprocessor's, or edges for one whose maps
+    come from a video (any maps check that the graph computes what torch does)."""
+    from stdtrt.models.control_maps import MapSpec
+
+    if control is None:
+        return None
+    return control.spec if control.spec.kind != "video" else MapSpec("canny")
 
 
 @torch.no_grad()
-def reference(networks, model, plan, cfg, width: int, height: int, style=None, cache=None) -> Reference:
+def reference(
+    networks, model, plan, cfg, width: int, height: int, style=None, cache=None, control=None
+) -> Reference:
     """Run the float32 torch modules (the bundle's networks, and the sequential student of the same fused
-    model, plan, prompt, style, guidance and attention cache, with the video noise of cfg.seed) on inputs
-    seeded by cfg.seed."""
+    model, plan, prompt, style, guidance, attention cache and ControlNet, with the video noise of cfg.seed)
+    on inputs seeded by cfg.seed."""
+    from stdtrt.models.control_maps import ControlMaps
 
-    student = Student(model, plan, cfg.prompt, width, height, cfg.negative_prompt, cfg.guidance, style, cache)
-    b = networks.unet.batch
+    student = Student(model, plan, cfg.prompt, width, height, cfg.negative_prompt, cfg.guidance, style, cache,
+                      control)  # fmt: skip
+    unet, b = networks.unet, networks.unet.batch
     frames = np.stack(list(sample_frames(b, width, height)))
-    pixels = torch.from_numpy(frames)
-    z0 = networks.encoder(pixels)
+    z0 = networks.encoder(torch.from_numpy(frames))
     g = torch.Generator().manual_seed(cfg.seed)
-    slots = torch.randn((plan.nfe * b, *z0.shape[1:]), generator=g)
-    noise = torch.randn(z0.shape, generator=g)
-    state, cache_next = (), None
-    if networks.unet.cache is not None:  # a seeded cache, every slot holding a frame past the first
-        rows, size, dtype = networks.unet.cache_spec()
-        state = (torch.randn((rows, size), generator=g).to(dtype), torch.arange(1, plan.nfe + 1))
-        slots_next, done, cache_next = networks.unet(slots, z0, noise, *state)
-    else:
-        slots_next, done = networks.unet(slots, z0, noise)
+    specs = unet.specs(z0.shape[1:], width, height)
+    step_in = {name: _seeded(name, shape, dtype, g, plan.nfe) for name, shape, dtype in specs}
+    step_in["z0"] = z0
+    step_out = dict(zip(unet.io()[1], unet(*(step_in[n] for n, _, _ in specs)), strict=True))
     video_noise = make_noise(tuple(z0.shape[1:]), cfg.seed).expand(b, -1, -1, -1)  # what a stream enters with
-    sequence = frames
-    if networks.unet.clips:  # a video student's slot is one window: its frames as one clip
+    sequence, spec = frames, validation_maps(control)
+    if unet.clips:  # a video student's slot is one window: its frames as one clip
         window = student.sample(z0.transpose(0, 1)[None], video_noise.transpose(0, 1)[None])
         latents = window[0].transpose(0, 1)
-    elif networks.unet.cache is not None:  # frame by frame, each attending to those before it
-        sequence = np.stack(list(sample_frames(CACHED_FRAMES, width, height)))
+    elif unet.cache is not None or control is not None:  # frame by frame, in order
+        sequence = np.stack(list(sample_frames(SEQUENCE_FRAMES, width, height)))
+        maps = ControlMaps(spec, width, height) if spec is not None else None
         encoded = networks.encoder(torch.from_numpy(sequence))
-        latents = torch.cat([student.sample(z[None], video_noise) for z in encoded])
+        latents = torch.cat([
+            student.sample(z[None], video_noise, None, None if maps is None else torch.from_numpy(maps(f)[None]))
+            for z, f in zip(encoded, sequence, strict=True)
+        ])  # fmt: skip
     else:
         latents = student.sample(z0, video_noise)
     stylized = torch.from_numpy(to_uint8(student.decode(latents)))
-    return Reference(cfg.seed, frames, slots, noise, z0, slots_next, done, networks.decoder(z0), stylized,
-                     sequence, state, cache_next)  # fmt: skip
+    return Reference(cfg.seed, frames, z0, step_in, step_out, networks.decoder(z0), stylized, sequence, spec)
 
 
 def compare(backend: str, name: str, ours: torch.Tensor, ref: torch.Tensor, relative: float) -> Row:
@@ -130,20 +146,30 @@ def compare(backend: str, name: str, ours: torch.Tensor, ref: torch.Tensor, rela
 def check_backend(backend, ref: Reference, graphs: dict, label: str) -> list[Row]:
     """The rows of one loaded backend against the reference: each graph, then whole frames."""
 
+    from stdtrt.models.control_maps import ControlMaps
+
     tol = {g: TOLERANCES[graphs[g]["precision"]][0] for g in graphs}
     dev = backend.device
-    outputs = backend.step(
-        ref.slots.to(dev), ref.z0.to(dev), ref.noise.to(dev), *(t.to(dev) for t in ref.cache)
-    )
+    outputs = backend.step(*(ref.step_in[name].to(dev) for name in backend.step_inputs))
+    got, want = dict(zip(backend.step_outputs, outputs, strict=True)), ref.step_out
+    slots = ref.step_in["slots"].shape[0]
     rows = [
         compare(label, "vae_encoder", backend.encode(torch.from_numpy(ref.frames).to(dev)), ref.z0, tol["vae_encoder"]),
-        compare(label, f"unet (stream step, {ref.slots.shape[0]} slots)", outputs[0], ref.slots_next, tol["unet"]),
-        compare(label, "unet (finished latents)", outputs[1], ref.done, tol["unet"]),
-        compare(label, "vae_decoder", backend.decode(ref.z0.to(dev)), ref.decoded, tol["vae_decoder"]),
+        compare(label, f"unet (stream step, {slots} slots)", got["slots_next"], want["slots_next"], tol["unet"]),
+        compare(label, "unet (finished latents)", got["done"], want["done"], tol["unet"]),
     ]  # fmt: skip
-    if ref.cache_next is not None:
-        rows.insert(3, compare(label, "unet (attention cache)", outputs[2], ref.cache_next, tol["unet"]))
-    runner = StreamRunner(backend, seed=ref.seed)
+    if "cache_next" in got:
+        rows.append(
+            compare(label, "unet (attention cache)", got["cache_next"], want["cache_next"], tol["unet"])
+        )
+    if "control_slots_next" in got:  # the maps move with the frames, exactly
+        rows.append(compare(label, "unet (control maps' shift)", got["control_slots_next"],
+                            want["control_slots_next"], 0.0))  # fmt: skip
+    rows.append(
+        compare(label, "vae_decoder", backend.decode(ref.z0.to(dev)), ref.decoded, tol["vae_decoder"])
+    )
+    maps = None if ref.maps is None else ControlMaps(ref.maps, backend.width, backend.height)
+    runner = StreamRunner(backend, seed=ref.seed, maps=maps)
     out = [frame for frame, _ in compose_all(runner, ref.sequence)]
     frame_tol = TOLERANCES["fp16" if "fp16" in {e["precision"] for e in graphs.values()} else "fp32"][1]
     rows.append(

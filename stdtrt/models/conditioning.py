@@ -169,24 +169,34 @@ def compute_dtype(unet) -> torch.dtype:
     return unet.conv_in.weight.dtype
 
 
-def predict_eps(unet, x, t, cond: Conditioning, uncond: Conditioning | None = None, guidance=1.0):
+def predict_eps(
+    unet, x, t, cond: Conditioning, uncond: Conditioning | None = None, guidance=1.0, control=None
+):
     """The UNet's noise estimate, with classifier-free guidance e_u + g (e_c - e_u) when uncond is given.
 
     x: (B, 4, h, w), or clips (B, 4, F, h, w) for a motion UNet, any float dtype: cast to the UNet's dtype
     here (so are the conditionings); t: scalar or (B,) timesteps; cond/uncond: batch B (or 1, broadcast
-    here); guidance: a float or a tensor shaped (B, 1, ...) like x.
+    here); guidance: a float or a tensor shaped (B, 1, ...) like x; control: (models.controlnet.Control,
+    each row's map (B, 3, H, W) in [0, 1]), whose residuals join the call (both guidance branches, as
+    diffusers' ControlNet pipelines run it).
     The estimate comes back float32, and the guidance combine runs in float32.
     """
     dtype = compute_dtype(unet)
     cond = cond.for_latents(x).to(dtype=dtype)
     x = x.to(dtype)
-    if uncond is None:
-        return unet(x, t, **cond.unet_kwargs(), return_dict=False)[0].float()
-    uncond = uncond.for_latents(x).to(dtype=dtype)
     t = torch.as_tensor(t, device=x.device)
+    if uncond is None:
+        kwargs = cond.unet_kwargs()
+        if control is not None:
+            kwargs.update(control[0].residuals(x, t, kwargs, control[1]))
+        return unet(x, t, **kwargs, return_dict=False)[0].float()
+    uncond = uncond.for_latents(x).to(dtype=dtype)
     t2 = t.repeat(2) if t.ndim else t
     both = Conditioning.cat([uncond, cond])
-    e_u, e_c = unet(torch.cat([x, x]), t2, **both.unet_kwargs(), return_dict=False)[0].float().chunk(2)
+    kwargs, x2 = both.unet_kwargs(), torch.cat([x, x])
+    if control is not None:
+        kwargs.update(control[0].residuals(x2, t2, kwargs, torch.cat([control[1], control[1]])))
+    e_u, e_c = unet(x2, t2, **kwargs, return_dict=False)[0].float().chunk(2)
     if isinstance(guidance, torch.Tensor):
         guidance = guidance.float()
     return e_u + guidance * (e_c - e_u)

@@ -3,6 +3,7 @@ Never a download: a name that is not here is one line saying how to get it and w
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from stdtrt.errors import StdtrtError
@@ -29,3 +30,17 @@ def local_folder(name: str, what: str, download: str, offline: str) -> Path:
             f"{what} {name!r} is not in the local Hugging Face cache ({HF_HUB_CACHE}) and stdtrt never downloads "
             f"on its own: run `hf download {download}` (or pass a folder); {offline} [{type(exc).__name__}]"
         ) from None
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """No per-load or per-save progress bar from transformers (a run prints its own progress)."""
+    from transformers.utils import logging as tlog
+
+    enabled = tlog.is_progress_bar_enabled()
+    tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            tlog.enable_progress_bar()

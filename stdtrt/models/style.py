@@ -29,7 +29,7 @@ from stdtrt.errors import StdtrtError
 from stdtrt.io.hashing import file_hash
 from stdtrt.io.images import open_image
 from stdtrt.models.card import StudentCard
-from stdtrt.models.hub import local_folder
+from stdtrt.models.hub import local_folder, quiet_transformers
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def _write_tiny(folder: Path, cross_attention_dim: int, unet, sub: str, weight: 
                               image_size=32, patch_size=8, projection_dim=16)  # fmt: skip
     with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
         root = Path(tmp) / "tiny-ip-adapter"
-        with _quiet_transformers():
+        with quiet_transformers():
             CLIPVisionModelWithProjection(config).save_pretrained(root / encoder)
         state = {
             "image_proj.proj.weight": torch.randn(4 * cross_attention_dim, 16) * 0.1,
@@ -173,20 +173,6 @@ def style_processors(unet, blocks: str) -> list[str]:
     return [n for n in names if n.startswith(f"{first}.attentions.1.")]
 
 
-@contextlib.contextmanager
-def _quiet_transformers():
-    """No per-load progress bar from transformers (a run prints its own progress)."""
-    from transformers.utils import logging as tlog
-
-    enabled = tlog.is_progress_bar_enabled()
-    tlog.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            tlog.enable_progress_bar()
-
-
 def encode_style(model, image: str, adapter: str, scale: float, blocks: str) -> Style:
     """One style image encoded (encode_styles)."""
     return encode_styles(model, [image], adapter, scale, blocks)[0]
@@ -208,7 +194,7 @@ def encode_styles(model, images: list[str], adapter: str, scale: float, blocks: 
             f"(an SD 1.5 adapter on SDXL, or the other way round?)"
         )
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             enc = CLIPVisionModelWithProjection.from_pretrained(
                 folder / encoder, local_files_only=True
             ).eval()

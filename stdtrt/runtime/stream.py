@@ -95,26 +95,33 @@ class Staging:
 
 class StreamState:
     """The NFE-slot pipe of one video (B frames per slot). `noise(n)` gives noise for the next n frames.
-    With cached attention the pipe also holds the cache (it stays with the slots' positions) and knows
-    which frame of the video each slot holds (models/attention_cache.py)."""
+
+    What the UNet graph carries from call to call is held here by name (the backend's step inputs X whose
+    X_next it returns): the slots, and with cached attention the cache (it stays with the slots' positions),
+    with a ControlNet the maps of the frames in the slots (they move with the frames). Per call it passes
+    the new frames' z0, noise and control maps, and the frame each slot holds (`frame_index`)."""
 
     def __init__(self, backend, noise: Callable[[int], torch.Tensor], times: StageTimes | None = None):
         self.backend, self.plan, self.batch = backend, backend.plan, backend.batch
         self.noise, self.times = noise, times or StageTimes()
-        self.slots = torch.zeros((self.plan.nfe * self.batch, *backend.latent_shape), device=backend.device)
+        self.state = backend.empty_state()  # {"slots": ..., "cache": ..., "control_slots": ...}
         self.tags: list[list | None] = [None] * self.plan.nfe  # what each slot holds; None = empty
         self.calls = 0
-        self.cache = backend.empty_cache()  # None without cached attention
         self.held = [-1] * self.plan.nfe  # the frame each slot held in the last call (-1: none)
         self.entered = 0  # frames that entered the pipe
+        self.control_shape = next((shape for name, shape, _ in backend.step_specs if name == "control"), None)
+
+    @property
+    def slots(self) -> torch.Tensor:
+        return self.state["slots"]
 
     def push(
-        self, z0: torch.Tensor, tags: list, noise: torch.Tensor | None = None
+        self, z0: torch.Tensor, tags: list, noise: torch.Tensor | None = None, control=None
     ) -> list[tuple[torch.Tensor, list]]:
-        """Enter B frames' content latents z0 (B, 4, h, w) with their tags (None for padding), and their noise
-        (default: the next B frames' of `noise`); return the group that finished, if any: [(latents (B, 4,
-        h, w), tags)]."""
-        return self._advance(z0, tags, self.noise(self.batch) if noise is None else noise)
+        """Enter B frames' content latents z0 (B, 4, h, w) with their tags (None for padding), their noise
+        (default: the next B frames' of `noise`) and, with a ControlNet, their maps (B, H, W, 3) uint8;
+        return the group that finished, if any: [(latents (B, 4, h, w), tags)]."""
+        return self._advance(z0, tags, self.noise(self.batch) if noise is None else noise, control)
 
     def newest(self) -> list | None:
         """The tags of the newest group still in the pipe (None when it has left, or none is in)."""
@@ -125,24 +132,30 @@ class StreamState:
         done = []
         empty = torch.zeros_like(self.slots[: self.batch])
         while any(t is not None for t in self.tags):
-            done += self._advance(empty, None, empty)
+            done += self._advance(empty, None, empty, None)
         return done
 
-    def _advance(self, z0, tags, noise) -> list[tuple[torch.Tensor, list]]:
+    def _advance(self, z0, tags, noise, control) -> list[tuple[torch.Tensor, list]]:
         """One step: the new frames fill slot 0 and jump with the rest; the last slot's group leaves."""
-        if self.cache is None:
-            self.slots, out = self.times.timed("unet", self.backend.step, self.slots, z0, noise)
-        else:  # one frame per slot: slot i holds the frame slot i - 1 held in the last call
-            self.held = [self.entered if tags is not None else -1, *self.held[:-1]]
-            self.entered += tags is not None
-            index = torch.tensor(self.held, dtype=torch.long, device=self.backend.device)
-            self.slots, out, self.cache = self.times.timed(
-                "unet", self.backend.step, self.slots, z0, noise, self.cache, index
+        self.held = [self.entered if tags is not None else -1, *self.held[:-1]]  # slot i: slot i-1's frame
+        self.entered += tags is not None
+        dev = self.backend.device
+        given = {"z0": z0, "noise": noise, **self.state}
+        if "frame_index" in self.backend.step_inputs:
+            given["frame_index"] = torch.tensor(self.held, dtype=torch.long, device=dev)
+        if self.control_shape is not None:
+            given["control"] = (
+                control
+                if control is not None
+                else torch.zeros(self.control_shape, dtype=torch.uint8, device=dev)
             )
+        outputs = self.times.timed("unet", self.backend.step, *(given[n] for n in self.backend.step_inputs))
+        named = dict(zip(self.backend.step_outputs, outputs, strict=True))
+        self.state = {name: named[f"{name}_next"] for name in self.state}
         self.calls += 1
         held = [tags, *self.tags[1:]]  # what each slot held in this call (slot 0: the new frames)
         self.tags = [None, *held[:-1]]  # slot 0 of the state is always free: new frames enter there
-        return [(out, held[-1])] if held[-1] is not None else []
+        return [(named["done"], held[-1])] if held[-1] is not None else []
 
 
 class SimilarityFilter:
@@ -214,11 +227,15 @@ class StreamRunner:
         times: StageTimes | None = None,
         skip_threshold: float | None = None,
         max_skips: int = 10,
+        maps=None,
     ):
+        """`maps`: with a ControlNet bundle or model, the frames' control maps (models.control_maps.ControlMaps),
+        computed in a stage of their own before the networks where stages overlap."""
         self.backend, self.seed, self.noise_rule = backend, seed, noise_rule
         self.width, self.height, self.batch = backend.width, backend.height, backend.batch
         self.times = times or StageTimes()
         self.filter = SimilarityFilter(skip_threshold, max_skips)
+        self.maps = maps
 
     @property
     def skipped(self) -> int:
@@ -230,22 +247,35 @@ class StreamRunner:
         per = "one UNet call per frame" if b == 1 else f"{b} frames per slot, one UNet call per {b} frames"
         return f"{self.backend.describe()}, stream form ({self.backend.plan.nfe} slots, {per})"
 
+    def mapped(self, items: Iterator) -> Iterator:
+        """The control-map stage: (frame, tag) -> (frame, tag, its control map)."""
+        for rgb, tag, *_ in items:
+            yield rgb, tag, self.times.timed("control_map", self.maps, rgb)
+        self.maps.finish()
+
     def _groups(self, items: Iterator):
-        """Groups of B (frame, [tags]), and Skip markers, in order."""
+        """Groups of B (frame, [tags], control map or None), and Skip markers, in order."""
         group = []
-        for rgb, tag in items:
+        for rgb, tag, *mapped in items:
             if self.filter.skip(rgb):
                 if group:
                     group[-1][1].append(tag)  # the newest processed frame is in the group being built
                 else:
                     yield Skip(tag)
                 continue
-            group.append((rgb, [tag]))
+            control = (
+                mapped[0]
+                if mapped
+                else self.times.timed("control_map", self.maps, rgb)
+                if self.maps
+                else None
+            )
+            group.append((rgb, [tag], control))
             if len(group) == self.batch:
                 yield group
                 group = []
         if group:
-            yield group + [(group[-1][0], None)] * (self.batch - len(group))
+            yield group + [(group[-1][0], None, group[-1][2])] * (self.batch - len(group))
 
     def encode(self, items: Iterator) -> Iterator:
         device = self.backend.device
@@ -255,10 +285,13 @@ class StreamRunner:
             if isinstance(group, Skip):
                 yield group
                 continue
-            frames = np.stack([np.asarray(rgb) for rgb, _ in group])
+            frames = np.stack([np.asarray(rgb) for rgb, _, _ in group])
             with lane.run():
                 z0 = self.times.timed("vae_encode", self.backend.encode, staging.up(frames))
-            yield z0, [tags for _, tags in group], lane.mark()
+                maps = None
+                if self.maps is not None:  # (B, H, W, 3) uint8, beside the frames they belong to
+                    maps = torch.from_numpy(np.stack([m for _, _, m in group])).to(device, non_blocking=True)
+            yield z0, [tags for _, tags, _ in group], lane.mark(), maps
 
     def unet(self, items: Iterator) -> Iterator:
         lane = Lane(self.backend.device)
@@ -272,9 +305,9 @@ class StreamRunner:
                 else:
                     next(t for t in reversed(newest) if t is not None).append(item.tag)
                 continue
-            z0, tags, event = item
+            z0, tags, event, maps = item
             with lane.run(event, z0):
-                done = state.push(z0, tags)
+                done = state.push(z0, tags, control=maps)
             for latents, done_tags in done:
                 yield latents, done_tags, lane.mark()
         with lane.run():
@@ -299,9 +332,11 @@ class StreamRunner:
                 last = frame if frame_tags else last
 
     def stages(self) -> list:
-        """The network stages: three threads where they can overlap (CUDA; a CPU backend says), else one."""
+        """The network stages: three threads where they can overlap (CUDA; a CPU backend says), else one;
+        with a ControlNet the control maps first, in a thread of their own (beside the networks)."""
         stages = [self.encode, self.unet, self.decode]
-        return stages if self.backend.concurrent_stages else [compose(stages)]
+        stages = stages if self.backend.concurrent_stages else [compose(stages)]
+        return [self.mapped, *stages] if self.maps is not None else stages
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """One frame (an image): fill, flush, done (NFE UNet calls)."""

@@ -12,6 +12,7 @@ from stdtrt import schedule
 from stdtrt.errors import StdtrtError
 from stdtrt.models.attention_cache import AttentionCache, CacheSettings
 from stdtrt.models.conditioning import Conditioning, compute_dtype, conditionings, predict_eps
+from stdtrt.models.control_maps import to_unit
 from stdtrt.models.vae import vae_decode, vae_encode
 
 
@@ -46,8 +47,11 @@ class Student:
         guidance: float = 1.0,
         style=None,
         cache: CacheSettings | None = None,
+        control=None,
     ):
-        self.model, self.plan, self.guidance = model, plan, guidance
+        """`control`: a ControlNet (models.controlnet.Control): then sample and __call__ take each frame's
+        control map."""
+        self.model, self.plan, self.guidance, self.control = model, plan, guidance, control
         self.width, self.height = width, height
         self.cond: Conditioning
         self.uncond: Conditioning | None
@@ -61,6 +65,7 @@ class Student:
         )
         self.caches: list[torch.Tensor] | None = None
         self.frame = 0  # frames sampled so far (the cache's frame index)
+        self.maps: torch.Tensor | None = None  # the frames' control maps in [0, 1] while they are sampled
 
     @property
     def device(self):
@@ -78,7 +83,8 @@ class Student:
 
     @torch.no_grad()
     def eps(self, x: torch.Tensor, t) -> torch.Tensor:
-        return predict_eps(self.model.unet, x, t, self.cond, self.uncond, self.guidance)
+        control = None if self.maps is None else (self.control, self.maps)
+        return predict_eps(self.model.unet, x, t, self.cond, self.uncond, self.guidance, control)
 
     @torch.no_grad()
     def _cached_eps(self, x: torch.Tensor, i: int) -> torch.Tensor:
@@ -108,22 +114,33 @@ class Student:
         return x
 
     @torch.no_grad()
-    def sample(self, z0: torch.Tensor, noise: torch.Tensor, generator: torch.Generator | None = None):
-        """x_start = a z0 + b noise, then the NFE student steps: the clean latent (float32)."""
+    def sample(
+        self, z0: torch.Tensor, noise: torch.Tensor, generator: torch.Generator | None = None, maps=None
+    ):
+        """x_start = a z0 + b noise, then the NFE student steps: the clean latent (float32). `maps`: with a
+        ControlNet, the frames' control maps, uint8 (B, H, W, 3)."""
+        if (maps is None) != (self.control is None):
+            raise StdtrtError("a ControlNet student samples with each frame's control map (and only it)")
+        self.maps = None if maps is None else to_unit(maps.to(self.device))
         z0 = z0.float()
         x = schedule.x_start(z0, noise.to(z0.device, torch.float32), self.plan.a_start, self.plan.b_start)
-        for i in range(self.plan.nfe):
-            x = self.step(x, i, generator)
+        try:
+            for i in range(self.plan.nfe):
+                x = self.step(x, i, generator)
+        finally:
+            self.maps = None
         self.frame += 1
         return x
 
     @torch.no_grad()
-    def __call__(self, frames: np.ndarray, noise: torch.Tensor, generator=None) -> np.ndarray:
-        """uint8 frames (B, H, W, 3) at the working size -> stylized uint8 frames."""
+    def __call__(self, frames: np.ndarray, noise: torch.Tensor, generator=None, maps=None) -> np.ndarray:
+        """uint8 frames (B, H, W, 3) at the working size -> stylized uint8 frames (`maps`: their control
+        maps, uint8 (B, H, W, 3), with a ControlNet)."""
         z0 = self.encode(to_tensor(frames, self.device))
         if noise.shape[0] != z0.shape[0]:
             noise = noise.expand(z0.shape[0], *noise.shape[1:])
-        return to_uint8(self.decode(self.sample(z0, noise, generator)))
+        maps = None if maps is None else torch.from_numpy(np.ascontiguousarray(maps))
+        return to_uint8(self.decode(self.sample(z0, noise, generator, maps)))
 
 
 class VideoNoise:

@@ -32,6 +32,8 @@ from stdtrt.io.hashing import file_hash
 from stdtrt.io.images import IMAGE_SUFFIXES, fit_box, letterbox, read_image, unletterbox, write_image
 from stdtrt.models.attention_cache import CacheSettings
 from stdtrt.models.card import UNRECORDED_NOISE_RULE, StudentCard
+from stdtrt.models.control_maps import ControlMaps, MapSpec
+from stdtrt.models.controlnet import setup_control
 from stdtrt.models.load import load_model
 from stdtrt.models.motion import check_motion_window
 from stdtrt.models.style import load_style, warn_if_trained_with_styles
@@ -64,9 +66,10 @@ class VideoResult:
 
 
 def _load(cfg: StylizeConfig, image_w: int, image_h: int, fuse: bool):
-    """(model, plan, width, height, style) for --model: the model (its LoRA fused when `fuse`) placed by
-    the precision rule, the student's plan on the grid its LoRA was distilled on, and the style image
-    (--style-image) encoded once, its IP-Adapter in the model's cross-attention (else None)."""
+    """(model, plan, width, height, style, control) for --model: the model (its LoRA fused when `fuse`)
+    placed by the precision rule, the student's plan on the grid its LoRA was distilled on, the style
+    image (--style-image) encoded once, its IP-Adapter in the model's cross-attention (else None), and the
+    ControlNet (--controlnet: models.controlnet.Control, else None)."""
 
     if cfg.model is None:
         raise StdtrtError("no model given: pass --model PATH_OR_ID (or --model tiny-sd to try it offline)")
@@ -96,25 +99,27 @@ def _load(cfg: StylizeConfig, image_w: int, image_h: int, fuse: bool):
     warn_if_trained_with_styles(cfg.lora, cfg.style_image)
     if cfg.style_image:
         style = load_style(model, cfg.style_image, cfg.ip_adapter, cfg.style_scale, cfg.style_blocks)
-    return model, plan, width, height, style
+    return model, plan, width, height, style, setup_control(cfg, model)
 
 
 def load_student(cfg: StylizeConfig, image_w: int, image_h: int):
     """The sequential torch student (the reference: NFE steps per frame) for --model at the working size."""
 
-    model, plan, width, height, style = _load(cfg, image_w, image_h, fuse=False)
+    model, plan, width, height, style, control = _load(cfg, image_w, image_h, fuse=False)
     cache = CacheSettings.of(cfg)
-    return Student(model, plan, cfg.prompt, width, height, cfg.negative_prompt, cfg.guidance, style, cache)
+    return Student(
+        model, plan, cfg.prompt, width, height, cfg.negative_prompt, cfg.guidance, style, cache, control
+    )
 
 
 def load_model_backend(cfg: StylizeConfig, image_w: int, image_h: int):
     """--model without a bundle: the torch backend in stream form on the model itself (its LoRA fused at
     load), the same modules a bundle's torch backend runs, with its CUDA speed-ups."""
 
-    model, plan, width, height, style = _load(cfg, image_w, image_h, fuse=True)
+    model, plan, width, height, style, control = _load(cfg, image_w, image_h, fuse=True)
     return TorchBackend.from_model(
         model, plan, cfg.prompt, cfg.negative_prompt, cfg.guidance, width, height, cfg.frames_per_step, style,
-        CacheSettings.of(cfg), **cfg.torch_speedups(),
+        CacheSettings.of(cfg), control, **cfg.torch_speedups(),
     )  # fmt: skip
 
 
@@ -129,6 +134,10 @@ class StudentRunner:
         self.student, self.cfg = student, cfg
         self.width, self.height = student.width, student.height
         self.noise = VideoNoise(student.latent_shape, cfg.seed, image_noise_rule(cfg), student.device)
+        control = student.control
+        self.maps = (
+            None if control is None else ControlMaps(control.spec, self.width, self.height, student.device)
+        )
         self.step_gen = torch.Generator().manual_seed(cfg.seed + 1)  # gamma > 0 re-noising
         self.times = StageTimes()
 
@@ -138,7 +147,10 @@ class StudentRunner:
 
     def _run(self, batch: list):
         frames = np.stack([rgb for rgb, _ in batch])
-        out = self.times.timed("student", self.student, frames, self.noise.take(len(batch)), self.step_gen)
+        maps = None if self.maps is None else np.stack([self.maps(rgb) for rgb in frames])
+        out = self.times.timed(
+            "student", self.student, frames, self.noise.take(len(batch)), self.step_gen, maps
+        )
         yield from zip(out, (tag for _, tag in batch), strict=True)
 
     def stylize(self, items):
@@ -199,6 +211,20 @@ def check_request(cfg: StylizeConfig, bundle) -> None:
         raise StdtrtError(f"style image {cfg.style_image} does not exist")
     if cfg.style_image and (not style or file_hash(cfg.style_image) != style["image_sha256"]):
         _refuse(bundle, "style image", style and style["image"], cfg.style_image)
+    control = m.get("control")
+    if cfg.controlnet and not control:
+        _refuse(bundle, "ControlNet", None, cfg.controlnet)
+    if control:
+        maps = control["maps"]
+        baked_controlnet = maps["kind"] if maps["kind"] != "video" else control["controlnet"]
+        asked = {"controlnet": baked_controlnet, "control_scale": control["scale"],
+                 "controlnet_model": control["controlnet"] if maps["kind"] != "video" else None,
+                 "canny_low": maps.get("low", d["canny_low"]), "canny_high": maps.get("high", d["canny_high"]),
+                 "depth_model": maps.get("model", d["depth_model"])}  # fmt: skip
+        for option, value in asked.items():
+            mine = getattr(cfg, option)
+            if (option in cfg.explicit or mine != d[option]) and mine is not None and mine != value:
+                _refuse(bundle, option.replace("_", " "), value, mine)
     motion = bundle.motion
     if cfg.motion_adapter and (not motion or source_of(cfg.motion_adapter) != motion["source"]):
         _refuse(bundle, "motion adapter", motion and motion["adapter"], cfg.motion_adapter)
@@ -283,13 +309,43 @@ def load_runner(cfg: StylizeConfig, image_w: int, image_h: int, image: bool = Fa
                 log.warning("--skip-threshold works on the stream form: --gamma > 0 runs every frame")
             return StudentRunner(load_student(cfg, image_w, image_h), cfg)
         backend = load_model_backend(cfg, image_w, image_h)
-        return StreamRunner(backend, cfg.seed, image_noise_rule(cfg), None, cfg.skip_threshold, cfg.max_skips)
+        control = backend.networks.unet.control
+        maps = (
+            None
+            if control is None
+            else ControlMaps(control.spec, backend.width, backend.height, backend.device)
+        )
+        return StreamRunner(
+            backend, cfg.seed, image_noise_rule(cfg), None, cfg.skip_threshold, cfg.max_skips, maps
+        )
 
     backend = load_backend(
         bundle, cfg.backend, cfg.device, torch_speedups=cfg.torch_speedups(), verify=cfg.verify,
         style_image=cfg.style_image,
     )  # fmt: skip
-    return StreamRunner(backend, cfg.seed, image_noise_rule(cfg), None, cfg.skip_threshold, cfg.max_skips)
+    spec = bundle_map_spec(bundle, cfg)
+    maps = None if spec is None else ControlMaps(spec, backend.width, backend.height, backend.device)
+    return StreamRunner(
+        backend, cfg.seed, image_noise_rule(cfg), None, cfg.skip_threshold, cfg.max_skips, maps
+    )
+
+
+def bundle_map_spec(bundle, cfg: StylizeConfig):
+    """Where a ControlNet bundle's maps come from at run time: its baked preprocessor and settings, or (one
+    exported for a ControlNet without a preprocessor) --control-video; None without a ControlNet."""
+    control = bundle.manifest.get("control")
+    if not control:
+        return None
+    maps = control["maps"]
+    if maps["kind"] == "video":
+        if not cfg.control_video:
+            raise StdtrtError(
+                f"bundle {bundle.path} reads its control maps from a video: pass --control-video"
+            )
+        return MapSpec("video", video=cfg.control_video)
+    return MapSpec(
+        maps["kind"], maps.get("low", 100), maps.get("high", 200), maps.get("model", cfg.depth_model)
+    )
 
 
 def stylize_image(cfg: StylizeConfig, input_path: str | Path, output_path: str | Path) -> Path:
@@ -347,6 +403,13 @@ def stylize_video(cfg: StylizeConfig, input_path: str | Path, output_path: str |
                     input_path, info.width, info.height, *size)  # fmt: skip
     for note in video.conversion_notes(info):
         log.warning("%s", note)
+    if cfg.control_video:  # the maps are read frame by frame beside the input: the same count
+        maps = video.probe(cfg.control_video)
+        if maps.frames and info.frames and maps.frames != info.frames:
+            raise StdtrtError(
+                f"control video {cfg.control_video} has {maps.frames} frames and {input_path} {info.frames}: "
+                f"one map per frame"
+            )
     runner = load_runner(cfg, info.width, info.height)
     _say_fit((info.width, info.height), runner, input_path)
     return run_video(runner, info, output_path, cfg, progress)

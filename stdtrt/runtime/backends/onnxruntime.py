@@ -12,7 +12,7 @@ from stdtrt.bundle.manifest import Bundle
 from stdtrt.bundle.networks import GRAPHS
 from stdtrt.config import cache_root, parse_device
 from stdtrt.errors import StdtrtError
-from stdtrt.runtime.backends.base import TORCH_DTYPES, Backend, bundle_cache_spec
+from stdtrt.runtime.backends.base import TORCH_DTYPES, Backend, bundle_step_io
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ class OnnxRuntimeBackend(Backend):
         """`concurrent`: the three graphs in threads of their own (the default; on a CPU each gets half the
         cores); `providers`: only these GPU providers (validation asks for CUDA alone)."""
         super().__init__(bundle.plan(), bundle.width, bundle.height, bundle.latent_shape, bundle.batch,
-                         bundle_cache_spec(bundle))  # fmt: skip
+                         *bundle_step_io(bundle))  # fmt: skip
 
         cache = cache_root() / "ort-trt" / bundle.key[:16]
         allowed = None if providers is None else (*providers, "CPUExecutionProvider")
@@ -230,8 +230,8 @@ class OnnxRuntimeBackend(Backend):
     def encode(self, frames):
         return self._run("vae_encoder", frames)
 
-    def step(self, slots, z0, noise, *cache):
-        return self._run("unet", slots, z0, noise, *cache)
+    def step(self, *inputs):
+        return self._run("unet", *inputs)
 
     def decode(self, latents):
         return self._run("vae_decoder", latents)

@@ -13,7 +13,7 @@ from stdtrt.bundle.networks import GRAPHS
 from stdtrt.config import parse_device
 from stdtrt.errors import StdtrtError
 from stdtrt.models.load import resolve_device
-from stdtrt.runtime.backends.base import Backend, bundle_cache_spec
+from stdtrt.runtime.backends.base import Backend, bundle_step_io
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class TensorRTBackend(Backend):
         import tensorrt as trt
 
         super().__init__(bundle.plan(), bundle.width, bundle.height, bundle.latent_shape, bundle.batch,
-                         bundle_cache_spec(bundle))  # fmt: skip
+                         *bundle_step_io(bundle))  # fmt: skip
         self.device = resolve_device(f"cuda:{parse_device(device).gpu}")
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         graphs = bundle.manifest["graphs"]
@@ -131,8 +131,8 @@ class TensorRTBackend(Backend):
     def encode(self, frames):
         return self.engines["vae_encoder"](frames.to(self.device))
 
-    def step(self, slots, z0, noise, *cache):
-        return self.engines["unet"](*(x.to(self.device) for x in (slots, z0, noise, *cache)))
+    def step(self, *inputs):
+        return self.engines["unet"](*(x.to(self.device) for x in inputs))
 
     def decode(self, latents):
         return self.engines["vae_decoder"](latents.to(self.device))

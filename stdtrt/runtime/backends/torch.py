@@ -14,8 +14,9 @@ import logging
 import torch
 
 from stdtrt.bundle.manifest import Bundle
-from stdtrt.bundle.model import load_bundle_style, load_fused_model
+from stdtrt.bundle.model import load_bundle_control, load_bundle_style, load_fused_model
 from stdtrt.bundle.networks import build_networks
+from stdtrt.models.attention_cache import CacheSettings
 from stdtrt.runtime.backends.base import Backend
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,9 @@ class TorchBackend(Backend):
         compile: bool = False,
         channels_last: bool = True,
     ):
-        super().__init__(plan, width, height, latent_shape, networks.unet.batch, networks.unet.cache_spec())
+        unet = networks.unet
+        specs, outputs = unet.specs(latent_shape, width, height), unet.io()[1]
+        super().__init__(plan, width, height, latent_shape, unet.batch, specs, outputs)
         self.networks, self.placement, self.device = networks, placement, placement.device
         self.concurrent_stages = self.device.type == "cuda"
         cuda = self.device.type == "cuda"
@@ -88,14 +91,15 @@ class TorchBackend(Backend):
     @classmethod
     def from_model(
         cls, model, plan, prompt: str, negative_prompt: str, guidance: float, width: int, height: int,
-        batch: int = 1, style=None, cache=None, **speed,
+        batch: int = 1, style=None, cache=None, control=None, **speed,
     ):  # fmt: skip
         """From a loaded model whose LoRA (if any) is already fused; B = `batch` frames per slot; `style`: a
-        loaded models.style.Style; `cache`: attention cache settings (models.attention_cache.CacheSettings).
-        `speed`: cuda_graphs, compile, channels_last (see the class)."""
+        loaded models.style.Style; `cache`: attention cache settings (models.attention_cache.CacheSettings);
+        `control`: a ControlNet (models.controlnet.Control). `speed`: cuda_graphs, compile, channels_last
+        (see the class)."""
 
         nets = build_networks(
-            model, plan, prompt, negative_prompt, guidance, width, height, batch, style, cache
+            model, plan, prompt, negative_prompt, guidance, width, height, batch, style, cache, control
         )
         return cls(nets, plan, width, height, model.latent_shape(width, height), model.placement, **speed)
 
@@ -109,10 +113,15 @@ class TorchBackend(Backend):
 
         model = model or load_fused_model(bundle, device, full=verify)
         style = load_bundle_style(bundle, model, style_image)
+        cache = (
+            CacheSettings(**{k: bundle.cache[k] for k in ("frames", "interval", "fusion")})
+            if bundle.cache
+            else None
+        )
         m = bundle.manifest
         return cls.from_model(
             model, bundle.plan(), m["prompt"], m["negative_prompt"], m["guidance"], bundle.width,
-            bundle.height, bundle.batch, style, **speed,
+            bundle.height, bundle.batch, style, cache, load_bundle_control(bundle, model), **speed,
         )  # fmt: skip
 
     @torch.inference_mode()
@@ -120,11 +129,10 @@ class TorchBackend(Backend):
         return self.fns["encode"](frames.to(self.device, torch.uint8))
 
     @torch.inference_mode()
-    def step(self, slots, z0, noise, *cache):
-        f32, dev = torch.float32, self.device
-        if cache:  # (the cache in the UNet's own dtype, the frame each slot holds)
-            cache = (cache[0].to(dev, self.cache_spec[2]), cache[1].to(dev, torch.long))
-        return self.fns["step"](slots.to(dev, f32), z0.to(dev, f32), noise.to(dev, f32), *cache)
+    def step(self, *inputs):
+        return self.fns["step"](
+            *(x.to(self.device, dtype) for x, (_, _, dtype) in zip(inputs, self.step_specs, strict=True))
+        )
 
     @torch.inference_mode()
     def decode(self, latents):
