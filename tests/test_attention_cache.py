@@ -143,6 +143,11 @@ def test_a_bundle_with_a_cache_runs_on_every_backend_as_the_model_path(tmp_path)
     result = export_bundle(ExportConfig(model="tiny-sd", out=str(bundle), width=W, height=H, cache_frames=2,
                                         cache_interval=2, tensorrt=False), progress=False)  # fmt: skip
     assert "attention cache" in result.table and read_bundle(bundle).cache["frames"] == 2
+    from stdtrt.runtime.backends import load_backend
+
+    for backend in ("onnxruntime", "torch"):  # each backend runs the graph with its cache in and out
+        loaded = load_backend(read_bundle(bundle), backend, "cpu")
+        assert "cache" in loaded.step_inputs and "cache_next" in loaded.step_outputs, backend
     src = make_video(tmp_path / "in.mp4", frames=6, size=(W, H), audio=False)
     outs = {}
     for backend in ("onnxruntime", "torch"):
