@@ -184,7 +184,9 @@ class AttentionCache:
         (the stream form and the sequential student of one model share it), else a new one installed."""
         key = (settings, tuple(latent_shape), compute_dtype(unet))
         found = getattr(unet, "_stdtrt_attention_cache", None)
-        if found is not None and found.key == key:
+        processors = unet.attn_processors.values()
+        installed = any(isinstance(p, CachedSelfAttention) and p.owner is found for p in processors)
+        if found is not None and found.key == key and installed:  # (not replaced since, by an IP-Adapter's)
             return found
         cache = cls(settings)._install(unet, cond, latent_shape)
         cache.key = key
