@@ -81,6 +81,30 @@ def test_each_onnx_graph_equals_its_torch_module(fixture, request):
                 assert np.abs(a - b).max() < 1e-4 * max(1.0, np.abs(b).max()), graph
 
 
+def assert_uint8_only_at_the_edges(folder: Path) -> None:
+    """TensorRT takes UINT8 only as a network input or output converted at once: the encoder's `frames`
+    feeds a Cast to float and nothing else, the decoder's `frames` comes straight out of a Cast, and no
+    uint8 tensor lies inside either graph (the layout permute runs in float)."""
+    import onnx
+
+    for graph, consumes in (("vae_encoder", True), ("vae_decoder", False)):
+        proto = onnx.load(str(folder / f"{graph}.onnx"), load_external_data=False)
+        if consumes:
+            users = [n for n in proto.graph.node if "frames" in n.input]
+            assert [n.op_type for n in users] == ["Cast"], graph
+            assert users[0].attribute[0].i == onnx.TensorProto.FLOAT, graph
+        else:
+            (producer,) = [n for n in proto.graph.node if "frames" in n.output]
+            assert producer.op_type == "Cast", graph
+        inferred = onnx.shape_inference.infer_shapes(proto).graph.value_info
+        inner = [v.name for v in inferred if v.type.tensor_type.elem_type == onnx.TensorProto.UINT8]
+        assert inner == [], (graph, inner)
+
+
+def test_uint8_is_cast_at_the_graph_edges(sd_bundle):
+    assert_uint8_only_at_the_edges(sd_bundle[1].path)
+
+
 @pytest.mark.parametrize("fixture", BUNDLES)
 def test_unet_graph_is_the_stream_step(fixture, request):
     """One graph call: slot 0 takes x_start of the new frame, slot i jumps as the student's step i (the
@@ -244,6 +268,7 @@ def test_fp16_graphs_run_and_stay_close(tmp_path):
     assert m["precision"] == "fp16" and m["graphs"]["unet"]["inputs"][0]["dtype"] == "float32"
     assert all(m["graphs"][g]["precision"] == "fp16" for g in m["graphs"])
     assert all(r["ok"] for r in m["validation"]["rows"])
+    assert_uint8_only_at_the_edges(result.path)
     import onnx
 
     weights = onnx.load(str(result.path / "unet.onnx")).graph.initializer

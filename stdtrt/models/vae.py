@@ -43,15 +43,19 @@ def vae_decode(vae, z: torch.Tensor, scaling_factor: float) -> torch.Tensor:
     return vae.decode((z.float() / scaling_factor).to(vae.dtype), return_dict=False)[0].float()
 
 
+# uint8 lives only at a graph's edges: the cast is the first op on the way in and the last on the way out,
+# the layout permute in float32 between them. TensorRT takes UINT8 only as a network input or output
+# converted at once (a uint8 tensor may not feed a Shuffle, the permute's layer), so the graph must cast
+# before permuting and permute before casting back.
 def pixels_to_unit(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 frames (B, H, W, 3) -> float32 (B, 3, H, W) in [-1, 1]."""
-    return (frames.permute(0, 3, 1, 2).float() / 127.5 - 1.0).contiguous()
+    """uint8 frames (B, H, W, 3) -> float32 (B, 3, H, W) in [-1, 1]: cast, scale, then permute."""
+    return (frames.float() / 127.5 - 1.0).permute(0, 3, 1, 2).contiguous()
 
 
 def unit_to_pixels(images: torch.Tensor) -> torch.Tensor:
-    """float (B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3), clamped and rounded."""
-    x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).contiguous()
+    """float (B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3), clamped and rounded: permute, then cast."""
+    x = ((images.float().clamp(-1, 1) + 1) * 127.5).round()
+    return x.permute(0, 2, 3, 1).contiguous().to(torch.uint8)
 
 
 def vae_scale(vae) -> int:
