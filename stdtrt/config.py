@@ -405,13 +405,23 @@ class StylizeConfig:
         return {"cuda_graphs": self.cuda_graphs, "compile": self.compile, "channels_last": self.channels_last}
 
 
+# The default target window (R = ceil(N eta rho)). Images: 0.25, not std.md's 0.5: benchmarks/fidelity.py
+# (results/fidelity.json, 3 seeds) found it closer to the teacher's trajectory at NFE 2, 4 and 8 (NFE 4:
+# MSE 0.00498 against 0.00769), and at eta 0.75 its window (jumps of 2 to 11 grid steps) covers NFE 4's
+# jumps (9 to 10) where 0.5's spreads to twice their length. Clips: the authors' 0.3 (not measured here).
+RHO_IMAGES = 0.25
+RHO_CLIPS = 0.3
+
+
 @dataclass(frozen=True)
 class DistillConfig:
     """Single Trajectory Distillation of a LoRA student (the `distill` command). Defaults follow the
     authors' SDXL run (std.md) except where a reason says otherwise."""
 
-    model: str = opt(
-        "tiny-sd", "the teacher: diffusers folder, cached hub id, single-file checkpoint, or a preset"
+    model: str | None = opt(
+        None,
+        "the teacher (required): diffusers folder, cached hub id, single-file checkpoint, or a preset "
+        "(tiny-sd: random weights, to try the plumbing offline)",
     )
     data: str = opt("", "folder of images and/or videos (recursive); captions from sidecar .txt files")
     out: str = opt("runs/std", "run folder: lora.safetensors, checkpoints/, metrics.jsonl, config.json")
@@ -419,7 +429,9 @@ class DistillConfig:
     prompt_template: str = opt("{caption}", "e.g. '{caption}, oil painting in the style of ...'")
     strength: float = opt(0.75, "eta: the partial-noise level the student is trained from (one LoRA per eta)")
     rho: float | None = opt(
-        None, "target window R = ceil(N eta rho) [0.5 for images, 0.3 for clips with --motion-adapter]"
+        None,
+        "target window R = ceil(N eta rho) [0.25 for images: best at NFE 2, 4 and 8 in benchmarks/fidelity.py; "
+        "0.3 for clips with --motion-adapter]",
     )
     teacher_steps: int = opt(50, "N: the teacher's DDIM grid")
     mode: str = opt(
@@ -461,9 +473,7 @@ class DistillConfig:
     gradient_checkpointing: bool = opt(False, "trade compute for memory on large UNets")
     teacher: str = opt("shared", "'shared': one UNet, adapters off for the teacher; 'copy': a second UNet",
                        choices=("shared", "copy"), ablation=True)  # fmt: skip
-    compile_loss: bool = opt(
-        True, "fuse the jump + pseudo-Huber with torch.compile (eager fallback)", flag="--compile"
-    )
+    compile_loss: bool = opt(True, "fuse the jump + pseudo-Huber loss with torch.compile (eager fallback)")
     frames_per_video: int = opt(8, "frames sampled evenly from each video in the data folder (image mode)")
     motion_adapter: str = opt(
         "",
@@ -500,9 +510,14 @@ class DistillConfig:
     adv_max_images: int = opt(0, "use at most this many batch elements for the adversarial branch (0: all)")
 
     def __post_init__(self) -> None:
+        if not self.model:  # a default teacher would be the random tiny model: a day of training noise
+            raise StdtrtError(
+                "no teacher given: pass --model PATH_OR_ID (your SD 1.x or SDXL checkpoint), or --model "
+                "tiny-sd to try the plumbing offline (random weights: the student learns nothing useful)"
+            )
         check_strength(self.strength)
         if self.rho is None:  # resolved here, so the saved config says what ran
-            object.__setattr__(self, "rho", 0.3 if self.motion_adapter else 0.5)
+            object.__setattr__(self, "rho", RHO_CLIPS if self.motion_adapter else RHO_IMAGES)
         if min(self.clip_frames, self.frame_stride, self.clips_per_video, self.adv_frames) < 1:
             raise StdtrtError("clip-frames, frame-stride, clips-per-video and adv-frames must be at least 1")
         if self.adv_frames > self.clip_frames:
