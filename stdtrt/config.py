@@ -617,7 +617,8 @@ class ExportConfig:
     height: int | None = opt(None, "working height, a multiple of 8 [the model's native size]")
     precision: str = opt(
         "auto",
-        "the graphs' precision; auto: fp16 where TensorRT builds engines here, else fp32",
+        "the graphs' precision; auto: fp16 for a GPU (--device is one, or TensorRT builds engines here), "
+        "else fp32",
         choices=PRECISIONS,
     )
     out: str = opt(DEFAULT_BUNDLE, "the bundle folder", short="-o")
@@ -628,6 +629,12 @@ class ExportConfig:
     opset: int = opt(18, "ONNX opset: 17+ has LayerNormalization; TensorRT parses up to 20")
     workspace_gb: float = opt(8.0, "TensorRT builder workspace limit (GB)")
     validate: bool = opt(True, "check every graph and one frame against torch (fails over tolerance)")
+    device: str = opt(
+        "auto",
+        "where the float32 validation reference and the validating backends run: auto (the GPU when torch "
+        "sees one: onnxruntime's CUDA provider and TensorRT validate there, the CPU only without them), cpu, "
+        "cuda or cuda:N",
+    )
     seed: int = opt(0, "seeds the validation inputs")
 
     def __post_init__(self) -> None:
@@ -636,6 +643,7 @@ class ExportConfig:
             raise StdtrtError(
                 "no model given: pass --model PATH_OR_ID (or --model tiny-sd to try it offline)"
             )
+        parse_device(self.device)
         check_student(self)
         if self.frames_per_step < 1:
             raise StdtrtError(f"--frames-per-step must be at least 1, got {self.frames_per_step}")
