@@ -696,11 +696,6 @@ class BenchConfig:
             raise StdtrtError(f"--plot must name a .png file, got {self.plot}")
 
 
-def replace(cfg, **changes):
-    """dataclasses.replace that re-runs validation (frozen configs are changed only through this)."""
-    return dataclasses.replace(cfg, **changes)
-
-
 def defaults(cls) -> dict:
     """Field name -> default, for click options."""
     out = {}
@@ -725,6 +720,5 @@ __all__ = [
     "StdtrtError",
     "defaults",
     "field",
-    "replace",
     "to_dict",
 ]

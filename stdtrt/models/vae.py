@@ -70,16 +70,17 @@ def vae_preset(name: str):
     size, about 1.2 M parameters per side: timing without the download)."""
     from diffusers import AutoencoderTiny
 
-    torch.manual_seed(0)
-    if name == "random-taesd":
-        return AutoencoderTiny(latent_channels=4).eval()  # diffusers' defaults are TAESD's architecture
-    return AutoencoderTiny(
-        encoder_block_out_channels=(16, 16, 16, 16),
-        decoder_block_out_channels=(16, 16, 16, 16),
-        num_encoder_blocks=(1, 1, 1, 1),
-        num_decoder_blocks=(1, 1, 1, 1),
-        latent_channels=4,
-    ).eval()
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+        torch.manual_seed(0)
+        if name == "random-taesd":
+            return AutoencoderTiny(latent_channels=4).eval()  # diffusers' defaults are TAESD's architecture
+        return AutoencoderTiny(
+            encoder_block_out_channels=(16, 16, 16, 16),
+            decoder_block_out_channels=(16, 16, 16, 16),
+            num_encoder_blocks=(1, 1, 1, 1),
+            num_decoder_blocks=(1, 1, 1, 1),
+            latent_channels=4,
+        ).eval()
 
 
 def _folder(name: str) -> Path:

@@ -59,6 +59,8 @@ class VideoResult:
     stages: dict[str, float] = field(default_factory=dict)  # ms per call of each stage
     frame_times: list[float] = field(default_factory=list)  # when each frame was written (s from start)
     stage_seconds: dict[str, float] = field(default_factory=dict)  # total seconds in each stage
+    stage_clock: dict[str, str] = field(default_factory=dict)  # what timed each: "host" or "cuda events"
+    stage_calls: dict[str, int] = field(default_factory=dict)  # calls of each stage
 
     @property
     def fps(self) -> float:
@@ -451,5 +453,5 @@ def run_video(runner, info, output_path: Path, cfg: StylizeConfig, progress: boo
     audio = writer.audio_summary()
     return VideoResult(
         output_path, writer.frames, seconds, w, h, audio, runner.skipped, runner.describe(),
-        times.ms_per_call(), frame_times, dict(times.total),
+        times.ms_per_call(), frame_times, times.seconds(), dict(times.clock), dict(times.calls),
     )  # fmt: skip
