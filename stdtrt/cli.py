@@ -349,6 +349,22 @@ def export(no_progress: bool, **given) -> None:
 
 
 @cli.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option(
+    "--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N (as for export)."
+)
+def validate(bundle: str, device: str) -> None:
+    """Validate a bundle exported with --no-validate, in place: its graphs (and engines that fit here)
+    against the torch reference, with the options it was exported with; the table goes into its manifest."""
+    from stdtrt.export.export import validate_bundle
+
+    result = validate_bundle(bundle, device)
+    if result.table:
+        click.echo(result.table)
+    click.echo(f"bundle {result.path}: {result.tensorrt} ({result.seconds:.0f} s)")
+
+
+@cli.command()
 @config_options(BenchConfig)
 def bench(**given) -> None:
     """Time each backend per stage and end to end, against diffusers' own img2img pipeline."""

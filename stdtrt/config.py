@@ -373,6 +373,11 @@ class StylizeConfig:
         False,
         "hash every file of the bundle at load (without: sizes and times, and the hash of what changed)",
     )
+    trust_unvalidated: bool = opt(
+        False,
+        "run a bundle exported with --no-validate as it is (without: refused, with how to validate it: "
+        "`stdtrt validate BUNDLE`)",
+    )
     explicit: tuple[str, ...] = field(default=(), metadata={"cli": False})  # options the user set (the CLI
     # fills it): a bundle refuses those it contradicts, even when set to their default
 

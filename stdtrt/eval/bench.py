@@ -238,6 +238,10 @@ def bench_bundle(cfg: BenchConfig, path: Path) -> BundleBench:
             f"no bundle at {path}: make one with `stdtrt export --model ... --out {path}` first"
         )
     bundle = read_bundle(path, full=cfg.verify)
+    if not bundle.validated:
+        log.warning(
+            "%s was exported with --no-validate: timed as it is (`stdtrt validate %s` checks it)", path, path
+        )
     m = bundle.manifest
     unlike = (
         "a style image baked in"

@@ -174,8 +174,19 @@ class StudentRunner:
 
 
 def resolve_bundle(cfg: StylizeConfig):
-    """The bundle to run: --bundle, else none when --model names the torch path, else the default folder."""
+    """The bundle to run: --bundle, else none when --model names the torch path, else the default folder;
+    one exported with --no-validate only with --trust-unvalidated."""
+    bundle = _find_bundle(cfg)
+    if bundle is not None and not bundle.validated and not cfg.trust_unvalidated:
+        raise StdtrtError(
+            f"bundle {bundle.path} was exported with --no-validate: its graphs were never compared with torch. "
+            f"Validate it once with `stdtrt validate {bundle.path}` (it keeps the graphs and records the table), "
+            f"or pass --trust-unvalidated to run it as it is"
+        )
+    return bundle
 
+
+def _find_bundle(cfg: StylizeConfig):
     if cfg.bundle:
         return read_bundle(cfg.bundle, full=cfg.verify)
     if cfg.model:
