@@ -8,8 +8,12 @@ so are the dev tools (pytest, ruff, ...), which test the package rather than run
 
 import re
 import sys
-import tomllib
 from pathlib import Path
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10: the same parser, as a package
+    import tomli as tomllib
 
 SKIP = {"torch"}
 
