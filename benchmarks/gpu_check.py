@@ -13,7 +13,11 @@ windows of --window frames: the sequential motion student, and the torch backend
 windows in flight) eager and with CUDA graphs, each checked against the sequential one ("vs eager" in the
 printed line is against that reference here);
 then, where installed, onnxruntime's CUDA provider and the TensorRT engines on an exported fp16 bundle
-(TensorRT's export validates its engines against torch). Per row: ms per frame and per stage, fps, the
+(the export validates on the GPU: its float32 reference there with TF32 off, its rows the GPU backends').
+Also per precision: the real three-lane `run_pipeline` against the same stages in one thread (frames must be
+equal; per-stage ms from CUDA events on each lane beside the isolated calls), and torch.compile's
+`max-autotune-no-cudagraphs` mode against its default (stdtrt keeps the default until this row says
+otherwise). Per row: ms per frame and per stage, fps, the
 ratio against diffusers, and the check. The JSON (benchmarks/results/gpu-<card>-<model>-<size>.json) is
 rewritten after every row, and a failing row is recorded with its error while the others go on.
 
@@ -242,6 +246,57 @@ def torch_rows(report: Report, args, precision: str, device: torch.device) -> No
 
         report.row(name, precision, fast)
 
+    def lanes():
+        """The real three-lane run_pipeline (a thread and a CUDA stream per network) against the same stages
+        composed in one thread: the frames must be equal; the per-stage times are CUDA events per lane."""
+        import numpy as np
+
+        from stdtrt.runtime.pipeline import StageTimes, compose, run_pipeline
+        from stdtrt.runtime.stream import StreamRunner
+
+        backend = TorchBackend.from_model(model, plan, PROMPT, "", 1.0, args.size, args.size)
+        g = np.random.default_rng(0)
+        items = [
+            (g.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8), i) for i in range(args.frames)
+        ]
+        one = StreamRunner(backend, seed=1)
+        single = list(compose([one.encode, one.unet, one.decode])(iter(items)))
+        times = StageTimes()
+        runner = StreamRunner(backend, seed=1, times=times)
+        got = []
+        sync(device)
+        t = time.perf_counter()
+        run_pipeline(iter(items), runner.stages(), got.append, queue_size=8)
+        sync(device)
+        ms = 1000 * (time.perf_counter() - t) / len(items)
+        same = [t for _, t in got] == [t for _, t in single] and all(
+            np.array_equal(a, b) for (a, _), (b, _) in zip(got, single, strict=True)
+        )
+        return {"ms_per_frame": ms, "frames_equal_single_thread": same, "stages_ms_cuda_events": times.ms_per_call(),
+                "clock": dict(times.clock), "stages_ms": stage_ms(backend, frames, args.frames, device),
+                "describe": f"run_pipeline, 3 lanes: {backend.describe()}"}  # fmt: skip
+
+    report.row("three CUDA lanes (run_pipeline) vs one thread", precision, lanes)
+
+    if precision in args.compile_precisions:  # inductor's mode: kept at its default unless this row wins
+
+        def compile_modes():
+            out = {}
+            for mode in (None, "max-autotune-no-cudagraphs"):
+                t = time.perf_counter()
+                backend = TorchBackend.from_model(model, plan, PROMPT, "", 1.0, args.size, args.size, compile=True,
+                                                  cuda_graphs=True, channels_last=True, compile_mode=mode)  # fmt: skip
+                frame, row = run(backend)
+                row["load_s"] = time.perf_counter() - t
+                if "frame" in reference:
+                    row.update(check(frame, reference["frame"], precision))
+                out[mode or "default"] = row
+            return {"ms_per_frame": out["max-autotune-no-cudagraphs"]["ms_per_frame"], "modes": out,
+                    "default_over_autotune": out["default"]["ms_per_frame"] / out["max-autotune-no-cudagraphs"]["ms_per_frame"],
+                    "describe": "torch.compile max-autotune-no-cudagraphs (ms_per_frame) against the default mode"}  # fmt: skip
+
+        report.row("torch compile: max-autotune-no-cudagraphs vs default", precision, compile_modes)
+
     def sequential():
         student = Student(model, plan, PROMPT, args.size, args.size)
         z0, noise = student.encode(image), make_noise(student.latent_shape, 0).to(device)
@@ -339,8 +394,10 @@ def bundle_rows(report: Report, args, device: torch.device) -> None:
                            precision="fp16", tensorrt=have_trt, out=str(folder / "bundle"))  # fmt: skip
         result = export_bundle(cfg, progress=False)
         bundle["b"] = read_bundle(result.path)
+        validation = bundle["b"].manifest["validation"]  # on the GPU: the reference and the backends there
         return {"export_s": result.seconds, "stages": result.stages, "tensorrt": result.tensorrt,
-                "validation": result.table}  # fmt: skip
+                "validation": result.table, "reference": validation["reference"],
+                "validated_by": sorted({r["backend"] for r in validation["rows"]})}  # fmt: skip
 
     report.row("export fp16 bundle (validated)", "fp16", export)
     if "b" not in bundle:

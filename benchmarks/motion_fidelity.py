@@ -144,7 +144,7 @@ def distill_student(
         lora_rank=rank, lora_alpha=float(rank), lr=lr, max_steps=steps, warmup_steps=steps // 20,
         w_min=fidelity.GUIDANCE - 1, w_max=fidelity.GUIDANCE - 1, seed=seed, compile_loss=False,
         log_every=max(1, steps // 10), checkpoint_every=10 * steps, crop_zoom=1.0, p_bank=0.8,
-        frames_per_video=FRAMES, **(clip if motion else {}),
+        frames_per_video=FRAMES, rho=0.3 if motion else 0.5, **(clip if motion else {}),  # as measured
     )  # fmt: skip
     distill(cfg, overwrite=True, progress=False, model=copy.deepcopy(teacher))
     student = copy.deepcopy(teacher)

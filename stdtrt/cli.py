@@ -269,14 +269,31 @@ def _load_toml(path: str) -> dict:
     return {k.replace("-", "_"): v for k, v in raw.items()}
 
 
-def build_distill_config(config_file: str | None, given: dict) -> DistillConfig:
-    """Defaults < the TOML file < options given on the command line."""
+def build_distill_config(config_file: str | None, given: dict, resume: bool = False) -> DistillConfig:
+    """Defaults < (with `resume`) the run's own saved config < the TOML file < options given on the command
+    line: a resumed run keeps what it was started with (--model, --rho, ...) unless told otherwise."""
     names = {f.name for f in dataclasses.fields(DistillConfig)}
     base = _load_toml(config_file) if config_file else {}
     unknown = sorted(set(base) - names)
     if unknown:
         raise StdtrtError(f"unknown setting(s) in {config_file}: {', '.join(unknown)}")
+    if resume:
+        out = given.get("out") or base.get("out") or DistillConfig.__dataclass_fields__["out"].default
+        saved = _saved_run(out)
+        base = {**{k: v for k, v in saved.items() if k in names and v is not None}, **base}
     return build_config(DistillConfig, given, base)
+
+
+def _saved_run(out: str) -> dict:
+    """The resolved config a run folder holds (empty when there is none: the resume check says so)."""
+    import json
+    from pathlib import Path
+
+    path = Path(out) / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 @cli.command(epilog=ablations(DistillConfig))
@@ -302,7 +319,10 @@ def distill(config_file: str | None, resume: bool, overwrite: bool, no_progress:
     from stdtrt.distill.trainer import distill as run
 
     result = run(
-        build_distill_config(config_file, given), resume=resume, overwrite=overwrite, progress=not no_progress
+        build_distill_config(config_file, given, resume),
+        resume=resume,
+        overwrite=overwrite,
+        progress=not no_progress,
     )
     if result.main_process:
         click.echo(
@@ -326,6 +346,22 @@ def export(no_progress: bool, **given) -> None:
     click.echo(
         f"bundle {result.path} {state} in {result.seconds:.0f} s ({total:.1f} MB, {len(result.sizes)} files)"
     )
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option(
+    "--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N (as for export)."
+)
+def validate(bundle: str, device: str) -> None:
+    """Validate a bundle exported with --no-validate, in place: its graphs (and engines that fit here)
+    against the torch reference, with the options it was exported with; the table goes into its manifest."""
+    from stdtrt.export.export import validate_bundle
+
+    result = validate_bundle(bundle, device)
+    if result.table:
+        click.echo(result.table)
+    click.echo(f"bundle {result.path}: {result.tensorrt} ({result.seconds:.0f} s)")
 
 
 @cli.command()

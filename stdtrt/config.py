@@ -373,6 +373,11 @@ class StylizeConfig:
         False,
         "hash every file of the bundle at load (without: sizes and times, and the hash of what changed)",
     )
+    trust_unvalidated: bool = opt(
+        False,
+        "run a bundle exported with --no-validate as it is (without: refused, with how to validate it: "
+        "`stdtrt validate BUNDLE`)",
+    )
     explicit: tuple[str, ...] = field(default=(), metadata={"cli": False})  # options the user set (the CLI
     # fills it): a bundle refuses those it contradicts, even when set to their default
 
@@ -405,13 +410,23 @@ class StylizeConfig:
         return {"cuda_graphs": self.cuda_graphs, "compile": self.compile, "channels_last": self.channels_last}
 
 
+# The default target window (R = ceil(N eta rho)). Images: 0.25, not std.md's 0.5: benchmarks/fidelity.py
+# (results/fidelity.json, 3 seeds) found it closer to the teacher's trajectory at NFE 2, 4 and 8 (NFE 4:
+# MSE 0.00498 against 0.00769), and at eta 0.75 its window (jumps of 2 to 11 grid steps) covers NFE 4's
+# jumps (9 to 10) where 0.5's spreads to twice their length. Clips: the authors' 0.3 (not measured here).
+RHO_IMAGES = 0.25
+RHO_CLIPS = 0.3
+
+
 @dataclass(frozen=True)
 class DistillConfig:
     """Single Trajectory Distillation of a LoRA student (the `distill` command). Defaults follow the
     authors' SDXL run (std.md) except where a reason says otherwise."""
 
-    model: str = opt(
-        "tiny-sd", "the teacher: diffusers folder, cached hub id, single-file checkpoint, or a preset"
+    model: str | None = opt(
+        None,
+        "the teacher (required): diffusers folder, cached hub id, single-file checkpoint, or a preset "
+        "(tiny-sd: random weights, to try the plumbing offline)",
     )
     data: str = opt("", "folder of images and/or videos (recursive); captions from sidecar .txt files")
     out: str = opt("runs/std", "run folder: lora.safetensors, checkpoints/, metrics.jsonl, config.json")
@@ -419,7 +434,9 @@ class DistillConfig:
     prompt_template: str = opt("{caption}", "e.g. '{caption}, oil painting in the style of ...'")
     strength: float = opt(0.75, "eta: the partial-noise level the student is trained from (one LoRA per eta)")
     rho: float | None = opt(
-        None, "target window R = ceil(N eta rho) [0.5 for images, 0.3 for clips with --motion-adapter]"
+        None,
+        "target window R = ceil(N eta rho) [0.25 for images: best at NFE 2, 4 and 8 in benchmarks/fidelity.py; "
+        "0.3 for clips with --motion-adapter]",
     )
     teacher_steps: int = opt(50, "N: the teacher's DDIM grid")
     mode: str = opt(
@@ -461,9 +478,7 @@ class DistillConfig:
     gradient_checkpointing: bool = opt(False, "trade compute for memory on large UNets")
     teacher: str = opt("shared", "'shared': one UNet, adapters off for the teacher; 'copy': a second UNet",
                        choices=("shared", "copy"), ablation=True)  # fmt: skip
-    compile_loss: bool = opt(
-        True, "fuse the jump + pseudo-Huber with torch.compile (eager fallback)", flag="--compile"
-    )
+    compile_loss: bool = opt(True, "fuse the jump + pseudo-Huber loss with torch.compile (eager fallback)")
     frames_per_video: int = opt(8, "frames sampled evenly from each video in the data folder (image mode)")
     motion_adapter: str = opt(
         "",
@@ -500,9 +515,14 @@ class DistillConfig:
     adv_max_images: int = opt(0, "use at most this many batch elements for the adversarial branch (0: all)")
 
     def __post_init__(self) -> None:
+        if not self.model:  # a default teacher would be the random tiny model: a day of training noise
+            raise StdtrtError(
+                "no teacher given: pass --model PATH_OR_ID (your SD 1.x or SDXL checkpoint), or --model "
+                "tiny-sd to try the plumbing offline (random weights: the student learns nothing useful)"
+            )
         check_strength(self.strength)
         if self.rho is None:  # resolved here, so the saved config says what ran
-            object.__setattr__(self, "rho", 0.3 if self.motion_adapter else 0.5)
+            object.__setattr__(self, "rho", RHO_CLIPS if self.motion_adapter else RHO_IMAGES)
         if min(self.clip_frames, self.frame_stride, self.clips_per_video, self.adv_frames) < 1:
             raise StdtrtError("clip-frames, frame-stride, clips-per-video and adv-frames must be at least 1")
         if self.adv_frames > self.clip_frames:
@@ -602,7 +622,8 @@ class ExportConfig:
     height: int | None = opt(None, "working height, a multiple of 8 [the model's native size]")
     precision: str = opt(
         "auto",
-        "the graphs' precision; auto: fp16 where TensorRT builds engines here, else fp32",
+        "the graphs' precision; auto: fp16 for a GPU (--device is one, or TensorRT builds engines here), "
+        "else fp32",
         choices=PRECISIONS,
     )
     out: str = opt(DEFAULT_BUNDLE, "the bundle folder", short="-o")
@@ -613,6 +634,12 @@ class ExportConfig:
     opset: int = opt(18, "ONNX opset: 17+ has LayerNormalization; TensorRT parses up to 20")
     workspace_gb: float = opt(8.0, "TensorRT builder workspace limit (GB)")
     validate: bool = opt(True, "check every graph and one frame against torch (fails over tolerance)")
+    device: str = opt(
+        "auto",
+        "where the float32 validation reference and the validating backends run: auto (the GPU when torch "
+        "sees one: onnxruntime's CUDA provider and TensorRT validate there, the CPU only without them), cpu, "
+        "cuda or cuda:N",
+    )
     seed: int = opt(0, "seeds the validation inputs")
 
     def __post_init__(self) -> None:
@@ -621,6 +648,7 @@ class ExportConfig:
             raise StdtrtError(
                 "no model given: pass --model PATH_OR_ID (or --model tiny-sd to try it offline)"
             )
+        parse_device(self.device)
         check_student(self)
         if self.frames_per_step < 1:
             raise StdtrtError(f"--frames-per-step must be at least 1, got {self.frames_per_step}")
@@ -673,11 +701,6 @@ class BenchConfig:
             raise StdtrtError(f"--plot must name a .png file, got {self.plot}")
 
 
-def replace(cfg, **changes):
-    """dataclasses.replace that re-runs validation (frozen configs are changed only through this)."""
-    return dataclasses.replace(cfg, **changes)
-
-
 def defaults(cls) -> dict:
     """Field name -> default, for click options."""
     out = {}
@@ -702,6 +725,5 @@ __all__ = [
     "StdtrtError",
     "defaults",
     "field",
-    "replace",
     "to_dict",
 ]

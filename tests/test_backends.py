@@ -208,6 +208,11 @@ def test_the_gpu_asked_for_goes_to_every_provider_and_a_provider_that_cannot_loa
     assert [p[0] if isinstance(p, tuple) else p for p in providers] == gpu and notes == []
     assert providers[0][1]["device_id"] == 1 and providers[1][1] == {"device_id": 1}
     assert not any("fp16" in k for k in providers[0][1])  # no weak-typing option
+    providers, _ = ort_providers("cuda:1", tmp_path, stream=12345)  # torch's stream for the GPU providers
+    assert all(
+        p[1]["user_compute_stream"] == "12345" and p[1]["has_user_compute_stream"] == "1"
+        for p in providers[:2]
+    )
     monkeypatch.setattr(
         ob, "tensorrt_provider_unusable", lambda: "libnvinfer.so.10: cannot open shared object"
     )

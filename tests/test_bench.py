@@ -30,7 +30,15 @@ def test_bench_times_backends_and_the_diffusers_baseline(sd_bundle, tmp_path):
             assert all(run.stages_ms[s] > 0 for s in STAGES)
             assert run.network_ms == sum(run.stages_ms[s] for s in ("vae_encode", "unet", "vae_decode"))
             assert run.steady_fps > 0 and run.fps > 0 and one.ratio(run) > 0
+            # what was timed is the stream form: every frame decoded, encoded by the VAE, decoded and
+            # written once, one UNet call per frame plus NFE - 1 to flush the pipe; by the host's clock here
+            nfe = one.setup["nfe"]
+            assert run.calls == {"video_decode": 3, "vae_encode": 3, "unet": 3 + nfe - 1, "vae_decode": 3,
+                                 "video_encode": 3}, run.calls  # fmt: skip
+            assert set(run.clock.values()) == {"host"}
         assert one.baseline["fps"] > 0 and "TCDScheduler" in one.baseline["describe"]
+        # diffusers ran the bundle's plan: NFE UNet calls per frame, one VAE encode and decode
+        assert one.baseline["calls_per_frame"] == {"vae_encode": 1, "unet": one.setup["nfe"], "vae_decode": 1}
     table = result.table()
     assert (
         "onnxruntime" in table

@@ -22,7 +22,9 @@ def test_help_does_not_import_torch():
     assert "Usage: stdtrt" in out and out.strip().endswith("False")
 
 
-@pytest.mark.parametrize("command", ["stylize-image", "stylize-video", "demo", "info", "export", "bench"])
+@pytest.mark.parametrize(
+    "command", ["stylize-image", "stylize-video", "demo", "info", "export", "validate", "bench"]
+)
 def test_every_command_has_help(command, capsys):
     code, out, _ = _run([command, "--help"], capsys)
     assert code == 0 and "Usage" in out

@@ -11,6 +11,7 @@ from conftest import losses, small
 from conftest import start_run as _run
 
 from stdtrt import schedule
+from stdtrt.config import DistillConfig
 from stdtrt.distill.bank import TrajectoryBank
 from stdtrt.distill.losses import FusedSTDLoss, std_loss
 from stdtrt.distill.trainer import distill
@@ -378,6 +379,8 @@ def test_two_cpu_processes_with_accelerate(data_dir, tmp_path):
         "-m",
         "stdtrt",
         "distill",
+        "--model",
+        "tiny-sd",
         "--data",
         str(data_dir),
         "--prompt",
@@ -394,7 +397,7 @@ def test_two_cpu_processes_with_accelerate(data_dir, tmp_path):
         "32",
         "--lora-rank",
         "4",
-        "--no-compile",
+        "--no-compile-loss",
         "--log-every",
         "1",
         "--no-progress",
@@ -416,7 +419,7 @@ def test_cli_reads_a_toml_file_and_options_win(data_dir, tmp_path, capsys):
 
     toml = tmp_path / "distill.toml"
     toml.write_text(
-        f'data = "{data_dir}"\nprompt = "a photo"\nmax-steps = 5\nbatch_size = 2\nbank_size = 4\n'
+        f'model = "tiny-sd"\ndata = "{data_dir}"\nprompt = "a photo"\nmax-steps = 5\nbatch_size = 2\nbank_size = 4\n'
         f"resolution = 32\nlora_rank = 4\nadv_blocks = [1, 2]\n"
     )
     out = tmp_path / "cli"
@@ -429,7 +432,7 @@ def test_cli_reads_a_toml_file_and_options_win(data_dir, tmp_path, capsys):
             str(out),
             "--max-steps",
             "1",
-            "--no-compile",
+            "--no-compile-loss",
             "--no-progress",
         ]
     )
@@ -465,7 +468,7 @@ def test_distill_option_mistakes_are_one_line(argv, needle, capsys, tmp_path):
     from stdtrt.cli import main
 
     with pytest.raises(SystemExit) as done:
-        main(["distill", "--data", str(tmp_path), "--out", str(tmp_path / "o"), *argv])
+        main(["distill", "--model", "tiny-sd", "--data", str(tmp_path), "--out", str(tmp_path / "o"), *argv])
     err = capsys.readouterr().err.strip().splitlines()
     assert done.value.code == 2 and len(err) == 1 and needle in err[0]
 
@@ -497,3 +500,57 @@ def test_an_image_over_the_decompression_bomb_limit_is_one_line(tmp_path, monkey
     assert not (tmp_path / "run").exists()
     with pytest.raises(StdtrtError, match="more pixels than Pillow's decompression-bomb limit"):
         read_image(folder / "huge.png")
+
+
+def test_distill_needs_a_model_and_names_the_offline_one(data_dir, tmp_path, capsys):
+    from stdtrt.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["distill", "--data", str(data_dir), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert done.value.code == 2 and len(err) == 1 and "--model" in err[0] and "tiny-sd" in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_default_window_is_the_one_the_fidelity_benchmark_found_best():
+    """rho 0.25 for images (benchmarks/results/fidelity.json: best at NFE 2, 4 and 8), the authors' 0.3 for
+    clips; at eta 0.75 on the 50-step grid the image window is R = 10 (jumps of 2 to 11 grid steps), which
+    holds NFE 4's jumps."""
+    fidelity = json.loads((Path(__file__).parents[1] / "benchmarks/results/fidelity.json").read_text())
+    mse = {(r["contender"], r["nfe"]): r["mse_mean"] for r in fidelity["summary"]}
+    assert all(mse[("STD R10", nfe)] < mse[("STD", nfe)] for nfe in (2, 4, 8))
+    image = DistillConfig(model="tiny-sd")
+    r = schedule.window(0.75, image.rho, 50)
+    assert image.rho == 0.25 and r == 10
+    # a target lands 2 .. R + 1 grid steps below its state; NFE 4 jumps 38 -> 29 -> 19 -> 10 -> clean (-1)
+    jumps = -np.diff([*schedule.student_indices(0.75, 4), -1])
+    assert jumps.min() >= 2 and jumps.max() <= r + 1
+    assert DistillConfig(model="tiny-sd", motion_adapter="tiny-motion").rho == 0.3
+
+
+def test_compile_means_one_thing_distill_s_loss_has_its_own_flag(data_dir, tmp_path, capsys):
+    from stdtrt.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["distill", "--model", "tiny-sd", "--data", str(data_dir), "--compile"])
+    assert done.value.code == 2 and "--compile" in capsys.readouterr().err
+    help_text = DistillConfig.__dataclass_fields__["compile_loss"].metadata
+    assert help_text.get("flag") is None  # generated as --compile-loss / --no-compile-loss
+
+
+def test_resume_keeps_the_run_s_own_settings(data_dir, tmp_path, capsys):
+    """`--resume` alone continues a run started with other settings than the defaults (its model, its
+    rho): the saved config is the base, options given now still win (and are checked)."""
+    from stdtrt.cli import main
+
+    out = tmp_path / "run"
+    common = ["--no-compile-loss", "--no-progress"]
+    main(["distill", "--model", "tiny-sd", "--data", str(data_dir), "--prompt", "a photo", "--out", str(out),
+          "--rho", "0.5", "--max-steps", "1", "--batch-size", "2", "--bank-size", "4", "--resolution", "32",
+          "--lora-rank", "4", *common])  # fmt: skip
+    main(["distill", "--out", str(out), "--resume", "--max-steps", "2", *common])
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["rho"] == 0.5 and saved["max_steps"] == 2 and len(losses(out)) == 2
+    with pytest.raises(SystemExit) as done:
+        main(["distill", "--out", str(out), "--resume", "--rho", "0.25", *common])
+    assert done.value.code == 2 and "rho: 0.5 -> 0.25" in capsys.readouterr().err

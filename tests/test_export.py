@@ -81,6 +81,30 @@ def test_each_onnx_graph_equals_its_torch_module(fixture, request):
                 assert np.abs(a - b).max() < 1e-4 * max(1.0, np.abs(b).max()), graph
 
 
+def assert_uint8_only_at_the_edges(folder: Path) -> None:
+    """TensorRT takes UINT8 only as a network input or output converted at once: the encoder's `frames`
+    feeds a Cast to float and nothing else, the decoder's `frames` comes straight out of a Cast, and no
+    uint8 tensor lies inside either graph (the layout permute runs in float)."""
+    import onnx
+
+    for graph, consumes in (("vae_encoder", True), ("vae_decoder", False)):
+        proto = onnx.load(str(folder / f"{graph}.onnx"), load_external_data=False)
+        if consumes:
+            users = [n for n in proto.graph.node if "frames" in n.input]
+            assert [n.op_type for n in users] == ["Cast"], graph
+            assert users[0].attribute[0].i == onnx.TensorProto.FLOAT, graph
+        else:
+            (producer,) = [n for n in proto.graph.node if "frames" in n.output]
+            assert producer.op_type == "Cast", graph
+        inferred = onnx.shape_inference.infer_shapes(proto).graph.value_info
+        inner = [v.name for v in inferred if v.type.tensor_type.elem_type == onnx.TensorProto.UINT8]
+        assert inner == [], (graph, inner)
+
+
+def test_uint8_is_cast_at_the_graph_edges(sd_bundle):
+    assert_uint8_only_at_the_edges(sd_bundle[1].path)
+
+
 @pytest.mark.parametrize("fixture", BUNDLES)
 def test_unet_graph_is_the_stream_step(fixture, request):
     """One graph call: slot 0 takes x_start of the new frame, slot i jumps as the student's step i (the
@@ -136,6 +160,8 @@ def test_manifest_describes_the_bundle(fixture, request):
     )
     assert all(r["max_abs"] <= 1 for r in rows)  # uint8 frames: at most a level of rounding
     assert {r["backend"] for r in rows} == {"onnxruntime CPU"}  # no GPU provider here
+    assert m["validation"]["reference"] == "the fused model's torch modules in float32 on cpu (TF32 off)"
+    assert m["config"]["device"] == "auto"
     assert (result.path / "validation.txt").read_text().startswith("validation against torch (float32)")
     assert m["tensorrt"] is None  # the fixture turns TensorRT off: skipped, said in one line
     assert (
@@ -244,6 +270,7 @@ def test_fp16_graphs_run_and_stay_close(tmp_path):
     assert m["precision"] == "fp16" and m["graphs"]["unet"]["inputs"][0]["dtype"] == "float32"
     assert all(m["graphs"][g]["precision"] == "fp16" for g in m["graphs"])
     assert all(r["ok"] for r in m["validation"]["rows"])
+    assert_uint8_only_at_the_edges(result.path)
     import onnx
 
     weights = onnx.load(str(result.path / "unet.onnx")).graph.initializer
@@ -271,3 +298,62 @@ def test_polygraphy_accepts_the_graphs(sd_bundle):
         assert run.returncode == 0 and "PASSED" in run.stdout + run.stderr, (
             run.stdout[-2000:] + run.stderr[-2000:]
         )
+
+
+def test_validation_runs_on_the_gpu_backends_of_a_gpu_export_and_on_the_cpu_only_without_them():
+    """Which backends validate: on a GPU its GPU backends only (onnxruntime's CUDA provider, TensorRT's
+    engines), onnxruntime on the CPU only where neither is there; a CPU export validates on the CPU (and on
+    the engines, which run only on their GPU)."""
+    from stdtrt.export.validate import validation_backends
+
+    gpu, cpu = torch.device("cuda", 1), torch.device("cpu")
+    assert validation_backends(gpu, build_trt=True, ort_cuda=True) == ["onnxruntime CUDA", "tensorrt"]
+    assert validation_backends(gpu, build_trt=True, ort_cuda=False) == ["tensorrt"]
+    assert validation_backends(gpu, build_trt=False, ort_cuda=True) == ["onnxruntime CUDA"]
+    assert validation_backends(gpu, build_trt=False, ort_cuda=False) == ["onnxruntime CPU"]
+    assert validation_backends(cpu, build_trt=False, ort_cuda=True) == ["onnxruntime CPU"]
+    assert validation_backends(cpu, build_trt=True, ort_cuda=True) == ["onnxruntime CPU", "tensorrt"]
+
+
+def test_auto_precision_is_the_gpu_s_whatever_backend_runs_it():
+    from stdtrt.export.export import export_precision
+
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    assert export_precision("auto", False, gpu) == "fp16"  # onnxruntime-gpu or torch on the GPU: fp16
+    assert export_precision("auto", True, cpu) == "fp16"  # TensorRT's engines run on the GPU
+    assert export_precision("auto", False, cpu) == "fp32"
+    assert export_precision("fp32", True, gpu) == "fp32"
+
+
+def test_the_reference_is_exact_float32_on_its_device_and_leaves_tf32_as_it_was(tiny_sd):
+    """The reference runs on the model's device with TF32 off (cudnn allows it by default), recorded as
+    such; the caller's settings come back after."""
+    from stdtrt.export.validate import reference
+    from stdtrt.models.load import exact_float32
+
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        plan = schedule.student_plan(tiny_sd.alphas_cumprod(), 0.75, 2)
+        cfg = ExportConfig(model="tiny-sd", prompt="ink", width=32, height=32, nfe=2)
+        nets = build_networks(tiny_sd, plan, "ink", "", 1.0, 32, 32)
+        with exact_float32():
+            assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+            ref = reference(nets, tiny_sd, plan, cfg, 32, 32)
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        assert ref.device == str(tiny_sd.device) and not ref.tf32 and ref.z0.device.type == "cpu"
+        assert "TF32 on" in reference(nets, tiny_sd, plan, cfg, 32, 32).describe()  # what the record tells
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def test_export_says_each_long_stage_with_its_time(tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="stdtrt")
+    export_tiny(tmp_path, "tiny-sd", 1.0, precision="fp16", nfe=2)
+    said = [r.getMessage() for r in caplog.records]
+    for stage in ("loading tiny-sd", "validation reference (float32 on cpu, TF32 off)", "tracing unet",
+                  "validation on onnxruntime CPU"):  # fmt: skip
+        assert any(m.startswith(stage) and "done in" in m for m in said), stage
+    assert any("nodes kept in float32 in" in m for m in said)  # the fp16 pass

@@ -193,3 +193,26 @@ def test_the_sdxl_refiner_is_refused(tmp_path):
     shutil.rmtree(folder / "text_encoder")
     with pytest.raises(StdtrtError, match="no first text encoder: it is the SDXL refiner"):
         load_model(str(folder))
+
+
+def test_a_preset_leaves_the_callers_random_state_and_seed_reaches_the_lora(data_dir, tmp_path):
+    """Building a preset draws its weights from fixed seeds without touching the global RNG, so the
+    distill run's --seed (set before the model loads) decides the LoRA's initialisation."""
+    import torch
+    from conftest import small, start_run
+
+    from stdtrt.models.load import load_model
+    from stdtrt.models.vae import vae_preset
+
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    load_model("tiny-sd")
+    vae_preset("tiny-taesd")
+    assert torch.equal(torch.get_rng_state(), state)
+    lora_a = {}
+    for seed in (0, 1, 0):
+        run = start_run(small(data_dir, tmp_path / f"s{seed}-{len(lora_a)}", seed=seed))
+        lora_a.setdefault(seed, []).append(
+            next(p for n, p in run.lora_params.items() if "lora_A" in n).detach().clone()
+        )
+    assert torch.equal(lora_a[0][0], lora_a[0][1]) and not torch.equal(lora_a[0][0], lora_a[1][0])

@@ -444,3 +444,60 @@ def test_an_overlap_over_half_the_window_is_refused(motion_lora):
                         window=4, overlap=3)  # fmt: skip
     with pytest.raises(StdtrtError, match=r"--overlap must be in \[0, window / 2\]"):
         load_runner(cfg, 48, 40)
+
+
+def test_the_clip_std_step_matches_a_hand_computation(clips_dir, tmp_path):
+    """distill/step.py's pure step on clips (B, 4, F, h, w) through the motion UNet, against std.md's
+    formulas written out with plain UNetMotionModel calls (its text states once per frame, as diffusers'
+    AnimateDiff pipelines pass them): the LCM-guided teacher DDIM step with the adapters off, the
+    stop-gradient target from x_next, the student's jump, the pseudo-Huber loss; every frame of a clip at
+    its clip's own t_n. R = 1 makes s = t_{n-2} deterministic."""
+    from conftest import start_run
+
+    from stdtrt.distill.step import Batch, StepPlan, std_step
+    from stdtrt.distill.teacher import adapters_off
+
+    run = start_run(_clip_cfg(clips_dir, tmp_path / "r"))
+    torch.manual_seed(3)
+    for p in run.lora_params.values():  # a non-zero adapter: student and teacher differ
+        p.data.normal_(0, 0.05)
+    g = torch.Generator().manual_seed(0)
+    frames = run.cfg.clip_frames
+    x = torch.randn(2, 4, frames, 4, 4, generator=g)
+    n, w = torch.tensor([38, 20]), torch.tensor([5.0, 12.0])
+    cond, uncond = run.prompts.map(lambda t: t[:1].expand(2, *t.shape[1:])), run.uncond.repeat(2)
+    batch = Batch(x, n, torch.zeros_like(x), w, torch.zeros(2, dtype=torch.long), cond, uncond)
+    out = std_step(batch, run._student, run._target_net, run.teacher, StepPlan(run.abar, 50, 1, "std", 1e-3),
+                   g, run.loss_fn)  # fmt: skip
+
+    def unet(x, t, c):
+        return run.raw_unet(x, t, encoder_hidden_states=c.embeds.repeat_interleave(frames, 0)).sample
+
+    abar = run.abar
+    a = lambda t: abar[t].sqrt().view(-1, 1, 1, 1, 1)  # noqa: E731  (B,) -> (B, 1, 1, 1, 1): per clip
+    b = lambda t: (1 - abar[t]).sqrt().view(-1, 1, 1, 1, 1)  # noqa: E731
+    t, tp, s = (
+        torch.tensor([779, 419]),
+        torch.tensor([759, 399]),
+        torch.tensor([739, 379]),
+    )  # t_n, t_n-1, t_n-2
+    with torch.no_grad():
+        with adapters_off(run.raw_unet):
+            e_c, e_u = unet(x, t, cond), unet(x, t, uncond)
+        e_T = e_c + w.view(-1, 1, 1, 1, 1) * (e_c - e_u)
+        x_next = a(tp) * (x - b(t) * e_T) / a(t) + b(tp) * e_T
+        e_next = unet(x_next, tp, cond)
+        target = a(s) * (x_next - b(tp) * e_next) / a(tp) + b(s) * e_next
+        eps = unet(x, t, cond)
+        pred = a(s) * (x - b(t) * eps) / a(t) + b(s) * eps
+        loss = (((pred - target) ** 2 + 1e-6).sqrt() - 1e-3).mean()
+    assert out.s.tolist() == s.tolist() and out.n_next.tolist() == [37, 19]
+    for name, ours, ref in (
+        ("x_next", out.x_next, x_next),
+        ("target", out.target, target),
+        ("pred", out.pred, pred),
+    ):
+        assert ours.shape == x.shape and torch.allclose(ours, ref, atol=1e-5), name
+    assert abs(float(out.loss.detach()) - float(loss)) < 1e-6 and out.loss.requires_grad
+    assert not torch.allclose(e_c, eps, atol=1e-3)  # the teacher really ran without the adapter
+    assert not torch.allclose(eps[:, :, 0], eps[:, :, 1], atol=1e-4)  # the frames are not one image repeated

@@ -107,9 +107,10 @@ def test_gamma_is_refused_by_the_stream_form(tiny_sd):
 
 
 @pytest.mark.parametrize("batch", [1, 4])
-def test_overlapping_stages_give_the_same_frames_in_order(tiny_sd, batch):
+def test_stage_threads_give_the_same_frames_in_order_on_the_cpu_where_lanes_do_nothing(tiny_sd, batch):
     """Threads or one thread, B = 1 or 4 (a short last group is padded and the padding dropped): the
-    same frames, in order, each as it comes out alone."""
+    same frames, in order, each as it comes out alone. On the CPU a Lane is a no-op (no CUDA stream, no
+    event): the lanes themselves are checked on a GPU (tests/test_gpu.py, benchmarks/gpu_check.py)."""
     plan = schedule.student_plan(tiny_sd.alphas_cumprod(), 0.75, 4)
     backend = TorchBackend.from_model(tiny_sd, plan, "ink", "", 1.0, 64, 64, batch)
     items = [(f, i) for i, f in enumerate(_frames(6))]
@@ -189,3 +190,27 @@ def test_the_filter_threshold_is_checked():
     for bad in ({"skip_threshold": 1.5}, {"skip_threshold": -0.1}, {"max_skips": 0}):
         with pytest.raises(StdtrtError, match="skip-threshold|max-skips"):
             StylizeConfig(**bad)
+
+
+def test_a_brightness_ramp_and_a_contrast_change_do_not_count_as_change():
+    """The README's promise: brightness and contrast changes do not count. A dark picture brightened by 12
+    levels a frame (nothing clips), then with its contrast raised: the filter reuses one output for all of
+    them, while the plain cosine of the grey copies (without the mean removed) falls to 0.91 over the ramp;
+    another picture still counts."""
+    from stdtrt.runtime.stream import SimilarityFilter
+
+    a, b = _frames(2)
+    dark = (a.astype(float) * 0.25).astype(np.uint8)  # levels 0..64
+    ramp = [(dark.astype(int) + 12 * i).astype(np.uint8) for i in range(12)]
+    mean = float(dark.mean())
+    contrast = np.clip(mean + 1.5 * (dark.astype(float) - mean), 0, 255).astype(np.uint8)
+    f = SimilarityFilter(0.99, max_skips=20)
+    assert [f.skip(frame) for frame in [*ramp, contrast]] == [False] + [True] * 12
+    assert not f.skip(b)
+    import cv2
+
+    def grey(rgb):  # the filter's 32x32 grey copy, its mean kept
+        small = cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), (32, 32), interpolation=cv2.INTER_AREA)
+        return small.astype(np.float32).ravel()
+
+    assert SimilarityFilter.similarity(grey(ramp[0]), grey(ramp[-1])) < 0.95  # without the mean removed

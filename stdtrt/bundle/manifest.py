@@ -27,7 +27,8 @@ FORMAT = "stdtrt-bundle"
 FORMAT_VERSION = 3  # 2: the placement (graph dtypes) and the teacher grid are recorded; 3: manifest_sha256
 MANIFEST = "manifest.json"
 # Bump when the graphs' meaning changes (inputs, outputs, what is baked in): old bundles stop matching.
-GRAPH_VERSION = 2  # 2: fp16 graphs are the fp16 modules traced, with float32 islands
+GRAPH_VERSION = 3  # 2: fp16 graphs are the fp16 modules traced, with float32 islands; 3: uint8 only at the
+# VAE graphs' edges, SD 1.x's instantstyle block is the whole up block, the prompt keyed by its token ids
 REQUIRED = (
     "key",
     "model",
@@ -86,9 +87,10 @@ def onnx_key_fields(
     control: dict | None = None,
 ) -> dict:
     """What the ONNX graphs depend on (the negative prompt only when guidance bakes it in). The baked plan
-    covers the scheduler config (timesteps and coefficients); the conditioning hash covers the tokenizer
-    and text encoders through the prompt embeddings that become constants; a style (models.style.Style's
-    record) covers the image, the IP-Adapter, the scale and the blocks."""
+    covers the scheduler config (timesteps and coefficients); the conditioning hash covers the prompts
+    by their token ids (the text encoders' weights are in the model hash; their float output may differ in
+    the last bits between CPUs, so it is no key); a style (models.style.Style's record) covers the image,
+    the IP-Adapter, the scale and the blocks."""
     fields = {
         "plan": plan,
         "conditioning_hash": conditioning_hash,
@@ -226,10 +228,18 @@ class Bundle:
             raise StdtrtError(f"bundle {self.path} has no {kind} file for {graph}")
         return self.path / name
 
+    @property
+    def validated(self) -> bool:
+        """Whether export compared its graphs with torch (not with --no-validate, or validated since)."""
+        return bool((self.manifest.get("validation") or {}).get("rows"))
+
     def verify(self, full: bool = False) -> int:
-        """Every listed file exists as exported: the same size and modification time as recorded, else (or
-        with `full`, --verify) the same sha256; a changed file is refused. Returns how many were hashed
-        (a large SDXL bundle takes minutes to hash on a slow disk: a normal start hashes none)."""
+        """Every listed file exists as exported: the same size and modification time as recorded, or as
+        this machine verified it before (bundle/verified.py: a copied bundle is hashed at its first start
+        only), else (or with `full`, --verify) the same sha256; a changed file is refused. Returns how many
+        were hashed (a large SDXL bundle takes minutes to hash on a slow disk: a normal start hashes none)."""
+        from stdtrt.bundle import verified
+
         hashed = 0
         for name, entry in self.manifest["files"].items():
             path = self.path / name
@@ -241,13 +251,18 @@ class Bundle:
                     f"bundle {self.path}: {name} has {stat.st_size} bytes, its manifest {entry['bytes']} (changed "
                     f"or truncated after export); export the bundle again"
                 )
-            if full or stat.st_mtime_ns != entry.get("mtime_ns"):  # touched, copied or moved: hash it
-                hashed += 1
-                if file_hash(path) != entry["sha256"]:
-                    raise StdtrtError(
-                        f"bundle {self.path}: {name} does not match the sha256 in its manifest (changed or "
-                        f"corrupted after export); export the bundle again"
-                    )
+            if not full and stat.st_mtime_ns == entry.get("mtime_ns"):  # as exported
+                continue
+            key, stamp = verified.file_key(path), [stat.st_size, stat.st_mtime_ns]
+            if not full and verified.known(key, stamp, entry["sha256"]):  # copied, and hashed here before
+                continue
+            hashed += 1
+            if file_hash(path) != entry["sha256"]:
+                raise StdtrtError(
+                    f"bundle {self.path}: {name} does not match the sha256 in its manifest (changed or "
+                    f"corrupted after export); export the bundle again"
+                )
+            verified.remember(key, stamp, entry["sha256"])
         return hashed
 
 

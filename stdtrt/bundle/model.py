@@ -8,7 +8,6 @@ from pathlib import Path
 
 from stdtrt.errors import StdtrtError
 from stdtrt.io.hashing import file_hash, module_hash
-from stdtrt.models.conditioning import encode_prompt
 from stdtrt.models.control_maps import DEFAULT_DEPTH_MODEL, MapSpec
 from stdtrt.models.controlnet import Control, load_controlnet
 from stdtrt.models.load import load_model, recorded_placement
@@ -25,16 +24,22 @@ def model_hash(model) -> str:
 
 
 def conditioning_hash(model, cfg, width: int, height: int) -> str:
-    """sha256 of the prompt embeddings the graph bakes in (tokenizer + text encoders + prompts)."""
+    """sha256 of what the prompt embeddings baked into the graphs are computed from, besides the text
+    encoders' weights (in the model hash): each prompt's token ids from each of the pipeline's tokenizers
+    (SDXL's time ids follow from the size, in the key). Not the embeddings themselves: their floats differ
+    in the last bits between CPUs (and a bundle's key must hold on another machine)."""
     import hashlib
+    import json
 
     h = hashlib.sha256()
     prompts = [cfg.prompt, cfg.negative_prompt] if cfg.guidance > 1 else [cfg.prompt]
+    tokenizers = [model.pipe.tokenizer, getattr(model.pipe, "tokenizer_2", None)]
     for prompt in prompts:
-        c = encode_prompt(model.pipe, prompt, height, width)
-        for t in (c.embeds, c.pooled, c.time_ids):
-            if t is not None:
-                h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+        for tok in filter(None, tokenizers):
+            ids = tok(
+                prompt, padding="max_length", max_length=tok.model_max_length, truncation=True
+            ).input_ids
+            h.update(json.dumps([type(tok).__name__, ids]).encode())
     return h.hexdigest()
 
 
@@ -67,18 +72,23 @@ def fingerprint(source: str) -> dict | None:
 
 
 def _unchanged(what: str, source: str, recorded: dict, digest, full: bool, bundle) -> None:
-    """Refuse `source` unless it is what the bundle recorded: by its fingerprint when that matches (and
-    not `full`), else by its content hash (`digest()`)."""
-    if (
-        not full
-        and recorded.get("fingerprint") is not None
-        and fingerprint(source) == recorded["fingerprint"]
-    ):
+    """Refuse `source` unless it is what the bundle recorded: by its fingerprint when that matches, or
+    when this machine verified it with this fingerprint before (bundle/verified.py; not with `full`),
+    else by its content hash (`digest()`)."""
+    from stdtrt.bundle import verified
+
+    stamp = recorded.get("fingerprint") and fingerprint(source)
+    if not full and stamp is not None and stamp == recorded["fingerprint"]:
+        return
+    key = f"{what}:{source}"
+    if not full and stamp is not None and verified.known(key, stamp, recorded["hash"]):
         return
     if digest() != recorded["hash"]:
         raise StdtrtError(
             f"{what} {source} is not the one bundle {bundle.path} was exported with (hash differs)"
         )
+    if stamp is not None:
+        verified.remember(key, stamp, recorded["hash"])
 
 
 def load_fused_model(bundle, device: str = "auto", full: bool = False):

@@ -34,8 +34,9 @@ def load_dinov2(name: str, device) -> nn.Module:
     from transformers import Dinov2Config, Dinov2Model
 
     if name in DINO_PRESETS:
-        torch.manual_seed(0)
-        model = Dinov2Model(Dinov2Config(patch_size=14, image_size=224, **DINO_PRESETS[name]))
+        with torch.random.fork_rng(devices=[]):  # the run's own random state is left as it was
+            torch.manual_seed(0)
+            model = Dinov2Model(Dinov2Config(patch_size=14, image_size=224, **DINO_PRESETS[name]))
     else:
         try:
             model = Dinov2Model.from_pretrained(name, local_files_only=True)

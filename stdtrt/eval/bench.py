@@ -50,6 +50,8 @@ class BackendRun:
     steady_fps: float  # while frames enter (see steady_fps())
     outside: float | None = None  # share of the clip's time outside the network calls (one-thread stages)
     peak_mb: float | None = None  # CUDA: the most device memory torch held during the clip
+    clock: dict[str, str] = field(default_factory=dict)  # what timed each stage: "host" or "cuda events"
+    calls: dict[str, int] = field(default_factory=dict)  # calls of each stage over the clip
 
     @property
     def network_ms(self) -> float:
@@ -204,6 +206,8 @@ def time_backend(bundle, name: str, device: str, info, folder: Path, model=None)
         steady_fps(result, backend.plan.nfe, group),
         outside,
         peak,
+        result.stage_clock,
+        result.stage_calls,
     )
 
 
@@ -234,6 +238,10 @@ def bench_bundle(cfg: BenchConfig, path: Path) -> BundleBench:
             f"no bundle at {path}: make one with `stdtrt export --model ... --out {path}` first"
         )
     bundle = read_bundle(path, full=cfg.verify)
+    if not bundle.validated:
+        log.warning(
+            "%s was exported with --no-validate: timed as it is (`stdtrt validate %s` checks it)", path, path
+        )
     m = bundle.manifest
     unlike = (
         "a style image baked in"

@@ -25,13 +25,23 @@ from stdtrt.config import ExportConfig, resolve_window, to_dict
 from stdtrt.errors import StdtrtError
 from stdtrt.export import tensorrt
 from stdtrt.export.onnx import export_networks
-from stdtrt.export.validate import Row, check, format_table, onnxruntime_rows, reference, tensorrt_rows
+from stdtrt.export.validate import (
+    Row,
+    check,
+    format_table,
+    onnxruntime_rows,
+    ort_has_cuda,
+    reference,
+    tensorrt_rows,
+    timed_stage,
+    validation_backends,
+)
 from stdtrt.io.atomic import atomic_dir, check_writable_dir
 from stdtrt.io.hashing import file_hash, module_hash
 from stdtrt.models.attention_cache import CacheSettings
 from stdtrt.models.card import StudentCard
 from stdtrt.models.controlnet import setup_control
-from stdtrt.models.load import DTYPES, load_model, placement_for
+from stdtrt.models.load import DTYPES, exact_float32, load_model, placement_for, resolve_device
 from stdtrt.models.lora import fuse_lora, load_lora
 from stdtrt.models.motion import check_motion_window
 from stdtrt.models.style import attach_style, encode_style, warn_if_trained_with_styles
@@ -126,16 +136,17 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def export_precision(requested: str, build_trt: bool) -> str:
-    """The graphs' precision: fp16 where TensorRT builds engines here (auto), else fp32; bf16 bundles are
-    not made (onnxruntime on a CPU cannot run, hence cannot validate, bf16 convolutions)."""
+def export_precision(requested: str, build_trt: bool, device=None) -> str:
+    """The graphs' precision: auto is fp16 for a GPU (the export's device is one, or TensorRT builds engines
+    here), as the one precision rule gives a GPU, else fp32; bf16 bundles are not made (onnxruntime on a CPU
+    cannot run, hence cannot validate, bf16 convolutions)."""
     if requested == "bf16":
         raise StdtrtError(
             "export makes fp32 or fp16 bundles (bf16 graphs cannot be validated by onnxruntime here); "
             "use --precision fp16 for TensorRT, or run bf16 with --model on the torch path"
         )
     if requested == "auto":
-        return "fp16" if build_trt else "fp32"
+        return "fp16" if build_trt or (device is not None and device.type == "cuda") else "fp32"
     return requested
 
 
@@ -146,12 +157,15 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
     start, stages = time.perf_counter(), {}
     out = Path(cfg.out).expanduser().absolute()  # `--out .` names the current folder
     check_out(out)
+    device = resolve_device(cfg.device)
     build_trt, trt_line = tensorrt.decide(cfg.tensorrt)
-    precision = export_precision(cfg.precision, build_trt)
+    precision = export_precision(cfg.precision, build_trt, device)
+    backends = validation_backends(device, build_trt, ort_has_cuda())
     card = StudentCard.read(cfg.lora)
     grid = card.grid(cfg.strength)
-    # float32 on the CPU: the validation reference, then what is traced
-    model = load_model(cfg.model, motion_adapter=cfg.motion_adapter)
+    # float32 on the CPU (hashed, fused and traced there); the validation reference runs on `device`
+    with timed_stage(f"loading {cfg.model}"):
+        model = load_model(cfg.model, motion_adapter=cfg.motion_adapter)
     motion = None
     if cfg.motion_adapter:  # a slot is one window of the video student
         window = resolve_window(cfg.window, card.clip_frames)
@@ -190,6 +204,9 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
     key = mf.cache_key(fields)
     existing = _existing(out, key, cfg.overwrite)
     stages["load"] = time.perf_counter() - start
+    if existing is not None and cfg.validate and not existing.validated:  # exported with --no-validate
+        what = (model, plan, width, height, style, batch, cache, control)
+        return _validate_in_place(cfg, existing, what, device, key, start, stages)
     if existing is not None and (not build_trt or _engines_fit(existing, key)):
         log.info("%s already holds this bundle (key %s): reused", out, key[:12])
         sizes = {n: e["bytes"] for n, e in existing.manifest["files"].items()}
@@ -197,7 +214,9 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
         return ExportResult(out, True, time.perf_counter() - start, sizes, None, trt_line)
     with atomic_dir(out) as tmp:
         t = time.perf_counter()
-        networks, ref, fused = _reference(cfg, model, plan, width, height, style, batch, cache, control)
+        networks, ref, fused = _reference(
+            cfg, model, plan, width, height, style, batch, cache, control, device
+        )
         stages["reference"] = time.perf_counter() - t
         if existing is None:
             manifest, rows = _export_onnx(
@@ -215,6 +234,7 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
                 style,
                 cache,
                 control,
+                (backends, device),
             )
             manifest["motion"] = motion
         else:
@@ -235,8 +255,9 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
                 f"TensorRT engines built (TensorRT {built['version']}, {built['arch']}, {built['gpu']})"
             )
             if ref is not None:
-                rows = _validate_engines(tmp, manifest, rows, ref, cfg, stages)
-        table = _finish_validation(tmp, manifest, rows, cfg)
+                trt_device = str(device) if device.type == "cuda" else "cuda"
+                rows = _validate_engines(tmp, manifest, rows, ref, trt_device, stages)
+        table = _finish_validation(tmp, manifest, rows, cfg, ref)
         manifest["files"] = _files(tmp, manifest["files"])
         manifest["export_seconds"] = {k: round(v, 1) for k, v in stages.items()}
         mf.write_manifest(tmp, manifest)
@@ -246,36 +267,99 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
     )
 
 
-def _reference(cfg, model, plan, width, height, style, batch, cache, control):
-    """Fuse the LoRA and build the float32 networks; with validation on, run the reference on them.
-    Returns (networks, reference or None, the fuse report or None)."""
+def _validate_in_place(cfg, existing, what, device, key, start, stages) -> ExportResult:
+    """A bundle exported with --no-validate, validated now as an export would have: its graphs (and its
+    engines, where they fit this TensorRT and GPU) against the torch reference, the table recorded in its
+    manifest; its files are kept as they are (linked into the new folder)."""
+    import torch
+
+    engines = _engines_fit(existing, key) and torch.cuda.is_available()
+    backends = validation_backends(device, engines, ort_has_cuda())
+    with atomic_dir(existing.path) as tmp:
+        t = time.perf_counter()
+        _, ref, _ = _reference(cfg, *what, device)
+        stages["reference"] = time.perf_counter() - t
+        for name in existing.manifest["files"]:
+            _link_or_copy(existing.path / name, tmp / name)
+        manifest = dict(existing.manifest)
+        bundle = mf.Bundle(tmp, manifest)
+        t = time.perf_counter()
+        rows = onnxruntime_rows(bundle, ref, backends, device)
+        if engines:
+            rows += tensorrt_rows(bundle, ref, str(device) if device.type == "cuda" else "cuda")
+        stages["validate"] = time.perf_counter() - t
+        table = _finish_validation(tmp, manifest, rows, cfg, ref)
+        manifest["files"] = _files(tmp, manifest["files"])
+        mf.write_manifest(tmp, manifest)
+    sizes = {n: e["bytes"] for n, e in manifest["files"].items()}
+    line = "TensorRT engines validated" if engines else "TensorRT engines: none validated here"
+    return ExportResult(existing.path, True, time.perf_counter() - start, sizes, table, line, stages)
+
+
+def validate_bundle(path: str, device: str = "auto") -> ExportResult:
+    """`stdtrt validate`: a bundle exported with --no-validate, validated in place with the options it was
+    exported with (its manifest's), its model and LoRA found where the manifest says."""
+    from dataclasses import fields
+
+    bundle = mf.read_bundle(path)
+    m = bundle.manifest
+    if bundle.validated:
+        sizes = {n: e["bytes"] for n, e in m["files"].items()}
+        table = format_table(
+            [Row(**{k: v for k, v in r.items() if k != "ok"}) for r in m["validation"]["rows"]]
+        )
+        return ExportResult(bundle.path, True, 0.0, sizes, table, "validated at export: nothing to do")
+    names = {f.name for f in fields(ExportConfig)}
+    given = {k: v for k, v in (m.get("config") or {}).items() if k in names}
+    style = m.get("style")
+    given.update(
+        model=m["model"]["source"], lora=(m.get("lora") or {}).get("path"), out=str(bundle.path),
+        validate=True, overwrite=False, device=device, tensorrt=None if bundle.tensorrt else False,
+        style_image=style["image"] if style else None,
+    )  # fmt: skip
+    return export_bundle(
+        ExportConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
+    )
+
+
+def _reference(cfg, model, plan, width, height, style, batch, cache, control, device):
+    """Fuse the LoRA and build the float32 networks on the CPU (what is traced); with validation on, run
+    the reference on `device` first, in float32 with TF32 off (the model, and a ControlNet, moved there and
+    back). Returns (networks, reference (its tensors on the CPU) or None, the fuse report or None)."""
+    import torch
 
     fused = fuse_lora(model)
     if style is not None:
         attach_style(model, style)
-    networks = build_networks(
-        model,
-        plan,
-        cfg.prompt,
-        cfg.negative_prompt,
-        cfg.guidance,
-        width,
-        height,
-        batch,
-        style,
-        cache,
-        control,
-    )
+
+    def networks():
+        return build_networks(
+            model, plan, cfg.prompt, cfg.negative_prompt, cfg.guidance, width, height, batch, style, cache,
+            control,
+        )  # fmt: skip
+
     if not cfg.validate:
-        return networks, None, fused
-    return networks, reference(networks, model, plan, cfg, width, height, style, cache, control), fused
+        return networks(), None, fused
+    cpu = model.placement
+    with timed_stage(f"validation reference (float32 on {device}, TF32 off)"), exact_float32():
+        model.place(placement_for(device, torch.float32, model.kind, model.vae.config))
+        if control is not None:
+            control.place(device, torch.float32)
+        try:
+            ref = reference(networks(), model, plan, cfg, width, height, style, cache, control)
+        finally:
+            model.place(cpu)
+            if control is not None:
+                control.place(cpu.device, torch.float32)
+    return networks(), ref, fused
 
 
 def _export_onnx(
-    cfg, model, networks, ref, fused, plan, fields, key, graphs_at, tmp: Path, stages, style, cache, control
-):
-    """Trace the three graphs in the graphs' placement, write a first manifest, validate them on
-    onnxruntime; return (manifest, rows)."""
+    cfg, model, networks, ref, fused, plan, fields, key, graphs_at, tmp: Path, stages, style, cache, control,
+    validation,
+):  # fmt: skip
+    """Trace the three graphs in the graphs' placement, write a first manifest, validate them on the
+    onnxruntime backends of `validation` ((backends, device)); return (manifest, rows)."""
 
     t = time.perf_counter()
     if graphs_at.half:  # trace the modules as they will run: half-precision weights and compute
@@ -302,24 +386,24 @@ def _export_onnx(
         log.warning("validation skipped (--no-validate): the graphs were not compared with torch")
         return manifest, []
     t = time.perf_counter()
-    rows = onnxruntime_rows(mf.read_bundle(tmp, verify=False), ref)  # hashed just now
+    rows = onnxruntime_rows(mf.read_bundle(tmp, verify=False), ref, *validation)  # hashed just now
     stages["validate"] = time.perf_counter() - t
     return manifest, rows
 
 
-def _validate_engines(tmp: Path, manifest: dict, rows: list, ref, cfg, stages) -> list:
+def _validate_engines(tmp: Path, manifest: dict, rows: list, ref, device: str, stages) -> list:
     """Run the fresh .plan engines on the GPU against the same reference; their rows join the table."""
 
     t = time.perf_counter()
     manifest["files"] = _files(tmp, manifest["files"])
     mf.write_manifest(tmp, manifest)
     rows = [r for r in rows if (r["backend"] if isinstance(r, dict) else r.backend) != "tensorrt"]
-    rows += tensorrt_rows(mf.read_bundle(tmp, verify=False), ref, "cuda")
+    rows += tensorrt_rows(mf.read_bundle(tmp, verify=False), ref, device)
     stages["validate_tensorrt"] = time.perf_counter() - t
     return rows
 
 
-def _finish_validation(tmp: Path, manifest: dict, rows: list, cfg) -> str | None:
+def _finish_validation(tmp: Path, manifest: dict, rows: list, cfg, ref=None) -> str | None:
     """Print, check and save the validation table; a row over its tolerance fails the export."""
 
     if not rows:
@@ -334,7 +418,9 @@ def _finish_validation(tmp: Path, manifest: dict, rows: list, cfg) -> str | None
     manifest["validation"] = {
         "rows": [r.as_dict() for r in rows],
         "seed": cfg.seed,
-        "reference": "the fused model's torch modules in float32 on the CPU",
+        "reference": ref.describe()
+        if ref is not None
+        else (manifest.get("validation") or {}).get("reference"),
     }
     return table
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import time
 import warnings
 from pathlib import Path
 
@@ -82,6 +83,8 @@ def export_graph(
 
     path = Path(path)
     large = tensor_bytes(module) > EXTERNAL_DATA_BYTES
+    start = time.perf_counter()
+    log.info("tracing %s to ONNX (opset %d, %s) ...", path.stem, opset, precision)
     try:
         with torch.no_grad(), _quiet_exporter():
             torch.onnx.export(
@@ -100,7 +103,12 @@ def export_graph(
         raise StdtrtError(
             f"ONNX export of {path.stem} failed: {type(exc).__name__}: {str(exc)[:300]}"
         ) from exc
-    kept = keep_file_in_fp32(path) if precision == "fp16" else 0
+    log.info("tracing %s: done in %.1f s", path.stem, time.perf_counter() - start)
+    kept = 0
+    if precision == "fp16":
+        start = time.perf_counter()
+        kept = keep_file_in_fp32(path)
+        log.info("%s: %d nodes kept in float32 in %.1f s", path.stem, kept, time.perf_counter() - start)
     data = path.with_name(path.name + ".data")
     proto = onnx.load(str(path), load_external_data=False)
     return {
@@ -121,7 +129,6 @@ def export_networks(networks, folder: Path, examples: dict, opset: int, precisio
     calls = {"vae_encoder": "encode", "unet": "step", "vae_decoder": "decode"}
     graphs = {}
     for name, module in modules.items():
-        log.info("exporting %s to ONNX (opset %d, %s)", name, opset, precision[name])
         inputs, outputs = module.io()  # the names the runtime binds (bundle/networks.py has their meaning)
         graphs[name] = export_graph(
             module, examples[calls[name]], folder / f"{name}.onnx", inputs, outputs, opset, precision[name]

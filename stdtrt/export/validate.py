@@ -1,10 +1,13 @@
-"""Validation at export: every backend that can run the bundle here runs it against the torch reference.
+"""Validation at export: the backends that will run the bundle run it against the torch reference.
 
-The reference is computed once, in float32 on the CPU, from the fused model before any graph is made half
-precision: each network on seeded inputs (a sample photograph for the VAE, seeded slots for the UNet), and
-one whole stylized frame as NFE sequential torch student steps (runtime/student.py). Then each backend
-(onnxruntime on the CPU; onnxruntime's CUDA provider where it is installed; the TensorRT engines once they
-are built) runs the same inputs: each graph, and the frame through the stream pipe (fill and flush).
+The reference is computed once, in float32 (TF32 off) on the export's device (the GPU when there is one),
+from the fused model before any graph is made half precision: each network on seeded inputs (a sample
+photograph for the VAE, seeded slots for the UNet), and one whole stylized frame as NFE sequential torch
+student steps (runtime/student.py). Then each validating backend runs the same inputs: each graph, and the
+frame through the stream pipe (fill and flush). On a GPU export those are the GPU backends (onnxruntime's
+CUDA provider where onnxruntime-gpu is installed, the TensorRT engines once they are built); onnxruntime on
+the CPU validates only where no GPU backend does (a CPU export, or a GPU with neither), so that an SDXL
+export never spends tens of minutes running its graphs on the CPU beside a GPU.
 The largest absolute difference is held to a tolerance relative to the reference's root mean square (at
 least 1; frames: 0..255 levels plus one of rounding): fp32 rounding stays near 1e-5 and fp16 (weights and
 compute) near 1e-2, while a timestep one grid step off, or another prompt, moves the UNet's output by 3 to
@@ -14,7 +17,9 @@ catches both).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -65,6 +70,23 @@ class Reference:
     stylized: torch.Tensor  # each frame of `sequence` through NFE sequential student steps, decoded
     sequence: np.ndarray  # `frames`, or with cached attention or a ControlNet several frames in order
     maps: object = None  # the control maps `stylized` was made with (models.control_maps.MapSpec), if any
+    device: str = "cpu"  # where the torch modules ran
+    tf32: bool = False  # whether TF32 was allowed there (never: models.load.exact_float32)
+
+    def cpu(self) -> Reference:
+        """The same reference with its tensors on the host (what the validating backends are fed from)."""
+
+        def host(v):
+            if isinstance(v, torch.Tensor):
+                return v.cpu()
+            if isinstance(v, dict):
+                return {k: host(x) for k, x in v.items()}
+            return tuple(host(x) for x in v) if isinstance(v, tuple) else v
+
+        return Reference(**{k: host(v) for k, v in self.__dict__.items()})
+
+    def describe(self) -> str:
+        return f"the fused model's torch modules in float32 on {self.device} (TF32 {'on' if self.tf32 else 'off'})"
 
 
 SEQUENCE_FRAMES = 4  # frames a cached or controlled bundle is checked on, one after the other
@@ -101,10 +123,10 @@ def reference(
                       control)  # fmt: skip
     unet, b = networks.unet, networks.unet.batch
     frames = np.stack(list(sample_frames(b, width, height)))
-    z0 = networks.encoder(torch.from_numpy(frames))
-    g = torch.Generator().manual_seed(cfg.seed)
+    z0 = networks.encoder(torch.from_numpy(frames).to(model.device))
+    g = torch.Generator().manual_seed(cfg.seed)  # drawn on the CPU: the same inputs on every device
     specs = unet.specs(z0.shape[1:], width, height)
-    step_in = {name: _seeded(name, shape, dtype, g, plan.nfe) for name, shape, dtype in specs}
+    step_in = {name: _seeded(name, shape, dtype, g, plan.nfe).to(z0.device) for name, shape, dtype in specs}
     step_in["z0"] = z0
     step_out = dict(zip(unet.io()[1], unet(*(step_in[n] for n, _, _ in specs)), strict=True))
     video_noise = make_noise(tuple(z0.shape[1:]), cfg.seed).expand(b, -1, -1, -1)  # what a stream enters with
@@ -115,7 +137,7 @@ def reference(
     elif unet.cache is not None or control is not None:  # frame by frame, in order
         sequence = np.stack(list(sample_frames(SEQUENCE_FRAMES, width, height)))
         maps = ControlMaps(spec, width, height) if spec is not None else None
-        encoded = networks.encoder(torch.from_numpy(sequence))
+        encoded = networks.encoder(torch.from_numpy(sequence).to(model.device))
         latents = torch.cat([
             student.sample(z[None], video_noise, None, None if maps is None else torch.from_numpy(maps(f)[None]))
             for z, f in zip(encoded, sequence, strict=True)
@@ -123,7 +145,9 @@ def reference(
     else:
         latents = student.sample(z0, video_noise)
     stylized = torch.from_numpy(to_uint8(student.decode(latents)))
-    return Reference(cfg.seed, frames, z0, step_in, step_out, networks.decoder(z0), stylized, sequence, spec)
+    tf32 = bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32)
+    return Reference(cfg.seed, frames, z0, step_in, step_out, networks.decoder(z0), stylized, sequence, spec,
+                     str(model.device), tf32).cpu()  # fmt: skip
 
 
 def compare(backend: str, name: str, ours: torch.Tensor, ref: torch.Tensor, relative: float) -> Row:
@@ -190,23 +214,56 @@ def compose_all(runner, frames: np.ndarray):
     return compose([runner.encode, runner.unet, runner.decode])(iter((f, i) for i, f in enumerate(frames)))
 
 
-def onnxruntime_rows(bundle, ref: Reference) -> list[Row]:
-    """onnxruntime on the CPU, and with its CUDA provider when this onnxruntime has one and a GPU is here."""
+def ort_has_cuda() -> bool:
+    """Whether this onnxruntime has the CUDA provider (onnxruntime-gpu) and torch sees a GPU."""
     import onnxruntime as ort
 
+    return "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available()
+
+
+def validation_backends(device: torch.device, build_trt: bool, ort_cuda: bool) -> list[str]:
+    """Which backends validate a bundle exported on `device`: on a GPU its GPU backends (onnxruntime's CUDA
+    provider where `ort_cuda`, the TensorRT engines where they are built), onnxruntime on the CPU only
+    where none of them is there; on the CPU onnxruntime there (and TensorRT's engines, which run only on
+    the GPU they were built for)."""
+    gpu = (["onnxruntime CUDA"] if ort_cuda and device.type == "cuda" else []) + (
+        ["tensorrt"] if build_trt else []
+    )
+    if device.type == "cuda" and gpu:
+        return gpu
+    return ["onnxruntime CPU", *gpu]
+
+
+def onnxruntime_rows(bundle, ref: Reference, backends: list[str], device: torch.device) -> list[Row]:
+    """The rows of the onnxruntime backends among `backends` (validation_backends): its CPU provider, its
+    CUDA provider on `device`."""
     graphs = bundle.manifest["graphs"]
-    cpu = OnnxRuntimeBackend(bundle, device="cpu", threads=torch.get_num_threads(), concurrent=False)
-    rows = check_backend(cpu, ref, graphs, "onnxruntime CPU")
-    if "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available():
-        gpu = OnnxRuntimeBackend(bundle, device="cuda", providers=("CUDAExecutionProvider",))
-        rows += check_backend(gpu, ref, graphs, "onnxruntime CUDA")
+    rows = []
+    if "onnxruntime CPU" in backends:
+        with timed_stage("validation on onnxruntime CPU"):
+            cpu = OnnxRuntimeBackend(bundle, device="cpu", threads=torch.get_num_threads(), concurrent=False)
+            rows += check_backend(cpu, ref, graphs, "onnxruntime CPU")
+    if "onnxruntime CUDA" in backends:
+        with timed_stage(f"validation on onnxruntime CUDA ({device})"):
+            gpu = OnnxRuntimeBackend(bundle, device=str(device), providers=("CUDAExecutionProvider",))
+            rows += check_backend(gpu, ref, graphs, "onnxruntime CUDA")
     return rows
+
+
+@contextlib.contextmanager
+def timed_stage(what: str):
+    """A long export stage said when it starts and when it ends, with its time (the log at INFO level)."""
+    log.info("%s ...", what)
+    start = time.perf_counter()
+    yield
+    log.info("%s: done in %.1f s", what, time.perf_counter() - start)
 
 
 def tensorrt_rows(bundle, ref: Reference, device: str) -> list[Row]:
     """The bundle's .plan engines, on the GPU they were built for."""
 
-    return check_backend(TensorRTBackend(bundle, device), ref, bundle.manifest["graphs"], "tensorrt")
+    with timed_stage("validation on the TensorRT engines"):
+        return check_backend(TensorRTBackend(bundle, device), ref, bundle.manifest["graphs"], "tensorrt")
 
 
 def format_table(rows: list[Row], title: str = "validation against torch (float32)") -> str:

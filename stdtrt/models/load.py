@@ -4,6 +4,7 @@ single-file checkpoint, or a built-in tiny preset. Everything downstream gets a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -221,6 +222,19 @@ def recorded_placement(device: str | torch.device, dtypes: dict) -> Placement:
     """A placement recorded by name ({"unet": "fp16", "vae": "fp32"}: a bundle's) on `device`."""
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     return Placement(dev, resolve_dtype(dtypes["unet"], dev), DTYPES[dtypes["vae"]])
+
+
+@contextlib.contextmanager
+def exact_float32():
+    """float32 that is float32 on a GPU: TF32 off for matmuls and convolutions (cudnn allows TF32 by default,
+    which keeps 10 bits of mantissa: a reference computed so is off by ~1e-3, a fp32 graph's whole tolerance),
+    the previous settings restored after."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def place(pipe, placement: Placement) -> None:

@@ -170,7 +170,14 @@ def _unet(sdxl: bool):
 
 
 def build(name: str):
-    """A diffusers pipeline (StableDiffusionPipeline or StableDiffusionXLPipeline) for a preset, float32."""
+    """A diffusers pipeline (StableDiffusionPipeline or StableDiffusionXLPipeline) for a preset, float32.
+    Its weights come from fixed seeds, drawn inside a fork of the global RNG: the caller's random state is
+    left as it was (a run seeded with --seed before it loads a preset keeps that seed for its LoRA)."""
+    with torch.random.fork_rng(devices=[]):
+        return _build(name)
+
+
+def _build(name: str):
     from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 

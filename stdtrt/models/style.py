@@ -162,15 +162,18 @@ def _adapter_width(file: Path) -> int:
 
 
 def style_processors(unet, blocks: str) -> list[str]:
-    """The attention processors the style goes into. `instantstyle`: the middle attention of the first up
-    block with cross-attention, `attentions.1` (SDXL: up_blocks.0.attentions.1, the block InstantStyle
-    found to carry style; SD 1.x: up_blocks.1.attentions.1, the same place at the lowest-resolution up
-    block with attention, which InstantStyle does not name); `all`: every IP-Adapter layer."""
+    """The attention processors the style goes into. `instantstyle`: InstantStyle's own style blocks, in the
+    first up block with cross-attention: on SDXL only its middle attention, `up_blocks.0.attentions.1`
+    (InstantStyle's `target_blocks=["up_blocks.0.attentions.1"]`); on SD 1.x the whole block,
+    `up_blocks.1` (its infer_style_sd15.py: `target_blocks=["up_blocks.1"]`); `all`: every IP-Adapter
+    layer."""
     names = [n for n, _ in _attn2_modules(unet)]
     if blocks == "all":
         return names
     first = next(n.split(".attentions.")[0] for n in names if n.startswith("up_blocks."))
-    return [n for n in names if n.startswith(f"{first}.attentions.1.")]
+    sdxl = unet.config.get("addition_embed_type") == "text_time"
+    block = f"{first}.attentions.1." if sdxl else f"{first}.attentions."
+    return [n for n in names if n.startswith(block)]
 
 
 def encode_style(model, image: str, adapter: str, scale: float, blocks: str) -> Style:

@@ -43,15 +43,19 @@ def vae_decode(vae, z: torch.Tensor, scaling_factor: float) -> torch.Tensor:
     return vae.decode((z.float() / scaling_factor).to(vae.dtype), return_dict=False)[0].float()
 
 
+# uint8 lives only at a graph's edges: the cast is the first op on the way in and the last on the way out,
+# the layout permute in float32 between them. TensorRT takes UINT8 only as a network input or output
+# converted at once (a uint8 tensor may not feed a Shuffle, the permute's layer), so the graph must cast
+# before permuting and permute before casting back.
 def pixels_to_unit(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 frames (B, H, W, 3) -> float32 (B, 3, H, W) in [-1, 1]."""
-    return (frames.permute(0, 3, 1, 2).float() / 127.5 - 1.0).contiguous()
+    """uint8 frames (B, H, W, 3) -> float32 (B, 3, H, W) in [-1, 1]: cast, scale, then permute."""
+    return (frames.float() / 127.5 - 1.0).permute(0, 3, 1, 2).contiguous()
 
 
 def unit_to_pixels(images: torch.Tensor) -> torch.Tensor:
-    """float (B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3), clamped and rounded."""
-    x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).contiguous()
+    """float (B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3), clamped and rounded: permute, then cast."""
+    x = ((images.float().clamp(-1, 1) + 1) * 127.5).round()
+    return x.permute(0, 2, 3, 1).contiguous().to(torch.uint8)
 
 
 def vae_scale(vae) -> int:
@@ -66,16 +70,17 @@ def vae_preset(name: str):
     size, about 1.2 M parameters per side: timing without the download)."""
     from diffusers import AutoencoderTiny
 
-    torch.manual_seed(0)
-    if name == "random-taesd":
-        return AutoencoderTiny(latent_channels=4).eval()  # diffusers' defaults are TAESD's architecture
-    return AutoencoderTiny(
-        encoder_block_out_channels=(16, 16, 16, 16),
-        decoder_block_out_channels=(16, 16, 16, 16),
-        num_encoder_blocks=(1, 1, 1, 1),
-        num_decoder_blocks=(1, 1, 1, 1),
-        latent_channels=4,
-    ).eval()
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+        torch.manual_seed(0)
+        if name == "random-taesd":
+            return AutoencoderTiny(latent_channels=4).eval()  # diffusers' defaults are TAESD's architecture
+        return AutoencoderTiny(
+            encoder_block_out_channels=(16, 16, 16, 16),
+            decoder_block_out_channels=(16, 16, 16, 16),
+            num_encoder_blocks=(1, 1, 1, 1),
+            num_decoder_blocks=(1, 1, 1, 1),
+            latent_channels=4,
+        ).eval()
 
 
 def _folder(name: str) -> Path:

@@ -114,17 +114,36 @@ def run_pipeline(source: Iterable, stages: list, sink: Callable, queue_size: int
 
 
 class StageTimes:
-    """Wall time spent in each named stage (thread-safe), for progress logs and `stdtrt bench`."""
+    """Time spent in each named stage (thread-safe), for progress logs and `stdtrt bench`: the host's
+    clock, or a device's own events (pairs with `elapsed_time(end)` in ms, read only when the totals are:
+    runtime/stream.timed puts CUDA work's here). `clock[name]` says which measured a stage."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self.total: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
+        self.clock: dict[str, str] = {}
+        self._events: list = []  # (name, start, end) not yet read
 
     def add(self, name: str, seconds: float, calls: int = 1) -> None:
         with self._lock:
             self.total[name] += seconds
             self.calls[name] += calls
+            self.clock.setdefault(name, "host")
+
+    def add_events(self, name: str, start, end) -> None:
+        with self._lock:
+            self._events.append((name, start, end))
+            self.calls[name] += 1
+            self.clock[name] = "cuda events"
+
+    def _read_events(self) -> None:
+        with self._lock:
+            pending, self._events = self._events, []
+        for name, start, end in pending:
+            end.synchronize()  # long done once a run has finished
+            with self._lock:
+                self.total[name] += start.elapsed_time(end) / 1000
 
     def timed(self, name: str, fn, *args):
         start = time.perf_counter()
@@ -132,6 +151,12 @@ class StageTimes:
         self.add(name, time.perf_counter() - start)
         return out
 
-    def ms_per_call(self) -> dict[str, float]:
+    def seconds(self) -> dict[str, float]:
+        self._read_events()
         with self._lock:
-            return {k: 1000 * v / max(1, self.calls[k]) for k, v in self.total.items()}
+            return dict(self.total)
+
+    def ms_per_call(self) -> dict[str, float]:
+        self._read_events()
+        with self._lock:
+            return {k: 1000 * self.total[k] / max(1, c) for k, c in self.calls.items()}

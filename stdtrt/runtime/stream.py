@@ -58,6 +58,23 @@ class Lane:
         return event
 
 
+def timed(times: StageTimes, name: str, fn, *args):
+    """fn(*args) timed into `times` under `name`. On CUDA by events on the current stream (a lane's inside
+    Lane.run): a call there only enqueues work (a CUDA graph's replay, a TensorRT launch), so the host's
+    clock would time the enqueue and charge the waiting to whichever stage synchronises; the events time
+    the GPU's own work on that stream, read once the run has finished. On the CPU by the host's clock."""
+    device = getattr(args[0], "device", None) if args else None
+    if device is None or device.type != "cuda" or not torch.cuda.is_available():
+        return times.timed(name, fn, *args)
+    stream = torch.cuda.current_stream(device)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record(stream)
+    out = fn(*args)
+    end.record(stream)
+    times.add_events(name, start, end)
+    return out
+
+
 class Staging:
     """Pinned host buffers for frames going up to (or coming down from) the GPU, reused in a ring; plain
     tensors on the CPU. `up` and `down` move uint8 frames (B, H, W, 3)."""
@@ -149,7 +166,7 @@ class StreamState:
                 if control is not None
                 else torch.zeros(self.control_shape, dtype=torch.uint8, device=dev)
             )
-        outputs = self.times.timed("unet", self.backend.step, *(given[n] for n in self.backend.step_inputs))
+        outputs = timed(self.times, "unet", self.backend.step, *(given[n] for n in self.backend.step_inputs))
         named = dict(zip(self.backend.step_outputs, outputs, strict=True))
         self.state = {name: named[f"{name}_next"] for name in self.state}
         self.calls += 1
@@ -287,7 +304,7 @@ class StreamRunner:
                 continue
             frames = np.stack([np.asarray(rgb) for rgb, _, _ in group])
             with lane.run():
-                z0 = self.times.timed("vae_encode", self.backend.encode, staging.up(frames))
+                z0 = timed(self.times, "vae_encode", self.backend.encode, staging.up(frames))
                 maps = None
                 if self.maps is not None:  # (B, H, W, 3) uint8, beside the frames they belong to
                     maps = torch.from_numpy(np.stack([m for _, _, m in group])).to(device, non_blocking=True)
@@ -295,8 +312,11 @@ class StreamRunner:
 
     def unet(self, items: Iterator) -> Iterator:
         lane = Lane(self.backend.device)
-        noise = VideoNoise(self.backend.latent_shape, self.seed, self.noise_rule, self.backend.device)
-        self.state = state = StreamState(self.backend, noise.take, self.times)  # (kept: bench, tests read it)
+        with lane.run():  # the pipe's state and the fixed noise are made on the lane that uses them
+            noise = VideoNoise(self.backend.latent_shape, self.seed, self.noise_rule, self.backend.device)
+            self.state = state = StreamState(
+                self.backend, noise.take, self.times
+            )  # (kept: bench, tests read it)
         for item in items:
             if isinstance(item, Skip):
                 newest = state.newest()
@@ -325,7 +345,7 @@ class StreamRunner:
                 continue
             latents, tags, event = item
             with lane.run(event, latents):
-                frames = staging.down(self.times.timed("vae_decode", self.backend.decode, latents))
+                frames = staging.down(timed(self.times, "vae_decode", self.backend.decode, latents))
             for frame, frame_tags in zip(frames, tags, strict=True):
                 for tag in frame_tags or ():
                     yield frame, tag

@@ -159,7 +159,12 @@ class VideoNoise:
         """Noise for frames first .. first + count - 1.  # (count, *shape)"""
         if self.fixed is not None:  # moved to the device once
             return self.fixed.expand(count, *self.shape)
-        return schedule.frame_noise(self.rule, self.shape, self.seed, first, count).to(self.device)
+        noise = schedule.frame_noise(self.rule, self.shape, self.seed, first, count)
+        if self.device.type != "cuda":
+            return noise.to(self.device)
+        # from pinned memory: the copy up does not block the host (nor the UNet lane that asks for it); the
+        # caching host allocator keeps the buffer until the copy is done
+        return noise.pin_memory().to(self.device, non_blocking=True)
 
     def take(self, n: int = 1) -> torch.Tensor:
         """Noise for the next n frames."""

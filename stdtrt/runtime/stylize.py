@@ -59,6 +59,8 @@ class VideoResult:
     stages: dict[str, float] = field(default_factory=dict)  # ms per call of each stage
     frame_times: list[float] = field(default_factory=list)  # when each frame was written (s from start)
     stage_seconds: dict[str, float] = field(default_factory=dict)  # total seconds in each stage
+    stage_clock: dict[str, str] = field(default_factory=dict)  # what timed each: "host" or "cuda events"
+    stage_calls: dict[str, int] = field(default_factory=dict)  # calls of each stage
 
     @property
     def fps(self) -> float:
@@ -172,8 +174,19 @@ class StudentRunner:
 
 
 def resolve_bundle(cfg: StylizeConfig):
-    """The bundle to run: --bundle, else none when --model names the torch path, else the default folder."""
+    """The bundle to run: --bundle, else none when --model names the torch path, else the default folder;
+    one exported with --no-validate only with --trust-unvalidated."""
+    bundle = _find_bundle(cfg)
+    if bundle is not None and not bundle.validated and not cfg.trust_unvalidated:
+        raise StdtrtError(
+            f"bundle {bundle.path} was exported with --no-validate: its graphs were never compared with torch. "
+            f"Validate it once with `stdtrt validate {bundle.path}` (it keeps the graphs and records the table), "
+            f"or pass --trust-unvalidated to run it as it is"
+        )
+    return bundle
 
+
+def _find_bundle(cfg: StylizeConfig):
     if cfg.bundle:
         return read_bundle(cfg.bundle, full=cfg.verify)
     if cfg.model:
@@ -451,5 +464,5 @@ def run_video(runner, info, output_path: Path, cfg: StylizeConfig, progress: boo
     audio = writer.audio_summary()
     return VideoResult(
         output_path, writer.frames, seconds, w, h, audio, runner.skipped, runner.describe(),
-        times.ms_per_call(), frame_times, dict(times.total),
+        times.ms_per_call(), frame_times, times.seconds(), dict(times.clock), dict(times.calls),
     )  # fmt: skip

@@ -22,7 +22,7 @@ import torch
 
 from stdtrt.config import check_window, resolve_overlap
 from stdtrt.runtime.pipeline import StageTimes
-from stdtrt.runtime.stream import StreamState
+from stdtrt.runtime.stream import StreamState, timed
 from stdtrt.runtime.student import Student, VideoNoise, to_tensor, to_uint8
 
 
@@ -61,8 +61,8 @@ class WindowRunner:
         """A window of uint8 frames (W, H, W_px, 3) -> content latents (W, 4, h, w) on the engine's device."""
         e = self.engine
         if self.sequential:
-            return self.times.timed("vae_encode", e.encode, to_tensor(frames, e.device))
-        return self.times.timed("vae_encode", e.encode, torch.from_numpy(frames).to(e.device))
+            return timed(self.times, "vae_encode", e.encode, to_tensor(frames, e.device))
+        return timed(self.times, "vae_encode", e.encode, torch.from_numpy(frames).to(e.device))
 
     @torch.no_grad()
     def _decode(self, latents: torch.Tensor) -> np.ndarray:
@@ -70,9 +70,9 @@ class WindowRunner:
         e, n = self.engine, latents.shape[0]
         latents = latents.to(e.device)
         if self.sequential:
-            return to_uint8(self.times.timed("vae_decode", e.decode, latents))
+            return to_uint8(timed(self.times, "vae_decode", e.decode, latents))
         padded = torch.cat([latents, latents[-1:].expand(self.window - n, *latents.shape[1:])])
-        return self.times.timed("vae_decode", e.decode, padded)[:n].cpu().numpy()
+        return timed(self.times, "vae_decode", e.decode, padded)[:n].cpu().numpy()
 
     @torch.no_grad()
     def _latents(self, windows):
@@ -83,7 +83,7 @@ class WindowRunner:
             for frames, final, start in windows:
                 clip = self._encode(self._pad(frames)).transpose(0, 1)[None]  # (1, 4, W, h, w)
                 noise = self.noise.at(start, self.window).transpose(0, 1)[None]
-                out = self.times.timed("unet", e.sample, clip, noise, self.generator)
+                out = timed(self.times, "unet", e.sample, clip, noise, self.generator)
                 yield out[0].transpose(0, 1).float().cpu(), frames, final
             return
         state = StreamState(e, self.noise.take, self.times)

@@ -45,7 +45,8 @@ def load_lora(model, path: str | Path, scale: float = 1.0) -> None:
         if model.motion and kohya:  # diffusers' kohya names know no motion modules: map them here
             model.pipe.load_lora_weights(kohya_to_diffusers(path, model.unet), adapter_name=ADAPTER)
         else:
-            model.pipe.load_lora_weights(str(path), adapter_name=ADAPTER)
+            # the folder and the file's name: diffusers 0.34 refuses a bare file path offline
+            model.pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=ADAPTER)
     except Exception as exc:
         _unload(model)
         lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]

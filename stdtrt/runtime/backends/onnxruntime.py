@@ -43,18 +43,20 @@ def tensorrt_provider_unusable() -> str | None:
 
 
 def ort_providers(
-    device: str, cache_dir: Path, allowed: tuple[str, ...] | None = None
+    device: str, cache_dir: Path, allowed: tuple[str, ...] | None = None, stream: int | None = None
 ) -> tuple[list, list[str]]:
     """(the providers to ask for, best first, with their options; notes on the GPU providers left out).
 
     TensorRT EP (where it can load), CUDA EP, each on the GPU asked for (`cuda:N` -> device_id N), unless
     the device is the CPU; the CPU provider last (it runs what a GPU provider does not). No weak-typing
-    option: the graphs carry their own precision. `allowed` limits the providers by name."""
+    option: the graphs carry their own precision. `allowed` limits the providers by name; `stream` (a CUDA
+    stream's handle, torch's) is the one the GPU providers compute on."""
     import onnxruntime as ort
 
     available = [p for p in ort.get_available_providers() if allowed is None or p in allowed]
     providers: list = []
     notes: list[str] = []
+    on_stream = {} if stream is None else {"has_user_compute_stream": "1", "user_compute_stream": str(stream)}
     asked = parse_device(device)
     if asked.kind != "cpu":
         index = asked.gpu
@@ -69,10 +71,11 @@ def ort_providers(
                     "trt_engine_cache_enable": True,
                     "trt_engine_cache_path": str(cache_dir),
                     "trt_timing_cache_enable": True,
+                    **on_stream,
                 }
                 providers.append(("TensorrtExecutionProvider", options))
         if "CUDAExecutionProvider" in available:
-            providers.append(("CUDAExecutionProvider", {"device_id": index}))
+            providers.append(("CUDAExecutionProvider", {"device_id": index, **on_stream}))
         if asked.kind == "cuda" and not providers:
             raise StdtrtError(
                 f"device {device} requested but onnxruntime {ort.__version__} has no CUDA provider "
@@ -178,8 +181,13 @@ class OnnxRuntimeBackend(Backend):
             # every core (0.153 against 0.121 fps, SD-1.5-sized, 2 cores). With a tiny VAE the UNet is
             # nearly all of a frame: the graphs run one after the other, each with every core.
             threads = max(1, torch.get_num_threads() // 2)
-        self.sessions, self.io = {}, {}
+        self.sessions, self.io, self.streams = {}, {}, {}
+        gpu = not cpu_only and torch.cuda.is_available()
         for graph in GRAPHS:
+            if gpu:  # each graph computes on a torch stream of its own, ordered against the caller's
+                index = parse_device(device).gpu
+                self.streams[graph] = torch.cuda.Stream(torch.device("cuda", index))
+                asked, _ = ort_providers(device, cache, allowed, self.streams[graph].cuda_stream)
             try:
                 sess, more = create_session(bundle.graph_file(graph), session_options(threads), asked)
             except Exception as exc:  # a graph this onnxruntime cannot load
@@ -195,6 +203,9 @@ class OnnxRuntimeBackend(Backend):
                 )
             dev = torch.device("cuda", parse_device(device).gpu) if on_gpu else torch.device("cpu")
             spec = bundle.manifest["graphs"][graph]
+            options = sess.get_provider_options().get(sess.get_providers()[0], {})
+            if str(options.get("has_user_compute_stream", "0")) != "1":
+                self.streams.pop(graph, None)  # it did not take torch's stream: each call waits on the host
             self.sessions[graph] = sess
             self.io[graph] = (spec["inputs"], spec["outputs"], dev)
         self.providers = self.sessions["unet"].get_providers()  # what the session really got
@@ -219,11 +230,24 @@ class OnnxRuntimeBackend(Backend):
             binding.bind_output(
                 spec["name"], dev.type, index, NUMPY_DTYPES[spec["dtype"]], list(y.shape), y.data_ptr()
             )
-        if dev.type == "cuda":
-            # onnxruntime runs on a stream of its own: the inputs must be written first (one host wait)
-            torch.cuda.current_stream(dev).synchronize()
-        self.sessions[graph].run_with_iobinding(binding)
-        binding.synchronize_outputs()
+        stream = self.streams.get(graph) if dev.type == "cuda" else None
+        if stream is not None:  # on torch's stream for this graph: ordered by events, no host wait
+            import onnxruntime as ort
+
+            caller = torch.cuda.current_stream(dev)
+            stream.wait_stream(caller)
+            run = ort.RunOptions()
+            run.add_run_config_entry("disable_synchronize_execution_providers", "1")
+            self.sessions[graph].run_with_iobinding(binding, run)
+            caller.wait_stream(stream)
+            for t in (*xs, *ys):
+                t.record_stream(stream)  # the allocator keeps them until that stream is past them
+        else:
+            if dev.type == "cuda":
+                # onnxruntime on a stream of its own: the inputs must be written first (one host wait)
+                torch.cuda.current_stream(dev).synchronize()
+            self.sessions[graph].run_with_iobinding(binding)
+            binding.synchronize_outputs()
         ys = [y.to(self.device) for y in ys]
         return ys[0] if len(ys) == 1 else tuple(ys)
 

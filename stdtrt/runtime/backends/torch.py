@@ -66,7 +66,10 @@ class TorchBackend(Backend):
         cuda_graphs: bool = True,
         compile: bool = False,
         channels_last: bool = True,
+        compile_mode: str | None = None,
     ):
+        """`compile_mode`: torch.compile's mode (None: its default; benchmarks/gpu_check.py compares
+        "max-autotune-no-cudagraphs" against it before it is made the default)."""
         unet = networks.unet
         specs, outputs = unet.specs(latent_shape, width, height), unet.io()[1]
         super().__init__(plan, width, height, latent_shape, unet.batch, specs, outputs)
@@ -74,14 +77,17 @@ class TorchBackend(Backend):
         self.concurrent_stages = self.device.type == "cuda"
         cuda = self.device.type == "cuda"
         self.speedups = []
+        if cuda:  # static shapes: cudnn's autotuner picks each convolution's fastest kernel once, at warm-up
+            torch.backends.cudnn.benchmark = True
+            self.speedups.append("cudnn.benchmark")
         if channels_last and cuda:  # cudnn's NHWC convolutions; on the CPU it does not help
             for module in (networks.unet.unet, networks.encoder.vae):
                 module.to(memory_format=torch.channels_last)
             self.speedups.append("channels_last")
         self.fns = {"encode": networks.encoder, "step": networks.unet, "decode": networks.decoder}
         if compile:
-            self.fns = {k: torch.compile(f, dynamic=False) for k, f in self.fns.items()}
-            self.speedups.append("torch.compile")
+            self.fns = {k: torch.compile(f, dynamic=False, mode=compile_mode) for k, f in self.fns.items()}
+            self.speedups.append(f"torch.compile ({compile_mode})" if compile_mode else "torch.compile")
         if cuda_graphs and cuda:
             examples = self.example_inputs()
             self.fns = {k: CudaGraphed(f, examples[k], self.device) for k, f in self.fns.items()}
