@@ -35,6 +35,7 @@ import torch
 
 ETA = fid.ETA
 NFES = (2, 4, 8)
+START_T = 779  # t_{n_eta} at eta 0.75: where every plan starts (schedule.start_index)
 TCD_GAMMA = 0.3  # TCD's default for strategic stochastic sampling (diffusers' TCDScheduler: eta = 0.3)
 
 # name -> (distill settings, evaluation gammas: the first is the contender's own, the rest extra rows)
@@ -190,7 +191,11 @@ def main() -> None:
     parser.add_argument("--contenders", default=",".join(DEFAULT), help=f"of: {', '.join(CONTENDERS)}")
     parser.add_argument("--tag", default="", help="suffix for the result files")
     parser.add_argument("--machine", default="2-core AMD EPYC VM, 24 GiB, no GPU (one thread, shared)")
+    parser.add_argument("--replot", metavar="JSON", help="rewrite the table and plot of a result file")
     args = parser.parse_args()
+    if args.replot:
+        saved = json.loads(Path(args.replot).read_text())
+        return write_results(saved["rows"], argparse.Namespace(**saved["args"]))
     names = args.contenders.split(",")
     unknown = [n for n in names if n not in CONTENDERS]
     if unknown:
@@ -324,6 +329,28 @@ def plot(summary, path: Path) -> None:
 
     names = [n for n in dict.fromkeys(s["contender"] for s in summary)]
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    if len({s["guidance"] for s in summary}) == 1:  # one guidance: MSE against NFE, and NFE 8's jumps
+        for name in names:
+            pts = [s for s in summary if s["contender"] == name]
+            axes[0].plot([s["nfe"] for s in pts], [s["mse_mean"] for s in pts], marker="o", label=name)
+            eight = next(s for s in pts if s["nfe"] == 8)
+            if eight.get("local_mse"):
+                starts = [START_T, *eight["targets"][:-1]]  # where each jump starts
+                axes[1].plot(starts, eight["local_mse"], marker="o", label=name)
+            axes[2].plot([s["nfe"] for s in pts], [s["contrast"] for s in pts], marker="o", label=name)
+        g = summary[0]["guidance"]
+        axes[0].set(xlabel="NFE", ylabel="MSE to the teacher's full walk", yscale="log", xticks=list(NFES),
+                    title=f"final state, guidance {g:g}")  # fmt: skip
+        axes[1].set(xlabel="timestep the jump starts from (NFE 8)", ylabel="MSE of one jump from the teacher's state",
+                    yscale="log", title="single-jump error, NFE 8")  # fmt: skip
+        axes[1].invert_xaxis()
+        axes[2].set(xlabel="NFE", ylabel="contrast / reference's", xticks=list(NFES), title="contrast")
+        for ax in axes:
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        return
     for name in names:
         for ax, nfe in ((axes[0], 4), (axes[1], 8)):
             pts = sorted(
