@@ -18,13 +18,25 @@ import time
 from pathlib import Path
 
 CONFIGS = [
-    # (label, preset, resolution, batch, steps, teacher mode, adversarial backbone or "-", motion adapter or "-")
+    # (label, preset, resolution, batch, steps, teacher mode, adversarial backbone[+its --adv-vae] or "-",
+    #  motion adapter or "-")
     ("tiny-sd 256px", "tiny-sd", 256, 4, 60, "shared", "-", "-"),
     ("tiny-sd 256px, teacher copy", "tiny-sd", 256, 4, 20, "copy", "-", "-"),
     ("tiny-sd 256px + adversarial", "tiny-sd", 256, 4, 20, "shared", "tiny-dinov2", "-"),
     ("random-sd15 256px", "random-sd15", 256, 1, 3, "shared", "-", "-"),
     ("random-sd15 256px, teacher copy", "random-sd15", 256, 1, 3, "copy", "-", "-"),
     ("random-sd15 256px + adversarial", "random-sd15", 256, 1, 3, "shared", "random-dinov2-small", "-"),
+    # --adv-vae: the discriminator's images decoded by TAESD's architecture (random weights) instead
+    (
+        "random-sd15 256px + adv, TAESD",
+        "random-sd15",
+        256,
+        1,
+        3,
+        "shared",
+        "random-dinov2-small+random-taesd",
+        "-",
+    ),
     ("tiny-sd 256px, motion clips", "tiny-sd", 256, 1, 10, "shared", "-", "tiny-motion"),
     ("random-sd15 256px, motion clips", "random-sd15", 256, 1, 3, "shared", "-", "random-motion-sd15"),
 ]
@@ -66,7 +78,8 @@ def child(preset: str, resolution: int, batch: int, steps: int, teacher: str, ad
         max_steps=steps,
         warmup_steps=0,
         adv_weight=0.0 if adv == "-" else 0.7,
-        adv_model=adv,
+        adv_model=adv.partition("+")[0],
+        adv_vae=adv.partition("+")[2] or "full",
         motion_adapter="" if motion == "-" else motion,
     )
     (tmp / "run").mkdir()

@@ -76,13 +76,13 @@ class SpaceToDepthVAE(ModelMixin, ConfigMixin):
 
 
 # -- data ---------------------------------------------------------------------------------------------------
-def digits():
-    """(images (n, 32, 32) in [-1, 1], labels), the standard sklearn set upsampled."""
+def digits(side: int = 32):
+    """(images (n, side, side) in [-1, 1], labels), the standard sklearn set (8x8) upsampled."""
     import cv2
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    up = np.stack([cv2.resize(im / 16.0, (32, 32), interpolation=cv2.INTER_CUBIC) for im in d.images])
+    up = np.stack([cv2.resize(im / 16.0, (side, side), interpolation=cv2.INTER_CUBIC) for im in d.images])
     return np.clip(up, 0, 1).astype(np.float32) * 2 - 1, d.target
 
 
@@ -109,12 +109,12 @@ def write_training_folder(images, labels, folder: Path) -> Path:
 
 
 # -- the teacher --------------------------------------------------------------------------------------------
-def teacher_unet():
+def teacher_unet(sample_size: int = 16):
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
     return UNet2DConditionModel(
-        sample_size=16,
+        sample_size=sample_size,
         in_channels=4,
         out_channels=4,
         layers_per_block=1,
@@ -158,7 +158,7 @@ def train_teacher(images, labels, steps: int, batch: int = 32, lr: float = 1e-3)
 
     key = hashlib.sha256(f"{steps}:{batch}:{lr}:{images.shape}:v1".encode()).hexdigest()[:12]
     path = CACHE / f"teacher-{key}.safetensors"
-    unet = teacher_unet()
+    unet = teacher_unet(images.shape[-1] // 2)  # the latent side: 2x2 space-to-depth
     model = build_model(unet)
     if path.exists():
         unet.load_state_dict(load_file(str(path)))
@@ -211,9 +211,10 @@ def fit_epsilon(model, params, z_all, labels, steps: int, batch: int, lr: float,
 
 # -- sampling -----------------------------------------------------------------------------------------------
 @torch.no_grad()
-def walk(model, plan, z0, noise, prompts, guidance: float) -> list[torch.Tensor]:
+def walk(model, plan, z0, noise, prompts, guidance: float, generator=None) -> list[torch.Tensor]:
     """States after each jump of `plan` (the last is the clean latent), through stdtrt's own Student:
-    one Student per distinct prompt, the elements sharing it batched."""
+    one Student per distinct prompt, the elements sharing it batched (`generator`: the re-noising of a
+    plan with gamma > 0)."""
     from stdtrt import schedule
     from stdtrt.runtime.student import Student
 
@@ -223,7 +224,7 @@ def walk(model, plan, z0, noise, prompts, guidance: float) -> list[torch.Tensor]
         student = Student(model, plan, prompt, 32, 32, negative_prompt="", guidance=guidance)
         x = schedule.x_start(z0[sel], noise[sel], plan.a_start, plan.b_start)
         for i in range(plan.nfe):
-            x = student.step(x, i)
+            x = student.step(x, i, generator)
             out[i, sel] = x
     return list(out)
 

@@ -14,6 +14,7 @@ from stdtrt.errors import StdtrtError
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")  # see models/load.py: the one precision rule
+DISTILL_MODES = ("std", "lcm", "tcd", "pcm")  # distill/step.py MODES says what each one trains
 # The folder `stdtrt export` writes and `stylize-*` / `bench` read when no --bundle is given.
 DEFAULT_BUNDLE = "stdtrt-engine"
 
@@ -441,8 +442,9 @@ class DistillConfig:
     teacher_steps: int = opt(50, "N: the teacher's DDIM grid")
     mode: str = opt(
         "std",
-        "'std': trajectories from x_start; 'lcm': forward-noised states over the whole grid, x0 target (baseline)",
-        choices=("std", "lcm"),
+        "the training target: 'std' (the method); baselines 'lcm', 'tcd', 'pcm' (forward-noised states, "
+        "--p-bank 0; pcm's phases are the --nfe-hint plan): distill/step.py MODES",
+        choices=DISTILL_MODES,
         ablation=True,
     )
     w_min: float = opt(5.0, "teacher guidance w ~ U[w_min, w_max], LCM form e_c + w (e_c - e_u)")
@@ -450,6 +452,13 @@ class DistillConfig:
     p_bank: float = opt(0.8, "probability that a batch element continues a trajectory from the bank")
     bank_size: int = opt(32, "trajectory slots per process (the authors keep 4 at batch 1)")
     huber_c: float = opt(1e-3, "pseudo-Huber constant")
+    eps_units: bool = opt(
+        False, "pseudo-Huber in noise units: every jump length in the window weighs alike (else long jumps "
+        "dominate); with it NFE 8 stops being worse than NFE 4 (docs/fidelity.md)",
+    )  # fmt: skip
+    teacher_target: bool = opt(
+        False, "the window also reaches the teacher's own step (s = t_{n-1}), an exact target"
+    )
     target: str = opt(
         "student", "'student' (stop-gradient, as the authors' code) or 'ema' (the paper's figure)",
         choices=("student", "ema"),
@@ -512,6 +521,10 @@ class DistillConfig:
                         choices=("asymmetric", "symmetric"), ablation=True)  # fmt: skip
     adv_model: str = opt("facebook/dinov2-small", "DINOv2 backbone: folder, cached hub id, or 'tiny-dinov2'")
     adv_decode_size: int = opt(0, "decode fake/real at this side for the discriminator (0: full size)")
+    adv_vae: str = opt(
+        "full", "the VAE the adversarial branch decodes with: full (the model's own), tiny (TAESD for the "
+        "model's family: a fraction of the decode cost), a folder or cached hub id, tiny-taesd, random-taesd",
+    )  # fmt: skip
     adv_max_images: int = opt(0, "use at most this many batch elements for the adversarial branch (0: all)")
 
     def __post_init__(self) -> None:
@@ -560,10 +573,10 @@ class DistillConfig:
             raise StdtrtError("prompt template must contain {caption}")
         if self.adv_weight < 0:
             raise StdtrtError(f"adv weight must be >= 0, got {self.adv_weight}")
-        if self.mode not in ("std", "lcm"):
-            raise StdtrtError(f"mode must be 'std' or 'lcm', got {self.mode!r}")
-        if self.mode == "lcm" and self.p_bank > 0:
-            raise StdtrtError("mode 'lcm' trains forward-noised states only: set --p-bank 0")
+        if self.mode not in DISTILL_MODES:
+            raise StdtrtError(f"mode must be one of {', '.join(DISTILL_MODES)}, got {self.mode!r}")
+        if self.mode != "std" and self.p_bank > 0:
+            raise StdtrtError(f"mode {self.mode!r} trains forward-noised states only: set --p-bank 0")
         if self.adv_mode not in ("asymmetric", "symmetric"):
             raise StdtrtError(f"adv mode must be 'asymmetric' or 'symmetric', got {self.adv_mode!r}")
         check_nfe(self.nfe_hint)

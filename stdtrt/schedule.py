@@ -207,3 +207,22 @@ def sample_target_index(n: torch.Tensor, window_r: int, generator: torch.Generat
     lo = (n - window_r).clamp(min=0)
     u = torch.rand(n.shape, generator=generator).to(n.device)
     return lo + (u * (n - lo)).floor().long().clamp(max=(n - lo - 1).clamp(min=0))
+
+
+def jump_eps_coefficient(a_t, b_t, a_s, b_s):
+    """d jump / d eps = b_s - a_s b_t / a_t: how far the landing point moves per unit of noise estimate
+    (negative for s < t; zero for s = t, where the jump is the identity)."""
+    return b_s - a_s * b_t / a_t
+
+
+def phase_edges(eta: float, nfe: int, num_steps: int = TEACHER_STEPS) -> tuple[int, ...]:
+    """PCM's phases for the NFE-step plan from x_start: the s_idx each jump of that plan lands on, ascending
+    (s = t_{s_idx - 1}; 0 is the clean end). For eta 0.75, NFE 4 (indices 38, 29, 19, 10): (0, 11, 20, 30)."""
+    return tuple(sorted([0, *(n + 1 for n in student_indices(eta, nfe, num_steps)[1:])]))
+
+
+def phase_edge(n: torch.Tensor, edges: tuple[int, ...]) -> torch.Tensor:
+    """The lower edge of each state's phase: the largest edge <= n (a state on an edge lands one step
+    below it, on t_{n-1})."""
+    e = torch.tensor(edges, device=n.device)
+    return e[(n.unsqueeze(-1) >= e).sum(-1) - 1]

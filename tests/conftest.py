@@ -200,3 +200,74 @@ def copy_bundle(fixture, tmp_path: Path) -> Path:
 
 
 __all__ = ["make_video", "frames_of", "small", "losses", "start_run"]
+
+
+# -- the training step's oracle -------------------------------------------------------------------------
+def hand_step(run, x, n, w, s, eps_units=False):
+    """std.md's training step written out with plain UNet calls (the oracle of distill/step.py's tests):
+    the LCM-guided teacher DDIM step (adapters off), the stop-gradient student's target from x_next, the
+    student's jump, the pseudo-Huber loss, landing on the given s ((B,) timesteps); batch of 2, prompt 0.
+    Returns a namespace of x_next, target, pred, loss, cond, uncond, e_c (the teacher's conditional eps)
+    and eps (the student's)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from stdtrt.distill.teacher import adapters_off
+
+    abar = run.abar
+
+    def a(t):
+        return abar[t].sqrt().view(-1, 1, 1, 1)
+
+    def b(t):
+        return (1 - abar[t]).sqrt().view(-1, 1, 1, 1)
+
+    cond, uncond = run.prompts.map(lambda t: t[:1].expand(2, *t.shape[1:])), run.uncond.repeat(2)
+
+    def unet(x, t, c):
+        return run.raw_unet(x, t, encoder_hidden_states=c.embeds).sample
+
+    t, tp = 20 * (n + 1) - 1, 20 * n - 1
+    with torch.no_grad():
+        with adapters_off(run.raw_unet):
+            e_c, e_u = unet(x, t, cond), unet(x, t, uncond)
+        e_T = e_c + w.view(-1, 1, 1, 1) * (e_c - e_u)
+        x_next = a(tp) * (x - b(t) * e_T) / a(t) + b(tp) * e_T
+        e_next = unet(x_next, tp, cond)
+        target = a(s) * (x_next - b(tp) * e_next) / a(tp) + b(s) * e_next
+        eps = unet(x, t, cond)
+        pred = a(s) * (x - b(t) * eps) / a(t) + b(s) * eps
+        diff = pred - target
+        if eps_units:  # divided by |d pred / d eps| = |b_s - a_s b_t / a_t|
+            diff = diff / (b(s) - a(s) * b(t) / a(t)).abs()
+        loss = ((diff**2 + 1e-6).sqrt() - 1e-3).mean()
+    return SimpleNamespace(
+        x_next=x_next, target=target, pred=pred, loss=loss, cond=cond, uncond=uncond, e_c=e_c, eps=eps
+    )
+
+
+def perturbed_run(data_dir, out):
+    """A training Run on `small` settings whose LoRA is non-zero, so that student and teacher differ."""
+    import torch
+
+    run = start_run(small(data_dir, out))
+    torch.manual_seed(3)
+    for p in run.lora_params.values():
+        p.data.normal_(0, 0.05)
+    return run
+
+
+def step_case(run, seed: int, mode: str = "std", **plan_options):
+    """One pure training step (distill/step.py) on two random states at grid indices 38 and 20, guidance
+    5 and 12, prompt 0, window R = 1: returns (x, n, w, its StepResult)."""
+    import torch
+
+    from stdtrt.distill.step import Batch, StepPlan, std_step
+
+    g = torch.Generator().manual_seed(seed)
+    x, n, w = torch.randn(2, 4, 4, 4, generator=g), torch.tensor([38, 20]), torch.tensor([5.0, 12.0])
+    cond, uncond = run.prompts.map(lambda t: t[:1].expand(2, *t.shape[1:])), run.uncond.repeat(2)
+    batch = Batch(x, n, torch.zeros_like(x), w, torch.zeros(2, dtype=torch.long), cond, uncond)
+    plan = StepPlan(run.abar, 50, 1, mode, 1e-3, **plan_options)
+    return x, n, w, std_step(batch, run._student, run._target_net, run.teacher, plan, g, run.loss_fn)

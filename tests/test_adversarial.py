@@ -109,3 +109,42 @@ def test_every_process_starts_from_the_same_heads(data_dir, tmp_path):
         adv = AdversarialLoss(run.cfg, run.model, run.device, run.acc, pooled)
         heads.append(adv.disc.heads.state_dict())
     assert all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
+
+
+def test_the_adversarial_branch_decodes_with_taesd_when_asked(data_dir, tmp_path):
+    """--adv-vae tiny-taesd: fake and real are decoded by TAESD (AutoencoderTiny, scaling factor 1: it reads
+    the model's scaled latents as they are), the model's own VAE still encodes the data, gradients still
+    reach the LoRA only."""
+    from diffusers import AutoencoderTiny
+
+    from stdtrt.models.vae import vae_decode, vae_preset
+
+    run = _run(small(data_dir, tmp_path / "r", adv_vae="tiny-taesd", **ADV))
+    assert isinstance(run.adv.vae, AutoencoderTiny) and not isinstance(run.model.vae, AutoencoderTiny)
+    z = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+    expected = vae_decode(vae_preset("tiny-taesd"), z, 1.0)  # built here, independently
+    assert expected.shape == (2, 3, 32, 32) and torch.allclose(run.adv._decode(z), expected, atol=1e-6)
+    full = _run(small(data_dir, tmp_path / "full", **ADV))
+    assert not torch.allclose(full.adv._decode(z), expected, atol=1e-3)  # the full VAE is another decoder
+    metrics = run.optimise()
+    assert {"loss_g", "loss_d"} <= set(metrics) and all(p.grad is None for p in run.adv.vae.parameters())
+
+
+@pytest.mark.parametrize("precision,rtol", [("fp16", 0.02), ("bf16", 0.1)])
+def test_the_taesd_adversarial_branch_under_mixed_precision_matches_fp32(precision, rtol, data_dir, tmp_path):
+    """TAESD runs in the half dtype (force_upcast false), the decoded images and the generator loss stay
+    within rounding of float32's."""
+    from accelerate.state import AcceleratorState
+
+    got = {}
+    try:
+        for mp in ("no", precision):
+            AcceleratorState._reset_state(True)
+            run = _run(small(data_dir, tmp_path / mp, mixed_precision=mp, adv_vae="tiny-taesd", **ADV))
+            if mp != "no":
+                assert next(run.adv.vae.parameters()).dtype != torch.float32
+            got[mp] = run.optimise()
+    finally:
+        AcceleratorState._reset_state(True)
+    for key in ("loss_std", "loss_g"):
+        assert got[precision][key] == pytest.approx(got["no"][key], rel=rtol, abs=1e-4), key

@@ -162,57 +162,20 @@ def test_one_step_makes_one_guided_teacher_call_and_trains_only_the_lora(data_di
 
 
 def test_the_std_step_matches_a_hand_computation(data_dir, tmp_path):
-    """distill/step.py's pure step on the tiny UNet, against the formulas of std.md written out here with
-    plain UNet calls: the LCM-guided teacher DDIM step (adapters off), the stop-gradient student's target
-    from x_next, the student's jump, the pseudo-Huber loss. R = 1 makes s = t_{n-2} deterministic."""
-    from stdtrt.distill.step import Batch, StepPlan, std_step
-    from stdtrt.distill.teacher import adapters_off
+    """distill/step.py's pure step on the tiny UNet, against the formulas of std.md written out with plain
+    UNet calls (conftest.hand_step). R = 1 makes s = t_{n-2} deterministic."""
+    from conftest import hand_step, perturbed_run, step_case
 
-    run = _run(small(data_dir, tmp_path / "r"))
-    torch.manual_seed(3)
-    for p in run.lora_params.values():  # a non-zero adapter: student and teacher differ
-        p.data.normal_(0, 0.05)
-    g = torch.Generator().manual_seed(0)
-    x, n, w = torch.randn(2, 4, 4, 4, generator=g), torch.tensor([38, 20]), torch.tensor([5.0, 12.0])
-    cond, uncond = run.prompts.map(lambda t: t[:1].expand(2, *t.shape[1:])), run.uncond.repeat(2)
-    batch = Batch(x, n, torch.zeros_like(x), w, torch.zeros(2, dtype=torch.long), cond, uncond)
-    plan = StepPlan(run.abar, 50, 1, "std", 1e-3)
-    out = std_step(batch, run._student, run._target_net, run.teacher, plan, g, run.loss_fn)
-
-    def unet(x, t, c):
-        return run.raw_unet(x, t, encoder_hidden_states=c.embeds).sample
-
-    abar = run.abar
-    a = lambda t: abar[t].sqrt().view(-1, 1, 1, 1)  # noqa: E731
-    b = lambda t: (1 - abar[t]).sqrt().view(-1, 1, 1, 1)  # noqa: E731
-    t, tp, s = (
-        torch.tensor([779, 419]),
-        torch.tensor([759, 399]),
-        torch.tensor([739, 379]),
-    )  # t_n, t_{n-1}, t_{n-2}
-    with torch.no_grad():
-        with adapters_off(run.raw_unet):
-            e_c, e_u = unet(x, t, cond), unet(x, t, uncond)
-        e_T = e_c + w.view(-1, 1, 1, 1) * (e_c - e_u)
-        x_next = a(tp) * (x - b(t) * e_T) / a(t) + b(tp) * e_T
-        e_next = unet(x_next, tp, cond)
-        target = a(s) * (x_next - b(tp) * e_next) / a(tp) + b(s) * e_next
-        eps = unet(x, t, cond)
-        pred = a(s) * (x - b(t) * eps) / a(t) + b(s) * eps
-        loss = (((pred - target) ** 2 + 1e-6).sqrt() - 1e-3).mean()
+    run = perturbed_run(data_dir, tmp_path / "r")
+    x, n, w, out = step_case(run, 0)
+    s = torch.tensor([739, 379])  # t_{n-2}
+    ref = hand_step(run, x, n, w, s)
     assert out.s.tolist() == s.tolist() and out.n_next.tolist() == [37, 19]
-    for name, ours, ref in (
-        ("x_next", out.x_next, x_next),
-        ("target", out.target, target),
-        ("pred", out.pred, pred),
-    ):
-        assert torch.allclose(ours, ref, atol=1e-5), name
-    assert (
-        abs(float(out.loss.detach()) - float(loss)) < 1e-6
-        and out.loss.requires_grad
-        and out.pred.requires_grad
-    )
-    assert not torch.allclose(e_c, eps, atol=1e-3)  # the teacher really ran without the adapter
+    for name in ("x_next", "target", "pred"):
+        assert torch.allclose(getattr(out, name), getattr(ref, name), atol=1e-5), name
+    assert abs(float(out.loss.detach()) - float(ref.loss)) < 1e-6
+    assert out.loss.requires_grad and out.pred.requires_grad
+    assert not torch.allclose(ref.e_c, ref.eps, atol=1e-3)  # the teacher really ran without the adapter
 
 
 # -- whole runs --------------------------------------------------------------------------------------------

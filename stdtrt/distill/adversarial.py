@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from stdtrt import schedule
 from stdtrt.errors import StdtrtError
-from stdtrt.models.vae import vae_decode
+from stdtrt.models.load import placement_for
+from stdtrt.models.vae import load_vae, vae_decode
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -195,6 +196,11 @@ class AdversarialLoss:
         self.optimizer = torch.optim.AdamW(self.disc.head_parameters(), lr=cfg.adv_lr, weight_decay=0.0)
         self.generator = torch.Generator().manual_seed(cfg.seed * 15485863 + accelerator.process_index)
         self._last_fake: torch.Tensor | None = None
+        self.vae, self.vae_scaling = model.vae, model.scaling_factor
+        if cfg.adv_vae != "full":  # e.g. TAESD: it decodes the model's scaled latents as they are
+            vae, _ = load_vae(cfg.adv_vae, model.kind, model.name)
+            dtype = placement_for(device, model.dtype, model.kind, vae.config).vae
+            self.vae, self.vae_scaling = vae.to(device, dtype), float(vae.config.scaling_factor)
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         """The VAE's one decode call (with gradients when the latents have them), at --adv-decode-size."""
@@ -202,7 +208,7 @@ class AdversarialLoss:
         if size:
             side = size // self.model.vae_scale
             latents = F.interpolate(latents, size=(side, side), mode="bilinear", align_corners=False)
-        return vae_decode(self.model.vae, latents, self.model.scaling_factor)
+        return vae_decode(self.vae, latents, self.vae_scaling)
 
     def _subset(self, n: int) -> slice:
         return slice(0, min(n, self.cfg.adv_max_images) if self.cfg.adv_max_images else n)

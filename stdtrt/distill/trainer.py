@@ -29,7 +29,7 @@ from stdtrt.distill.adversarial import AdversarialLoss
 from stdtrt.distill.bank import TrajectoryBank
 from stdtrt.distill.losses import FusedSTDLoss
 from stdtrt.distill.metrics import MetricsLog
-from stdtrt.distill.step import Batch, StepPlan, std_step
+from stdtrt.distill.step import FORWARD_NOISED, Batch, StepPlan, std_step
 from stdtrt.distill.teacher import Teacher
 from stdtrt.errors import StdtrtError
 from stdtrt.io.images import IMAGE_SUFFIXES
@@ -96,7 +96,12 @@ class Run:
             unet.enable_gradient_checkpointing()
         unet.train()
         self.teacher = Teacher(teacher_unet, shared=cfg.teacher == "shared")
-        self.step_plan = StepPlan(self.abar, cfg.teacher_steps, self.window_r, cfg.mode, cfg.huber_c)
+        self.step_plan = StepPlan(
+            self.abar, cfg.teacher_steps, self.window_r, cfg.mode, cfg.huber_c,
+            phase_edges=schedule.phase_edges(cfg.strength, cfg.nfe_hint, cfg.teacher_steps)
+            if cfg.mode == "pcm" else (0,),
+            teacher_target=cfg.teacher_target, eps_units=cfg.eps_units,
+        )  # fmt: skip
 
         from diffusers.optimization import get_scheduler
 
@@ -202,7 +207,7 @@ class Run:
     @torch.no_grad()
     def _fresh(self, count: int) -> dict[str, torch.Tensor]:
         """New trajectories: content latents of the next items, fresh noise, x_start at n_eta (STD) or,
-        in LCM mode, forward-noised to a random grid index."""
+        in the baseline modes (LCM, TCD, PCM), forward-noised to a random grid index."""
         idx = self.sampler.take(count)
         cfg = self.cfg
         if self.clips:  # (count, F, 3, H, W): one crop per clip; the VAE sees frames, the UNet clips
@@ -231,7 +236,7 @@ class Run:
             noise = self.clip_noise(seeds, z0.shape[1:]).to(self.device)
         else:
             noise = torch.randn(z0.shape, generator=self.generator).to(self.device)
-        if self.cfg.mode == "lcm":
+        if self.cfg.mode in FORWARD_NOISED:
             n = torch.randint(1, self.cfg.teacher_steps, (count,), generator=self.generator)
         else:
             n = torch.full((count,), self.n_eta, dtype=torch.long)
