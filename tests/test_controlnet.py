@@ -228,7 +228,10 @@ def test_bad_control_input_is_one_line(tmp_path):
     short = make_video(tmp_path / "short.mp4", frames=2, size=(W, H), audio=False)
     (tmp_path / "broken.mp4").write_bytes(b"not a video")
     cases = [
-        (dict(controlnet=str(sdxl_net), control_video=str(src)), "is made for a UNet of cross attention dim 64; tiny-sd.s is 32"),
+        (
+            dict(controlnet=str(sdxl_net), control_video=str(src)),
+            "is made for a UNet of cross attention dim 64; tiny-sd.s is 32",
+        ),
         (
             dict(controlnet="tiny-controlnet", control_video=str(short)),
             "control video .*short.mp4 has 2 frames",
