@@ -207,6 +207,7 @@ def test_a_bundle_without_a_cache_refuses_one(tmp_path, capsys):
                 str(bundle),
                 "--cache-frames",
                 "2",
+                "--trust-unvalidated",
             ]
         )
     err = capsys.readouterr().err.strip().splitlines()
