@@ -71,7 +71,7 @@ def main() -> None:
             fn()
             times[name].append(1000 * (time.perf_counter() - start))
     m = bundle.manifest
-    print(f"{m['model']['name']} {bundle.width}x{bundle.height}, nfe {plan.nfe}, {torch.get_num_threads()} threads, "
+    print(f"{m.model['name']} {bundle.width}x{bundle.height}, nfe {plan.nfe}, {torch.get_num_threads()} threads, "
           f"median of {args.rounds} interleaved rounds (ms)")  # fmt: skip
     medians = {name: statistics.median(v) for name, v in times.items()}
     for name, ms in medians.items():

@@ -50,7 +50,7 @@ def child(preset: str, resolution: int, batch: int, steps: int, teacher: str, ad
 
     from stdtrt.config import DistillConfig
     from stdtrt.distill.metrics import peak_memory_mb
-    from stdtrt.distill.trainer import Run
+    from stdtrt.distill.run import Run
     from stdtrt.io.samples import sample_frames
 
     tmp = Path(tempfile.mkdtemp())

@@ -394,7 +394,7 @@ def bundle_rows(report: Report, args, device: torch.device) -> None:
                            precision="fp16", tensorrt=have_trt, out=str(folder / "bundle"))  # fmt: skip
         result = export_bundle(cfg, progress=False)
         bundle["b"] = read_bundle(result.path)
-        validation = bundle["b"].manifest["validation"]  # on the GPU: the reference and the backends there
+        validation = bundle["b"].manifest.validation  # on the GPU: the reference and the backends there
         return {"export_s": result.seconds, "stages": result.stages, "tensorrt": result.tensorrt,
                 "validation": result.table, "reference": validation["reference"],
                 "validated_by": sorted({r["backend"] for r in validation["rows"]})}  # fmt: skip

@@ -145,7 +145,8 @@ def start_run(cfg):
     from accelerate import Accelerator
 
     from stdtrt.distill.checkpoint import prepare_out_dir
-    from stdtrt.distill.trainer import Run, mixed_precision
+    from stdtrt.distill.run import Run
+    from stdtrt.distill.trainer import mixed_precision
 
     prepare_out_dir(cfg, False, False)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 never falls back, a bundle for another model or a changed file is refused, and stylize-video/-image run
 a bundle end to end with the same frames on every backend."""
 
-import json
+import copy
 import logging
 import shutil
 
@@ -45,9 +45,9 @@ def test_onnxruntime_on_a_cpu_runs_a_small_vae_in_line_with_the_unet(sd_bundle):
 
     bundle = read_bundle(sd_bundle[1].path)
     assert not vae_is_small(bundle)  # tiny-sd's VAE and UNet files are of a size
-    m = json.loads(json.dumps(bundle.manifest))
-    for name, entry in m["files"].items():  # as if the UNet were SD 1.5's and the VAE graphs TAESD's
-        entry["bytes"] = 3_400_000_000 if name == m["graphs"]["unet"]["onnx"] else 5_000_000
+    m = copy.deepcopy(bundle.manifest)
+    for name, entry in m.files.items():  # as if the UNet were SD 1.5's and the VAE graphs TAESD's
+        entry["bytes"] = 3_400_000_000 if name == m.graphs["unet"]["onnx"] else 5_000_000
     small_vae = dataclasses.replace(bundle, manifest=m)
     assert vae_is_small(small_vae)
     assert not OnnxRuntimeBackend(small_vae, "cpu").concurrent_stages
@@ -73,8 +73,8 @@ def test_providers_asked_for(tmp_path):
 
 def test_torch_backend_refuses_a_bundle_of_another_model(sd_bundle, tmp_path):
     path = copy_bundle(sd_bundle, tmp_path)
-    m = json.loads((path / "manifest.json").read_text())
-    m["model"]["hash"] = "0" * 64  # as if exported from another checkpoint under the same name
+    m = read_bundle(path).manifest
+    m.model["hash"] = "0" * 64  # as if exported from another checkpoint under the same name
     mf.write_manifest(path, m)  # sealed, as an export would
     with pytest.raises(StdtrtError, match="is not the one bundle .* was exported with"):
         load_backend(read_bundle(path), "torch", "cpu")
@@ -176,7 +176,7 @@ def test_tensorrt_decision_without_cuda_or_tensorrt():
 
 
 def test_tensorrt_build_specs(sd_bundle, tmp_path):
-    graphs = read_bundle(sd_bundle[1].path).manifest["graphs"]
+    graphs = read_bundle(sd_bundle[1].path).manifest.graphs
     specs = tensorrt.build_specs(tmp_path, graphs, 2.5, tmp_path / "timing.cache")
     assert [s.graph for s in specs] == ["vae_encoder", "unet", "vae_decoder"]
     assert all(

@@ -166,10 +166,10 @@ def test_a_controlnet_bundle_runs_as_the_model_path_on_every_backend(control_bun
     from stdtrt.runtime.stylize import stylize_video
 
     bundle = read_bundle(control_bundle.path)
-    control = bundle.manifest["control"]
+    control = bundle.manifest.control
     assert control["maps"] == {"kind": "canny", "low": 100, "high": 200} and control["scale"] == 0.9
-    assert bundle.manifest["key_fields"]["control"]["hash"] == control["hash"]
-    rows = {r["name"]: r["ok"] for r in bundle.manifest["validation"]["rows"]}
+    assert bundle.manifest.key_fields["control"]["hash"] == control["hash"]
+    rows = {r["name"]: r["ok"] for r in bundle.manifest.validation["rows"]}
     assert rows["unet (control maps' shift)"] and rows["frames (stream vs sequential torch)"]
     src = make_video(tmp_path / "in.mp4", frames=6, size=(W, H), audio=False)
     outs = {}

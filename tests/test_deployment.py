@@ -27,7 +27,7 @@ def _copy(src, dst):
 
 
 def test_a_copied_bundle_is_hashed_at_its_first_start_here_only(sd_bundle, tmp_path):
-    files = len(read_bundle(sd_bundle[1].path, verify=False).manifest["files"])
+    files = len(read_bundle(sd_bundle[1].path, verify=False).manifest.files)
     assert read_bundle(sd_bundle[1].path, verify=False).verify() == 0  # where it was exported
     copy = _copy(sd_bundle[1].path, tmp_path / "copy")
     assert read_bundle(copy, verify=False).verify() == files  # first start: every file hashed
@@ -89,7 +89,7 @@ def test_an_unvalidated_bundle_is_refused_until_validated_in_place(tmp_path, cap
     _, result = export_tiny(tmp_path, "tiny-sd", 1.0, nfe=2, validate=False)
     bundle = read_bundle(result.path)
     assert not bundle.validated and result.table is None
-    graphs = {n: e["sha256"] for n, e in bundle.manifest["files"].items()}
+    graphs = {n: e["sha256"] for n, e in bundle.manifest.files.items()}
     video = make_video(tmp_path / "in.mp4", frames=3, size=(64, 64), audio=False)
     with pytest.raises(SystemExit) as done:
         main(["stylize-video", str(video), "-o", str(tmp_path / "out.mp4"), "--bundle", str(result.path)])
@@ -107,8 +107,8 @@ def test_an_unvalidated_bundle_is_refused_until_validated_in_place(tmp_path, cap
     main(["validate", str(result.path)])
     assert "validation against torch" in capsys.readouterr().out
     bundle = read_bundle(result.path)
-    assert bundle.validated and all(r["ok"] for r in bundle.manifest["validation"]["rows"])
-    assert {n: e["sha256"] for n, e in bundle.manifest["files"].items() if n in graphs} == graphs  # kept
+    assert bundle.validated and all(r["ok"] for r in bundle.manifest.validation["rows"])
+    assert {n: e["sha256"] for n, e in bundle.manifest.files.items() if n in graphs} == graphs  # kept
     assert (result.path / "validation.txt").is_file()
     stylize_video(StylizeConfig(bundle=str(result.path)), video, tmp_path / "v.mp4", progress=False)
     main(["validate", str(result.path)])  # nothing left to do

@@ -66,7 +66,7 @@ def test_each_onnx_graph_equals_its_torch_module(fixture, request):
     }  # fmt: skip
     for graph, (module, xs) in inputs.items():
         session = ort.InferenceSession(str(bundle.graph_file(graph)), providers=["CPUExecutionProvider"])
-        spec = bundle.manifest["graphs"][graph]
+        spec = bundle.manifest.graphs[graph]
         assert [i.name for i in session.get_inputs()] == [i["name"] for i in spec["inputs"]]
         ours = session.run(None, {i.name: x.numpy() for i, x in zip(session.get_inputs(), xs, strict=True)})
         with torch.no_grad():
@@ -136,34 +136,34 @@ def test_unet_graph_is_the_stream_step(fixture, request):
 def test_manifest_describes_the_bundle(fixture, request):
     cfg, result = request.getfixturevalue(fixture)
     m = read_bundle(result.path).manifest  # verifies every sha256
-    assert m["schedule"]["timesteps"] == [779, 599, 399, 219] and m["guidance"] == cfg.guidance
-    assert [i["shape"] for i in m["graphs"]["unet"]["inputs"]] == [[4, 4, 8, 8], [1, 4, 8, 8], [1, 4, 8, 8]]
-    assert m["graphs"]["vae_encoder"]["inputs"][0] == {
+    assert m.schedule["timesteps"] == [779, 599, 399, 219] and m.guidance == cfg.guidance
+    assert [i["shape"] for i in m.graphs["unet"]["inputs"]] == [[4, 4, 8, 8], [1, 4, 8, 8], [1, 4, 8, 8]]
+    assert m.graphs["vae_encoder"]["inputs"][0] == {
         "name": "frames",
         "shape": [1, 64, 64, 3],
         "dtype": "uint8",
     }
-    assert m["graphs"]["vae_decoder"]["outputs"][0] == {
+    assert m.graphs["vae_decoder"]["outputs"][0] == {
         "name": "frames",
         "shape": [1, 64, 64, 3],
         "dtype": "uint8",
     }
-    assert m["graphs"]["unet"]["opset"] >= 17 and m["precision"] == "fp32"
-    assert m["placement"] == {"unet": "fp32", "vae": "fp32"} and m["schedule"]["num_steps"] == 50
-    assert m["lora"]["fused"]["max_abs"] < 1e-4 and len(m["lora"]["hash"]) == 64
-    assert m["model"]["scaling_factor"] == 0.18215 and m["versions"]["torch"] == torch.__version__
-    assert set(m["files"]) == {"vae_encoder.onnx", "unet.onnx", "vae_decoder.onnx", "validation.txt"}
-    rows = m["validation"]["rows"]
+    assert m.graphs["unet"]["opset"] >= 17 and m.precision == "fp32"
+    assert m.placement == {"unet": "fp32", "vae": "fp32"} and m.schedule["num_steps"] == 50
+    assert m.lora["fused"]["max_abs"] < 1e-4 and len(m.lora["hash"]) == 64
+    assert m.model["scaling_factor"] == 0.18215 and m.versions["torch"] == torch.__version__
+    assert set(m.files) == {"vae_encoder.onnx", "unet.onnx", "vae_decoder.onnx", "validation.txt"}
+    rows = m.validation["rows"]
     assert [r["name"].split()[0] for r in rows] == ["vae_encoder", "unet", "unet", "vae_decoder", "frames"]
     assert all(r["ok"] for r in rows) and all(
         r["max_abs"] < 1e-3 for r in rows if "vae_decoder" not in r["name"] and "frames" not in r["name"]
     )
     assert all(r["max_abs"] <= 1 for r in rows)  # uint8 frames: at most a level of rounding
     assert {r["backend"] for r in rows} == {"onnxruntime CPU"}  # no GPU provider here
-    assert m["validation"]["reference"] == "the fused model's torch modules in float32 on cpu (TF32 off)"
-    assert m["config"]["device"] == "auto"
+    assert m.validation["reference"] == "the fused model's torch modules in float32 on cpu (TF32 off)"
+    assert m.config["device"] == "auto"
     assert (result.path / "validation.txt").read_text().startswith("validation against torch (float32)")
-    assert m["tensorrt"] is None  # the fixture turns TensorRT off: skipped, said in one line
+    assert m.tensorrt is None  # the fixture turns TensorRT off: skipped, said in one line
     assert (
         result.tensorrt == "TensorRT engines skipped (--no-tensorrt)"
     )  # the fixture pins it off; decide() is tested on its own
@@ -220,9 +220,7 @@ def test_overwrite_replaces_a_different_bundle(tmp_path):
     cfg = ExportConfig(**{**cfg.__dict__, "nfe": 3, "overwrite": True, "lora": None})
     second = export_bundle(cfg, progress=False)
     m = read_bundle(second.path).manifest
-    assert (
-        m["schedule"]["nfe"] == 3 and m["lora"] is None and m["graphs"]["unet"]["inputs"][0]["shape"][0] == 3
-    )
+    assert m.schedule["nfe"] == 3 and m.lora is None and m.graphs["unet"]["inputs"][0]["shape"][0] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "tiny-sd-lora.safetensors"]
 
 
@@ -267,9 +265,9 @@ def test_fp16_graphs_run_and_stay_close(tmp_path):
     """fp16 weights with float32 inputs and outputs (what TensorRT builds fp16 engines from)."""
     _, result = export_tiny(tmp_path, "tiny-sd", 1.0, precision="fp16", nfe=2)
     m = read_bundle(result.path).manifest
-    assert m["precision"] == "fp16" and m["graphs"]["unet"]["inputs"][0]["dtype"] == "float32"
-    assert all(m["graphs"][g]["precision"] == "fp16" for g in m["graphs"])
-    assert all(r["ok"] for r in m["validation"]["rows"])
+    assert m.precision == "fp16" and m.graphs["unet"]["inputs"][0]["dtype"] == "float32"
+    assert all(m.graphs[g]["precision"] == "fp16" for g in m.graphs)
+    assert all(r["ok"] for r in m.validation["rows"])
     assert_uint8_only_at_the_edges(result.path)
     import onnx
 

@@ -64,7 +64,7 @@ def test_tensorrt_engines_are_validated_at_export(tmp_path):
 
     _, result = export_tiny(tmp_path, "tiny-sd", 1.0, tensorrt=True, precision="fp16")
     bundle = read_bundle(result.path)
-    rows = bundle.manifest["validation"]["rows"]
+    rows = bundle.manifest.validation["rows"]
     assert "tensorrt" in {r["backend"] for r in rows} and all(r["ok"] for r in rows)
     assert bundle.tensorrt["strongly_typed"] and load_backend(bundle, "auto").name == "tensorrt"
 
@@ -140,8 +140,8 @@ def test_an_export_on_the_gpu_validates_there(tmp_path):
         )
     _, result = export_tiny(tmp_path, "tiny-sd", 1.0, tensorrt=trt, precision="auto", device="cuda")
     m = read_bundle(result.path).manifest
-    assert m["precision"] == "fp16" and "on cuda:0 (TF32 off)" in m["validation"]["reference"]
-    backends = {r["backend"] for r in m["validation"]["rows"]}
+    assert m.precision == "fp16" and "on cuda:0 (TF32 off)" in m.validation["reference"]
+    backends = {r["backend"] for r in m.validation["rows"]}
     assert "onnxruntime CPU" not in backends and backends <= {"onnxruntime CUDA", "tensorrt"}
 
 

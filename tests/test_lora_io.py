@@ -155,7 +155,7 @@ def test_inference_starts_on_the_grid_the_student_was_distilled_on(tmp_path, vid
     from stdtrt.bundle.manifest import read_bundle
 
     bundle = read_bundle(export_bundle(cfg, progress=False).path)
-    assert bundle.plan() == n20 and bundle.manifest["schedule"]["num_steps"] == 20
+    assert bundle.plan() == n20 and bundle.manifest.schedule["num_steps"] == 20
 
 
 def test_an_sdxl_layout_diffusers_cannot_read_in_sgm_keeps_diffusers_names():

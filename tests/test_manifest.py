@@ -48,10 +48,11 @@ def test_manifest_round_trip_and_plan(sd_bundle, tmp_path):
     copy = tmp_path / "copy"
     copy.mkdir()
     mf.write_manifest(copy, bundle.manifest)
-    assert json.loads((copy / "manifest.json").read_text()) == bundle.manifest
+    assert (copy / "manifest.json").read_text() == (result.path / "manifest.json").read_text()  # as exported
+    assert mf.read_bundle(copy, verify=False).manifest == bundle.manifest
     plan = bundle.plan()  # as recorded, not recomputed
     assert plan.timesteps == (779, 599, 399, 219) and plan.targets[-1] == 0 and plan.gamma == 0.0
-    assert plan.a_start == bundle.manifest["schedule"]["a_start"] and len(plan.a_s) == 4
+    assert plan.a_start == bundle.manifest.schedule["a_start"] and len(plan.a_s) == 4
     assert bundle.latent_shape == (4, 8, 8) and (bundle.width, bundle.height) == (64, 64)
 
 
@@ -72,7 +73,8 @@ def test_a_changed_file_is_refused(sd_bundle, tmp_path):
         (lambda p: (p / "manifest.json").write_text("{not json"), "not valid JSON"),
         (lambda p: (p / "manifest.json").unlink(), "not an stdtrt bundle"),
         (lambda p: _edit(p, format_version=99), "format version 99"),
-        (lambda p: _edit(p, graphs=None, files=None), "lacks"),
+        (lambda p: _edit(p, graphs=None, files=None), "lacks graphs, files"),
+        (lambda p: _edit(p, colour="red"), r"fields this stdtrt does not know \(colour\)"),
     ],
 )
 def test_damaged_bundles_are_refused_with_one_line(damage, match, sd_bundle, tmp_path):
@@ -106,7 +108,7 @@ def test_a_normal_start_hashes_nothing_and_a_changed_file_is_still_refused(sd_bu
 
     path = copy_bundle(sd_bundle, tmp_path)  # copytree keeps the times
     bundle = mf.read_bundle(path, verify=False)
-    assert bundle.verify() == 0 and bundle.verify(full=True) == len(bundle.manifest["files"])
+    assert bundle.verify() == 0 and bundle.verify(full=True) == len(bundle.manifest.files)
     unet = path / "unet.onnx"
     stat = unet.stat()
     os.utime(unet, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched: same bytes
@@ -129,8 +131,8 @@ def test_the_torch_backend_checks_the_model_by_its_files_first(sd_bundle):
     from stdtrt.bundle.model import fingerprint
 
     m = mf.read_bundle(sd_bundle[1].path).manifest
-    assert m["model"]["fingerprint"] is None  # tiny-sd: a preset, built from code
-    lora = m["lora"]
+    assert m.model["fingerprint"] is None  # tiny-sd: a preset, built from code
+    lora = m.lora
     assert lora["fingerprint"] == fingerprint(lora["path"]) and len(lora["fingerprint"]) == 1
 
 
@@ -150,5 +152,5 @@ def test_a_hand_edited_manifest_is_refused_with_one_line(edit, sd_bundle, tmp_pa
     with pytest.raises(StdtrtError, match="was changed after export") as err:
         mf.read_bundle(path)
     assert "\n" not in str(err.value)
-    mf.write_manifest(path, json.loads((sd_bundle[1].path / "manifest.json").read_text()))
+    mf.write_manifest(path, mf.read_bundle(sd_bundle[1].path).manifest)
     assert mf.read_bundle(path).width == 64  # the manifest as exported reads again

@@ -317,9 +317,9 @@ def test_a_video_bundle_is_validated_and_records_its_window(motion_bundle):
 
     bundle = read_bundle(motion_bundle.path)
     assert bundle.motion["adapter"] == "tiny-motion" and bundle.motion["window"] == 4 and bundle.batch == 4
-    rows = {r["name"]: r for r in bundle.manifest["validation"]["rows"]}
+    rows = {r["name"]: r for r in bundle.manifest.validation["rows"]}
     assert rows["frames (stream vs sequential torch)"]["ok"] and rows["unet (finished latents)"]["ok"]
-    assert bundle.manifest["key_fields"]["motion"] == {
+    assert bundle.manifest.key_fields["motion"] == {
         "adapter": "tiny-motion",
         "window": 4,
         "noise_rule": "per-frame",
@@ -412,7 +412,8 @@ def test_distill_and_the_window_runner_noise_a_clip_alike(rule, clips_dir, tmp_p
     seed gets over its first window at inference; the rule goes into the LoRA and comes back out."""
     from accelerate import Accelerator
 
-    from stdtrt.distill.trainer import Run, distill
+    from stdtrt.distill.run import Run
+    from stdtrt.distill.trainer import distill
     from stdtrt.models.card import StudentCard
     from stdtrt.runtime.student import VideoNoise
     from stdtrt.runtime.stylize import load_runner

@@ -84,7 +84,7 @@ def test_an_fp16_bundle_runs_in_fp16_on_the_torch_backend_and_onnxruntime(tmp_pa
     cfg, result = export_tiny(tmp_path, "tiny-sdxl", 2.5, precision="fp16", nfe=2)
     bundle = read_bundle(result.path)
     assert bundle.placement == {"unet": "fp16", "vae": "fp32"}
-    assert [bundle.manifest["graphs"][g]["precision"] for g in ("vae_encoder", "unet", "vae_decoder")] == [
+    assert [bundle.manifest.graphs[g]["precision"] for g in ("vae_encoder", "unet", "vae_decoder")] == [
         "fp32", "fp16", "fp32"
     ]  # fmt: skip
     torch_backend = load_backend(bundle, "torch", "cpu")

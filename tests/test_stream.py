@@ -53,7 +53,7 @@ def test_stream_equals_sequential_student_steps(kind, fixture, request):
         if kind == "onnxruntime"
         else TorchBackend.from_bundle(bundle, "cpu", model)
     )
-    student = Student(model, bundle.plan(), m["prompt"], 64, 64, m["negative_prompt"], m["guidance"])
+    student = Student(model, bundle.plan(), m.prompt, 64, 64, m.negative_prompt, m.guidance)
     noise = make_noise(bundle.latent_shape, seed=3)
     z0s = [student.encode(to_tensor(f[None], "cpu")) for f in _frames(5)]
     latents, tags, calls = _stream(backend, z0s, lambda n: noise.expand(n, -1, -1, -1))

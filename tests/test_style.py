@@ -180,10 +180,10 @@ def test_export_bakes_the_style_image_and_the_backends_agree(style_bundle, style
     from stdtrt.runtime.stylize import stylize_video
 
     bundle = read_bundle(style_bundle[1].path)
-    style = bundle.manifest["style"]
+    style = bundle.manifest.style
     assert style["scale"] == 1.2 and style["blocks"] == "instantstyle" and len(style["image_sha256"]) == 64
-    assert bundle.manifest["key_fields"]["style"]["image_sha256"] == style["image_sha256"]
-    assert all(r["ok"] for r in bundle.manifest["validation"]["rows"])  # the graphs equal the torch modules
+    assert bundle.manifest.key_fields["style"]["image_sha256"] == style["image_sha256"]
+    assert all(r["ok"] for r in bundle.manifest.validation["rows"])  # the graphs equal the torch modules
     src = make_video(tmp_path / "in.mp4", frames=3, size=(64, 64))
     outs = {}
     for backend in ("onnxruntime", "torch"):

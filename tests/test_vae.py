@@ -102,11 +102,11 @@ def test_a_tiny_vae_bundle_is_validated_recorded_and_kept(tmp_path, video):
     cfg, result = export_tiny(tmp_path / "tiny", "tiny-sd", 1.0, nfe=2, vae="tiny-taesd")
     bundle = read_bundle(result.path)
     m = bundle.manifest
-    assert m["vae"]["spec"] == "tiny-taesd" and len(m["vae"]["hash"]) == 64
-    assert m["key"] != read_bundle(full.path).key  # the VAE is in the cache key
-    assert all(r["ok"] for r in m["validation"]["rows"]) and len(m["validation"]["rows"]) == 5
-    sizes = {g: m["files"][f"{g}.onnx"]["bytes"] for g in ("vae_encoder", "vae_decoder")}
-    full_sizes = {g: read_bundle(full.path).manifest["files"][f"{g}.onnx"]["bytes"] for g in sizes}
+    assert m.vae["spec"] == "tiny-taesd" and len(m.vae["hash"]) == 64
+    assert m.key != read_bundle(full.path).key  # the VAE is in the cache key
+    assert all(r["ok"] for r in m.validation["rows"]) and len(m.validation["rows"]) == 5
+    sizes = {g: m.files[f"{g}.onnx"]["bytes"] for g in ("vae_encoder", "vae_decoder")}
+    full_sizes = {g: read_bundle(full.path).manifest.files[f"{g}.onnx"]["bytes"] for g in sizes}
     assert all(sizes[g] < full_sizes[g] for g in sizes)  # the tiny graphs really are the tiny VAE
     out = tmp_path / "out.mp4"
     for backend in ("onnxruntime", "torch"):  # the torch backend rebuilds the same tiny VAE

@@ -10,6 +10,7 @@ Layout of a bundle folder:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.metadata
 import json
@@ -17,6 +18,7 @@ import platform
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from stdtrt.errors import StdtrtError
 from stdtrt.io.atomic import atomic_path
@@ -29,18 +31,6 @@ MANIFEST = "manifest.json"
 # Bump when the graphs' meaning changes (inputs, outputs, what is baked in): old bundles stop matching.
 GRAPH_VERSION = 3  # 2: fp16 graphs are the fp16 modules traced, with float32 islands; 3: uint8 only at the
 # VAE graphs' edges, SD 1.x's instantstyle block is the whole up block, the prompt keyed by its token ids
-REQUIRED = (
-    "key",
-    "model",
-    "schedule",
-    "width",
-    "height",
-    "batch",
-    "precision",
-    "placement",
-    "graphs",
-    "files",
-)
 
 
 # What export writes into a bundle folder, and nothing else: the manifest, the validation table, and per graph
@@ -55,6 +45,62 @@ def foreign_entries(folder: Path) -> list[str]:
     if MANIFEST not in names:
         return names
     return [n for n in names if not _BUNDLE_FILE.match(n) or not (Path(folder) / n).is_file()]
+
+
+@dataclass
+class Manifest:
+    """The one schema of `manifest.json`: export builds it, `read_bundle` checks and returns it, the runtime
+    reads its attributes. The nested records (model, schedule, graphs, files, ...) are the JSON objects that
+    their writers define (the StudentPlan, models.style.Style.record, ...)."""
+
+    key: str  # cache_key(key_fields): decides whether a bundle can be reused
+    key_fields: dict  # onnx_key_fields: what the graphs depend on
+    config: dict  # the export settings, as given (ExportConfig)
+    created: str
+    model: dict  # name, source, kind, hash, fingerprint, scaling_factor, vae_scale, native_size
+    lora: dict | None  # path, hash, fingerprint, fused
+    prompt: str
+    negative_prompt: str
+    guidance: float
+    schedule: dict  # StudentPlan.as_dict() and num_train_timesteps
+    width: int
+    height: int
+    batch: int  # frames per stream slot
+    precision: str
+    placement: dict  # the graphs' dtypes: {"unet": "fp16", "vae": "fp16"}
+    vae: dict
+    graphs: dict  # per graph: its onnx file, inputs and outputs (names, shapes, dtypes)
+    versions: dict  # the libraries that made it
+    files: dict  # name -> file_entry (the files written so far, while export runs)
+    validation: dict | None = None  # the table against torch (rows, seed, reference); None: --no-validate
+    tensorrt: dict | None = None  # the engines: version, arch, gpu, key
+    style: dict | None = None  # models.style.Style.record()
+    cache: dict | None = None  # cached attention: frames, interval, fusion, threshold
+    control: dict | None = None  # models.controlnet record
+    motion: dict | None = None  # a video student's: adapter, source, fingerprint, window, noise_rule
+    export_seconds: dict | None = None
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], file: Path) -> Manifest:
+        schema = dataclasses.fields(cls)
+        names = {f.name for f in schema}
+        unset = dataclasses.MISSING
+        required = [f.name for f in schema if f.default is unset and f.default_factory is unset]
+        missing = [k for k in required if k not in data]
+        if missing:
+            raise StdtrtError(f"{file} lacks {', '.join(missing)}; export the bundle again")
+        unknown = sorted(set(data) - names - {"manifest_sha256"})
+        if unknown:
+            raise StdtrtError(
+                f"{file} has fields this stdtrt does not know ({', '.join(unknown)}); it was written by "
+                f"another version: export the bundle again"
+            )
+        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 def cache_key(fields: dict) -> str:
@@ -155,9 +201,10 @@ def manifest_digest(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def write_manifest(folder: Path, manifest: dict) -> Path:
+def write_manifest(folder: Path, manifest: Manifest) -> Path:
     path = Path(folder) / MANIFEST
-    sealed = {**manifest, "manifest_sha256": manifest_digest(manifest)}
+    body = manifest.to_dict()
+    sealed = {**body, "manifest_sha256": manifest_digest(body)}
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(sealed, indent=2, sort_keys=False) + "\n")
     return path
@@ -168,62 +215,62 @@ class Bundle:
     """A read (and, unless told otherwise, verified) bundle folder."""
 
     path: Path
-    manifest: dict
+    manifest: Manifest
 
     @property
     def key(self) -> str:
-        return self.manifest["key"]
+        return self.manifest.key
 
     @property
     def width(self) -> int:
-        return int(self.manifest["width"])
+        return int(self.manifest.width)
 
     @property
     def height(self) -> int:
-        return int(self.manifest["height"])
+        return int(self.manifest.height)
 
     @property
     def nfe(self) -> int:
-        return int(self.manifest["schedule"]["nfe"])
+        return int(self.manifest.schedule["nfe"])
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        return tuple(self.manifest["graphs"]["vae_encoder"]["outputs"][0]["shape"][1:])  # (4, h, w)
+        return tuple(self.manifest.graphs["vae_encoder"]["outputs"][0]["shape"][1:])  # (4, h, w)
 
     @property
     def batch(self) -> int:
         """B: frames per stream slot (the UNet graph runs NFE * B latents per call)."""
-        return int(self.manifest["batch"])
+        return int(self.manifest.batch)
 
     @property
     def motion(self) -> dict | None:
         """A video student's bundle: {"adapter", "source", "fingerprint", "window"} (a slot is one window
         of `window` frames, = batch); None for a per-frame student's."""
-        return self.manifest.get("motion")
+        return self.manifest.motion
 
     @property
     def cache(self) -> dict | None:
         """Cached attention baked into the UNet graph ({"frames", "interval", "fusion", "threshold"}), or None."""
-        return self.manifest.get("cache")
+        return self.manifest.cache
 
     @property
     def placement(self) -> dict:
         """The graphs' dtypes: {"unet": "fp16", "vae": "fp16"} (the torch backend runs the same)."""
-        return self.manifest["placement"]
+        return self.manifest.placement
 
     @property
     def tensorrt(self) -> dict | None:
-        return self.manifest.get("tensorrt")
+        return self.manifest.tensorrt
 
     def plan(self):
         """The StudentPlan baked into the graphs, as recorded (never recomputed)."""
 
-        fields = dict(self.manifest["schedule"])
+        fields = dict(self.manifest.schedule)
         fields.pop("num_train_timesteps", None)
         return StudentPlan(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
 
     def graph_file(self, graph: str, kind: str = "onnx") -> Path:
-        name = self.manifest["graphs"][graph].get(kind)
+        name = self.manifest.graphs[graph].get(kind)
         if not name:
             raise StdtrtError(f"bundle {self.path} has no {kind} file for {graph}")
         return self.path / name
@@ -231,7 +278,7 @@ class Bundle:
     @property
     def validated(self) -> bool:
         """Whether export compared its graphs with torch (not with --no-validate, or validated since)."""
-        return bool((self.manifest.get("validation") or {}).get("rows"))
+        return bool((self.manifest.validation or {}).get("rows"))
 
     def verify(self, full: bool = False) -> int:
         """Every listed file exists as exported: the same size and modification time as recorded, or as
@@ -241,7 +288,7 @@ class Bundle:
         from stdtrt.bundle import verified
 
         hashed = 0
-        for name, entry in self.manifest["files"].items():
+        for name, entry in self.manifest.files.items():
             path = self.path / name
             if not path.is_file():
                 raise StdtrtError(f"bundle {self.path} is missing {name}; export it again (`stdtrt export`)")
@@ -286,15 +333,13 @@ def read_bundle(path: str | Path, verify: bool = True, full: bool = False) -> Bu
             f"{file} has format version {manifest.get('format_version')}; this stdtrt reads version "
             f"{FORMAT_VERSION}: export the bundle again"
         )
-    missing = [k for k in REQUIRED if k not in manifest]
-    if missing:
-        raise StdtrtError(f"{file} lacks {', '.join(missing)}; export the bundle again")
+    record = Manifest.from_dict(manifest, file)
     if manifest.get("manifest_sha256") != manifest_digest(manifest):
         raise StdtrtError(
             f"{file} was changed after export (its contents do not match the digest recorded in it): the "
             f"graphs were built for what it said then; export the bundle again"
         )
-    bundle = Bundle(path, manifest)
+    bundle = Bundle(path, record)
     if verify:
         bundle.verify(full)
     return bundle

@@ -98,16 +98,14 @@ def load_fused_model(bundle, device: str = "auto", full: bool = False):
     m, motion = bundle.manifest, bundle.motion
     # float32 on the CPU: fused there, then placed; a video student's UNet with its motion adapter, whose
     # weights the model hash covers (checked by hash when the adapter's files changed)
-    model = load_model(m["model"]["source"], motion_adapter=motion and motion["source"])
+    model = load_model(m.model["source"], motion_adapter=motion and motion["source"])
     moved = bool(motion) and fingerprint(motion["source"]) != motion["fingerprint"]
-    _unchanged(
-        "the model", m["model"]["source"], m["model"], lambda: model_hash(model), full or moved, bundle
-    )
-    vae = m["vae"]
+    _unchanged("the model", m.model["source"], m.model, lambda: model_hash(model), full or moved, bundle)
+    vae = m.vae
     if vae["spec"] != "full":
         model.use_vae(vae["source"])
         _unchanged("the VAE", vae["source"], vae, lambda: module_hash(model.vae), full, bundle)
-    lora = m.get("lora")
+    lora = m.lora
     if lora:
         if not Path(lora["path"]).is_file():
             raise StdtrtError(
@@ -124,7 +122,7 @@ def load_bundle_style(bundle, model, image: str | None = None):
     """The style image a bundle baked in (None without one), loaded again onto `model` for the torch
     backend, from `image` (where it is now) or the path recorded at export: refused when the image or the
     IP-Adapter file is not there or not what the manifest records."""
-    recorded = bundle.manifest.get("style")
+    recorded = bundle.manifest.style
     if not recorded:
         return None
     image = image or recorded["image"]
@@ -150,7 +148,7 @@ def load_bundle_style(bundle, model, image: str | None = None):
 def load_bundle_control(bundle, model):
     """The ControlNet a bundle baked in (None without one), loaded again onto `model` for the torch backend
     and placed as its UNet: refused when it is not what the manifest records (its weights' hash)."""
-    recorded = bundle.manifest.get("control")
+    recorded = bundle.manifest.control
     if not recorded:
         return None
     maps = recorded["maps"]

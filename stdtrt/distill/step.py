@@ -1,7 +1,7 @@
 """One training step as a pure function (std.md, "One training step", steps 2 to 5): the batch, the
 three noise predictors and a generator in; the loss, the student's jump, the target and the bank's next
 states out. Nothing here holds state: the trainer draws the batch from the bank, steps the optimiser and
-writes the teacher's states back (distill/trainer.py).
+writes the teacher's states back (distill/run.py).
 
 Per batch element at grid index n (state x at t_n):
   student:  pred   = jump(x, t_n, s, e_theta(x, t_n, c))           s = t_{s_idx - 1}, s_idx chosen by the mode

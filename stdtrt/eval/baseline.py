@@ -42,7 +42,7 @@ def diffusers_baseline(model, bundle, frames: list[np.ndarray]) -> dict:
 
     m, plan = bundle.manifest, bundle.plan()
     pipe, kwargs = img2img_pipeline(
-        model, plan, m["prompt"], m["negative_prompt"], m["guidance"], bundle.width, bundle.height
+        model, plan, m.prompt, m.negative_prompt, m.guidance, bundle.width, bundle.height
     )
     kwargs["output_type"] = "np"
     for module in (pipe.unet, pipe.vae):  # diffusers as it comes (the torch backend may have made it NHWC)

@@ -175,7 +175,7 @@ def time_backend(bundle, name: str, device: str, info, folder: Path, model=None)
     cfg = StylizeConfig()
     # a video student's bundle runs as stylize-video runs it: windows overlapping by the default --overlap
     window = bundle.motion and bundle.motion["window"]
-    control = bundle.manifest.get("control")
+    control = bundle.manifest.control
     maps = None
     if control:  # its maps as stylize-video computes them (edges stand in for a control video's)
         spec = control["maps"]
@@ -245,11 +245,11 @@ def bench_bundle(cfg: BenchConfig, path: Path) -> BundleBench:
     m = bundle.manifest
     unlike = (
         "a style image baked in"
-        if m.get("style")
+        if m.style
         else "a video student's motion UNet"
         if bundle.motion
         else "a ControlNet baked in"
-        if m.get("control")
+        if m.control
         else None
     )
     if unlike and cfg.baseline:
@@ -258,12 +258,12 @@ def bench_bundle(cfg: BenchConfig, path: Path) -> BundleBench:
             f"pass --no-baseline to time its backends alone"
         )
     setup = {
-        "model": m["model"]["name"], "width": bundle.width, "height": bundle.height, "nfe": bundle.nfe,
-        "guidance": m["guidance"], "precision": m["precision"], "frames": cfg.frames, "machine": machine(),
-        "torch": torch.__version__, "bundle": str(path), "vae": m["vae"]["spec"],
+        "model": m.model["name"], "width": bundle.width, "height": bundle.height, "nfe": bundle.nfe,
+        "guidance": m.guidance, "precision": m.precision, "frames": cfg.frames, "machine": machine(),
+        "torch": torch.__version__, "bundle": str(path), "vae": m.vae["spec"],
     }  # fmt: skip
     if bundle.cache:  # the state a cached bundle carries from frame to frame
-        spec = next(i for i in m["graphs"]["unet"]["inputs"] if i["name"] == "cache")
+        spec = next(i for i in m.graphs["unet"]["inputs"] if i["name"] == "cache")
         rows, size = spec["shape"]
         setup["cache"] = {
             **bundle.cache,

@@ -8,6 +8,7 @@ is refused unless --overwrite.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -82,8 +83,8 @@ def _existing(out: Path, key: str, overwrite: bool):
     if bundle.key != key:
         m = bundle.manifest
         raise StdtrtError(
-            f"{out} holds a different bundle ({m['model']['name']}, nfe {bundle.nfe}, {bundle.width}x"
-            f"{bundle.height}, {m['precision']}); pass --overwrite to replace it or choose another --out"
+            f"{out} holds a different bundle ({m.model['name']}, nfe {bundle.nfe}, {bundle.width}x"
+            f"{bundle.height}, {m.precision}); pass --overwrite to replace it or choose another --out"
         )
     return bundle
 
@@ -209,7 +210,7 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
         return _validate_in_place(cfg, existing, what, device, key, start, stages)
     if existing is not None and (not build_trt or _engines_fit(existing, key)):
         log.info("%s already holds this bundle (key %s): reused", out, key[:12])
-        sizes = {n: e["bytes"] for n, e in existing.manifest["files"].items()}
+        sizes = {n: e["bytes"] for n, e in existing.manifest.files.items()}
         trt_line = "TensorRT engines reused" if build_trt else trt_line
         return ExportResult(out, True, time.perf_counter() - start, sizes, None, trt_line)
     with atomic_dir(out) as tmp:
@@ -236,20 +237,20 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
                 control,
                 (backends, device),
             )
-            manifest["motion"] = motion
+            manifest.motion = motion
         else:
-            manifest = dict(existing.manifest)
-            rows = list((manifest.get("validation") or {}).get("rows", []))
-            for name in existing.manifest["files"]:
+            manifest = dataclasses.replace(existing.manifest)
+            rows = list((manifest.validation or {}).get("rows", []))
+            for name in existing.manifest.files:
                 if not name.endswith(".plan"):
                     _link_or_copy(existing.path / name, tmp / name)
             # engines are built anew: their old entries must not stand for the new files
-            manifest["files"] = {n: e for n, e in manifest["files"].items() if not n.endswith(".plan")}
+            manifest.files = {n: e for n, e in manifest.files.items() if not n.endswith(".plan")}
         if build_trt:
             t = time.perf_counter()
-            built = tensorrt.build_engines(tmp, manifest["graphs"], cfg.workspace_gb, progress)
+            built = tensorrt.build_engines(tmp, manifest.graphs, cfg.workspace_gb, progress)
             built["key"] = mf.tensorrt_key(key, built["version"], built["arch"])
-            manifest["tensorrt"] = built
+            manifest.tensorrt = built
             stages["tensorrt"] = time.perf_counter() - t
             trt_line = (
                 f"TensorRT engines built (TensorRT {built['version']}, {built['arch']}, {built['gpu']})"
@@ -258,10 +259,10 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
                 trt_device = str(device) if device.type == "cuda" else "cuda"
                 rows = _validate_engines(tmp, manifest, rows, ref, trt_device, stages)
         table = _finish_validation(tmp, manifest, rows, cfg, ref)
-        manifest["files"] = _files(tmp, manifest["files"])
-        manifest["export_seconds"] = {k: round(v, 1) for k, v in stages.items()}
+        manifest.files = _files(tmp, manifest.files)
+        manifest.export_seconds = {k: round(v, 1) for k, v in stages.items()}
         mf.write_manifest(tmp, manifest)
-    sizes = {n: e["bytes"] for n, e in manifest["files"].items()}
+    sizes = {n: e["bytes"] for n, e in manifest.files.items()}
     return ExportResult(
         out, existing is not None, time.perf_counter() - start, sizes, table, trt_line, stages
     )
@@ -279,9 +280,9 @@ def _validate_in_place(cfg, existing, what, device, key, start, stages) -> Expor
         t = time.perf_counter()
         _, ref, _ = _reference(cfg, *what, device)
         stages["reference"] = time.perf_counter() - t
-        for name in existing.manifest["files"]:
+        for name in existing.manifest.files:
             _link_or_copy(existing.path / name, tmp / name)
-        manifest = dict(existing.manifest)
+        manifest = dataclasses.replace(existing.manifest)
         bundle = mf.Bundle(tmp, manifest)
         t = time.perf_counter()
         rows = onnxruntime_rows(bundle, ref, backends, device)
@@ -289,9 +290,9 @@ def _validate_in_place(cfg, existing, what, device, key, start, stages) -> Expor
             rows += tensorrt_rows(bundle, ref, str(device) if device.type == "cuda" else "cuda")
         stages["validate"] = time.perf_counter() - t
         table = _finish_validation(tmp, manifest, rows, cfg, ref)
-        manifest["files"] = _files(tmp, manifest["files"])
+        manifest.files = _files(tmp, manifest.files)
         mf.write_manifest(tmp, manifest)
-    sizes = {n: e["bytes"] for n, e in manifest["files"].items()}
+    sizes = {n: e["bytes"] for n, e in manifest.files.items()}
     line = "TensorRT engines validated" if engines else "TensorRT engines: none validated here"
     return ExportResult(existing.path, True, time.perf_counter() - start, sizes, table, line, stages)
 
@@ -304,16 +305,14 @@ def validate_bundle(path: str, device: str = "auto") -> ExportResult:
     bundle = mf.read_bundle(path)
     m = bundle.manifest
     if bundle.validated:
-        sizes = {n: e["bytes"] for n, e in m["files"].items()}
-        table = format_table(
-            [Row(**{k: v for k, v in r.items() if k != "ok"}) for r in m["validation"]["rows"]]
-        )
+        sizes = {n: e["bytes"] for n, e in m.files.items()}
+        table = format_table([Row(**{k: v for k, v in r.items() if k != "ok"}) for r in m.validation["rows"]])
         return ExportResult(bundle.path, True, 0.0, sizes, table, "validated at export: nothing to do")
     names = {f.name for f in fields(ExportConfig)}
-    given = {k: v for k, v in (m.get("config") or {}).items() if k in names}
-    style = m.get("style")
+    given = {k: v for k, v in (m.config or {}).items() if k in names}
+    style = m.style
     given.update(
-        model=m["model"]["source"], lora=(m.get("lora") or {}).get("path"), out=str(bundle.path),
+        model=m.model["source"], lora=(m.lora or {}).get("path"), out=str(bundle.path),
         validate=True, overwrite=False, device=device, tensorrt=None if bundle.tensorrt else False,
         style_image=style["image"] if style else None,
     )  # fmt: skip
@@ -377,10 +376,10 @@ def _export_onnx(
     graphs = export_networks(networks, tmp, examples, cfg.opset, precision)
     stages["onnx"] = time.perf_counter() - t
     manifest = _manifest(cfg, model, fused, plan, fields, key, graphs)
-    manifest["style"] = None if style is None else style.record()
-    manifest["cache"] = None if cache is None else cache.record()
-    manifest["control"] = None if control is None else control.record()
-    manifest["files"] = _files(tmp, {})
+    manifest.style = None if style is None else style.record()
+    manifest.cache = None if cache is None else cache.record()
+    manifest.control = None if control is None else control.record()
+    manifest.files = _files(tmp, {})
     mf.write_manifest(tmp, manifest)
     if ref is None:
         log.warning("validation skipped (--no-validate): the graphs were not compared with torch")
@@ -391,11 +390,11 @@ def _export_onnx(
     return manifest, rows
 
 
-def _validate_engines(tmp: Path, manifest: dict, rows: list, ref, device: str, stages) -> list:
+def _validate_engines(tmp: Path, manifest: mf.Manifest, rows: list, ref, device: str, stages) -> list:
     """Run the fresh .plan engines on the GPU against the same reference; their rows join the table."""
 
     t = time.perf_counter()
-    manifest["files"] = _files(tmp, manifest["files"])
+    manifest.files = _files(tmp, manifest.files)
     mf.write_manifest(tmp, manifest)
     rows = [r for r in rows if (r["backend"] if isinstance(r, dict) else r.backend) != "tensorrt"]
     rows += tensorrt_rows(mf.read_bundle(tmp, verify=False), ref, device)
@@ -403,7 +402,7 @@ def _validate_engines(tmp: Path, manifest: dict, rows: list, ref, device: str, s
     return rows
 
 
-def _finish_validation(tmp: Path, manifest: dict, rows: list, cfg, ref=None) -> str | None:
+def _finish_validation(tmp: Path, manifest: mf.Manifest, rows: list, cfg, ref=None) -> str | None:
     """Print, check and save the validation table; a row over its tolerance fails the export."""
 
     if not rows:
@@ -415,25 +414,21 @@ def _finish_validation(tmp: Path, manifest: dict, rows: list, cfg, ref=None) -> 
         log.error("export validation, against torch:\n%s", table)
     check(rows)
     (tmp / "validation.txt").write_text(table + "\n")
-    manifest["validation"] = {
+    manifest.validation = {
         "rows": [r.as_dict() for r in rows],
         "seed": cfg.seed,
-        "reference": ref.describe()
-        if ref is not None
-        else (manifest.get("validation") or {}).get("reference"),
+        "reference": ref.describe() if ref is not None else (manifest.validation or {}).get("reference"),
     }
     return table
 
 
-def _manifest(cfg, model, fused, plan, fields, key, graphs) -> dict:
-    return {
-        "format": mf.FORMAT,
-        "format_version": mf.FORMAT_VERSION,
-        "key": key,
-        "key_fields": fields,
-        "config": to_dict(cfg),  # the resolved export settings, as given
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": {
+def _manifest(cfg, model, fused, plan, fields, key, graphs) -> mf.Manifest:
+    return mf.Manifest(
+        key=key,
+        key_fields=fields,
+        config=to_dict(cfg),  # the resolved export settings, as given
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        model={
             "name": cfg.model,
             "source": source_of(cfg.model),
             "kind": model.kind,
@@ -443,7 +438,7 @@ def _manifest(cfg, model, fused, plan, fields, key, graphs) -> dict:
             "vae_scale": model.vae_scale,
             "native_size": model.native_size,
         },
-        "lora": None
+        lora=None
         if not cfg.lora
         else {
             "path": str(Path(cfg.lora).expanduser().resolve()),
@@ -451,22 +446,20 @@ def _manifest(cfg, model, fused, plan, fields, key, graphs) -> dict:
             "fingerprint": fingerprint(str(Path(cfg.lora).expanduser().resolve())),
             "fused": fused.as_dict() if fused else None,
         },
-        "prompt": cfg.prompt,
-        "negative_prompt": cfg.negative_prompt,
-        "guidance": cfg.guidance,
-        "schedule": {**plan.as_dict(), "num_train_timesteps": int(model.alphas_cumprod().shape[0])},
-        "width": fields["width"],
-        "height": fields["height"],
-        "batch": fields["batch"],
-        "precision": fields["precision"],
-        "placement": fields["placement"],
-        "vae": {
+        prompt=cfg.prompt,
+        negative_prompt=cfg.negative_prompt,
+        guidance=cfg.guidance,
+        schedule={**plan.as_dict(), "num_train_timesteps": int(model.alphas_cumprod().shape[0])},
+        width=fields["width"],
+        height=fields["height"],
+        batch=fields["batch"],
+        precision=fields["precision"],
+        placement=fields["placement"],
+        vae={
             **fields["vae"],
             "fingerprint": None if cfg.vae == "full" else fingerprint(fields["vae"]["source"]),
         },
-        "graphs": graphs,
-        "versions": mf.library_versions(),
-        "validation": None,
-        "tensorrt": None,
-        "files": {},
-    }
+        graphs=graphs,
+        versions=mf.library_versions(),
+        files={},
+    )

@@ -237,7 +237,7 @@ def validation_backends(device: torch.device, build_trt: bool, ort_cuda: bool) -
 def onnxruntime_rows(bundle, ref: Reference, backends: list[str], device: torch.device) -> list[Row]:
     """The rows of the onnxruntime backends among `backends` (validation_backends): its CPU provider, its
     CUDA provider on `device`."""
-    graphs = bundle.manifest["graphs"]
+    graphs = bundle.manifest.graphs
     rows = []
     if "onnxruntime CPU" in backends:
         with timed_stage("validation on onnxruntime CPU"):
@@ -263,7 +263,7 @@ def tensorrt_rows(bundle, ref: Reference, device: str) -> list[Row]:
     """The bundle's .plan engines, on the GPU they were built for."""
 
     with timed_stage("validation on the TensorRT engines"):
-        return check_backend(TensorRTBackend(bundle, device), ref, bundle.manifest["graphs"], "tensorrt")
+        return check_backend(TensorRTBackend(bundle, device), ref, bundle.manifest.graphs, "tensorrt")
 
 
 def format_table(rows: list[Row], title: str = "validation against torch (float32)") -> str:

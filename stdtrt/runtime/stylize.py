@@ -214,17 +214,17 @@ def check_request(cfg: StylizeConfig, bundle) -> None:
         raise StdtrtError(
             "a bundle runs the deterministic stream form (gamma 0); use --model for --gamma > 0"
         )
-    if cfg.model and source_of(cfg.model) != m["model"]["source"]:
-        _refuse(bundle, "model", m["model"]["name"], cfg.model)
-    lora = m.get("lora")
+    if cfg.model and source_of(cfg.model) != m.model["source"]:
+        _refuse(bundle, "model", m.model["name"], cfg.model)
+    lora = m.lora
     if cfg.lora and (not lora or file_hash(cfg.lora) != lora["hash"]):
         _refuse(bundle, "LoRA", lora and lora["path"], cfg.lora)
-    style = m.get("style")
+    style = m.style
     if cfg.style_image and not Path(cfg.style_image).is_file():
         raise StdtrtError(f"style image {cfg.style_image} does not exist")
     if cfg.style_image and (not style or file_hash(cfg.style_image) != style["image_sha256"]):
         _refuse(bundle, "style image", style and style["image"], cfg.style_image)
-    control = m.get("control")
+    control = m.control
     if cfg.controlnet and not control:
         _refuse(bundle, "ControlNet", None, cfg.controlnet)
     if control:
@@ -245,15 +245,15 @@ def check_request(cfg: StylizeConfig, bundle) -> None:
         "style_scale": style["scale"] if style else d["style_scale"],
         "style_blocks": style["blocks"] if style else d["style_blocks"],
         "ip_adapter": style["adapter"] if style else d["ip_adapter"],
-        "prompt": m["prompt"],
-        "negative_prompt": m["negative_prompt"],
-        "strength": m["schedule"]["eta"],
+        "prompt": m.prompt,
+        "negative_prompt": m.negative_prompt,
+        "strength": m.schedule["eta"],
         "nfe": bundle.nfe,
-        "guidance": m["guidance"],
+        "guidance": m.guidance,
         "width": bundle.width,
         "height": bundle.height,
-        "precision": m["precision"],
-        "vae": m["vae"]["spec"],
+        "precision": m.precision,
+        "vae": m.vae["spec"],
         "frames_per_step": 1 if bundle.motion else bundle.batch,
         "window": bundle.motion["window"] if bundle.motion else d["window"],
         "cache_frames": bundle.cache["frames"] if bundle.cache else 0,
@@ -346,7 +346,7 @@ def load_runner(cfg: StylizeConfig, image_w: int, image_h: int, image: bool = Fa
 def bundle_map_spec(bundle, cfg: StylizeConfig):
     """Where a ControlNet bundle's maps come from at run time: its baked preprocessor and settings, or (one
     exported for a ControlNet without a preprocessor) --control-video; None without a ControlNet."""
-    control = bundle.manifest.get("control")
+    control = bundle.manifest.control
     if not control:
         return None
     maps = control["maps"]

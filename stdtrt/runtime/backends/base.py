@@ -29,7 +29,7 @@ TORCH_DTYPES = {
 
 def bundle_step_io(bundle) -> tuple[list, list[str]]:
     """(the UNet graph's input specs (name, shape, torch dtype), its output names), as the manifest says."""
-    graph = bundle.manifest["graphs"]["unet"]
+    graph = bundle.manifest.graphs["unet"]
     specs = [(i["name"], tuple(i["shape"]), TORCH_DTYPES[i["dtype"]]) for i in graph["inputs"]]
     return specs, [o["name"] for o in graph["outputs"]]
 

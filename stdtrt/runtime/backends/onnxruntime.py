@@ -129,10 +129,10 @@ def create_session(path: Path, options, providers: list) -> tuple[object, list[s
 def vae_is_small(bundle: Bundle) -> bool:
     """Whether the VAE graphs cost little beside the UNet (TAESD: a few MB of weights against gigabytes):
     judged by the graphs' files, as recorded in the manifest."""
-    files = bundle.manifest["files"]
+    files = bundle.manifest.files
 
     def size(graph: str) -> int:
-        entry = bundle.manifest["graphs"][graph]
+        entry = bundle.manifest.graphs[graph]
         return sum(files.get(n, {}).get("bytes", 0) for n in (entry["onnx"], entry.get("external_data")) if n)
 
     return size("vae_encoder") + size("vae_decoder") < 0.1 * size("unet")
@@ -202,7 +202,7 @@ class OnnxRuntimeBackend(Backend):
                     f"check onnxruntime-gpu and CUDA, or run with --device cpu"
                 )
             dev = torch.device("cuda", parse_device(device).gpu) if on_gpu else torch.device("cpu")
-            spec = bundle.manifest["graphs"][graph]
+            spec = bundle.manifest.graphs[graph]
             options = sess.get_provider_options().get(sess.get_providers()[0], {})
             if str(options.get("has_user_compute_stream", "0")) != "1":
                 self.streams.pop(graph, None)  # it did not take torch's stream: each call waits on the host

@@ -112,7 +112,7 @@ class TensorRTBackend(Backend):
                          *bundle_step_io(bundle))  # fmt: skip
         self.device = resolve_device(f"cuda:{parse_device(device).gpu}")
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        graphs = bundle.manifest["graphs"]
+        graphs = bundle.manifest.graphs
         with torch.cuda.device(self.device):
             self.engines = {
                 g: _Engine(

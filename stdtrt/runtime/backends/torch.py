@@ -126,7 +126,7 @@ class TorchBackend(Backend):
         )
         m = bundle.manifest
         return cls.from_model(
-            model, bundle.plan(), m["prompt"], m["negative_prompt"], m["guidance"], bundle.width,
+            model, bundle.plan(), m.prompt, m.negative_prompt, m.guidance, bundle.width,
             bundle.height, bundle.batch, style, cache, load_bundle_control(bundle, model), **speed,
         )  # fmt: skip
 
