@@ -2,29 +2,30 @@
 
 The bundle is written into a temporary folder beside `--out` and renamed only when complete, so an
 interrupted or failed export never leaves a half bundle that looks finished. An existing bundle whose
-cache key matches is reused (only the missing TensorRT engines are built); a folder holding anything else
-is refused unless --overwrite.
+cache key matches is reused (only the missing TensorRT engines are built); another bundle is replaced with
+--overwrite; a folder holding anything else is refused, flag or not (export/folder.py).
+
+Over 350 lines on purpose: the one export pipeline (load, fuse, trace, validate, build, record), a
+function per stage; the folder rules are in folder.py, the validating backends in validate.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from stdtrt import schedule
-from stdtrt.availability import tensorrt_identity
 from stdtrt.bundle import manifest as mf
 from stdtrt.bundle.model import conditioning_hash, fingerprint, model_hash, source_of
 from stdtrt.bundle.networks import build_networks, example_inputs
 from stdtrt.config import ExportConfig, resolve_window, to_dict
 from stdtrt.errors import StdtrtError
 from stdtrt.export import tensorrt
+from stdtrt.export.folder import check_out, engines_fit, existing_bundle, file_records, link_or_copy
 from stdtrt.export.onnx import export_networks
 from stdtrt.export.validate import (
     Row,
@@ -37,7 +38,7 @@ from stdtrt.export.validate import (
     timed_stage,
     validation_backends,
 )
-from stdtrt.io.atomic import atomic_dir, check_writable_dir
+from stdtrt.io.atomic import atomic_dir
 from stdtrt.io.hashing import file_hash, module_hash
 from stdtrt.models.attention_cache import CacheSettings
 from stdtrt.models.card import StudentCard
@@ -59,82 +60,6 @@ class ExportResult:
     table: str | None  # the validation table (None when validation was skipped or reused)
     tensorrt: str  # what happened to the engines, in one line
     stages: dict[str, float] = field(default_factory=dict)  # seconds per export stage
-
-
-def _existing(out: Path, key: str, overwrite: bool):
-    """The bundle already at `out` when it can be reused; None when `out` is free (or may be replaced).
-    Only an empty folder or a bundle is ever replaced: a folder holding anything else is refused, with
-    --overwrite too (nothing of the user's is deleted)."""
-    if not out.exists():
-        return None
-    if not out.is_dir():
-        raise StdtrtError(f"--out {out} is a file; choose a folder")
-    if not any(out.iterdir()):
-        return None
-    check_out(out)
-    if overwrite:
-        return None
-    try:
-        bundle = mf.read_bundle(out, verify=True)
-    except StdtrtError as exc:
-        raise StdtrtError(
-            f"{out} holds a bundle that cannot be reused ({exc}); pass --overwrite to replace it"
-        ) from None
-    if bundle.key != key:
-        m = bundle.manifest
-        raise StdtrtError(
-            f"{out} holds a different bundle ({m.model['name']}, nfe {bundle.nfe}, {bundle.width}x"
-            f"{bundle.height}, {m.precision}); pass --overwrite to replace it or choose another --out"
-        )
-    return bundle
-
-
-def check_out(out: Path) -> None:
-    """Before anything is loaded: `out` can be written and holds nothing but a bundle (or nothing), and
-    is not the folder this process (and the user's shell) is in: a bundle is replaced whole, folder and
-    all, which would leave the shell in a deleted folder."""
-    here = Path.cwd()
-    if out == here or out in here.parents:
-        raise StdtrtError(
-            f"--out {out} is the folder you are in (or holds it): a bundle replaces its folder whole; name it "
-            f"from outside, e.g. `cd .. && stdtrt export ... --out {out.name}`"
-        )
-    if out.is_dir():
-        foreign = mf.foreign_entries(out)
-        if foreign:
-            shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
-            raise StdtrtError(
-                f"--out {out} holds files that are not part of an stdtrt bundle ({shown}); export replaces "
-                f"only a bundle or an empty folder, even with --overwrite: choose another --out"
-            )
-    elif out.exists():
-        raise StdtrtError(f"--out {out} is a file; choose a folder")
-    check_writable_dir(out)
-
-
-def _engines_fit(bundle, key: str) -> bool:
-    """The bundle's .plan engines were built from these graphs by this TensorRT for this GPU."""
-
-    built = bundle.tensorrt
-    if not built:
-        return False
-    here = tensorrt_identity()
-    return built.get("key") == mf.tensorrt_key(key, here["version"], here["arch"])
-
-
-def _files(folder: Path, known: dict) -> dict:
-    """sha256 and size of every file in the bundle folder; files already hashed in this export (same
-    size) are not read again (a UNet's weights are gigabytes)."""
-    names = sorted(p.name for p in folder.iterdir() if p.name != mf.MANIFEST)
-    fresh = [n for n in names if n not in known or known[n]["bytes"] != (folder / n).stat().st_size]
-    return {**{n: known[n] for n in names if n not in fresh}, **mf.file_entries(folder, fresh)}
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
 
 
 def export_precision(requested: str, build_trt: bool, device=None) -> str:
@@ -203,12 +128,12 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
         control=None if control is None else control.record(),
     )  # fmt: skip
     key = mf.cache_key(fields)
-    existing = _existing(out, key, cfg.overwrite)
+    existing = existing_bundle(out, key, cfg.overwrite)
     stages["load"] = time.perf_counter() - start
     if existing is not None and cfg.validate and not existing.validated:  # exported with --no-validate
         what = (model, plan, width, height, style, batch, cache, control)
         return _validate_in_place(cfg, existing, what, device, key, start, stages)
-    if existing is not None and (not build_trt or _engines_fit(existing, key)):
+    if existing is not None and (not build_trt or engines_fit(existing, key)):
         log.info("%s already holds this bundle (key %s): reused", out, key[:12])
         sizes = {n: e["bytes"] for n, e in existing.manifest.files.items()}
         trt_line = "TensorRT engines reused" if build_trt else trt_line
@@ -243,7 +168,7 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
             rows = list((manifest.validation or {}).get("rows", []))
             for name in existing.manifest.files:
                 if not name.endswith(".plan"):
-                    _link_or_copy(existing.path / name, tmp / name)
+                    link_or_copy(existing.path / name, tmp / name)
             # engines are built anew: their old entries must not stand for the new files
             manifest.files = {n: e for n, e in manifest.files.items() if not n.endswith(".plan")}
         if build_trt:
@@ -259,7 +184,7 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
                 trt_device = str(device) if device.type == "cuda" else "cuda"
                 rows = _validate_engines(tmp, manifest, rows, ref, trt_device, stages)
         table = _finish_validation(tmp, manifest, rows, cfg, ref)
-        manifest.files = _files(tmp, manifest.files)
+        manifest.files = file_records(tmp, manifest.files)
         manifest.export_seconds = {k: round(v, 1) for k, v in stages.items()}
         mf.write_manifest(tmp, manifest)
     sizes = {n: e["bytes"] for n, e in manifest.files.items()}
@@ -274,14 +199,14 @@ def _validate_in_place(cfg, existing, what, device, key, start, stages) -> Expor
     manifest; its files are kept as they are (linked into the new folder)."""
     import torch
 
-    engines = _engines_fit(existing, key) and torch.cuda.is_available()
+    engines = engines_fit(existing, key) and torch.cuda.is_available()
     backends = validation_backends(device, engines, ort_has_cuda())
     with atomic_dir(existing.path) as tmp:
         t = time.perf_counter()
         _, ref, _ = _reference(cfg, *what, device)
         stages["reference"] = time.perf_counter() - t
         for name in existing.manifest.files:
-            _link_or_copy(existing.path / name, tmp / name)
+            link_or_copy(existing.path / name, tmp / name)
         manifest = dataclasses.replace(existing.manifest)
         bundle = mf.Bundle(tmp, manifest)
         t = time.perf_counter()
@@ -290,7 +215,7 @@ def _validate_in_place(cfg, existing, what, device, key, start, stages) -> Expor
             rows += tensorrt_rows(bundle, ref, str(device) if device.type == "cuda" else "cuda")
         stages["validate"] = time.perf_counter() - t
         table = _finish_validation(tmp, manifest, rows, cfg, ref)
-        manifest.files = _files(tmp, manifest.files)
+        manifest.files = file_records(tmp, manifest.files)
         mf.write_manifest(tmp, manifest)
     sizes = {n: e["bytes"] for n, e in manifest.files.items()}
     line = "TensorRT engines validated" if engines else "TensorRT engines: none validated here"
@@ -379,7 +304,7 @@ def _export_onnx(
     manifest.style = None if style is None else style.record()
     manifest.cache = None if cache is None else cache.record()
     manifest.control = None if control is None else control.record()
-    manifest.files = _files(tmp, {})
+    manifest.files = file_records(tmp, {})
     mf.write_manifest(tmp, manifest)
     if ref is None:
         log.warning("validation skipped (--no-validate): the graphs were not compared with torch")
@@ -394,7 +319,7 @@ def _validate_engines(tmp: Path, manifest: mf.Manifest, rows: list, ref, device:
     """Run the fresh .plan engines on the GPU against the same reference; their rows join the table."""
 
     t = time.perf_counter()
-    manifest.files = _files(tmp, manifest.files)
+    manifest.files = file_records(tmp, manifest.files)
     mf.write_manifest(tmp, manifest)
     rows = [r for r in rows if (r["backend"] if isinstance(r, dict) else r.backend) != "tensorrt"]
     rows += tensorrt_rows(mf.read_bundle(tmp, verify=False), ref, device)
