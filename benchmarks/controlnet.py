@@ -9,7 +9,7 @@
    the input's (eval/structure.py) is printed too: with random weights it says nothing of what a trained
    ControlNet keeps, only that the path runs.
 2. `digits`: how much structure a *trained* ControlNet keeps. The digits teacher of benchmarks/fidelity.py
-   (32x32 digits, cached) and a ControlNet made from its UNet (diffusers' ControlNetModel.from_unet, its
+   (at 16 px, as benchmarks/guidance_sweep.py trains it to fit a CPU thread; cached) and a ControlNet made from its UNet (diffusers' ControlNetModel.from_unet, its
    conditioning embedding downsampling by 2 as the space-to-depth "VAE" does) trained here with the
    denoising loss on the Canny edges of the training digits (the UNet frozen, 10 % empty prompts). Then
    held-out digits are stylized by the teacher itself (NFE 4 over the student grid, guidance 3, through
@@ -164,14 +164,14 @@ def speed(args) -> None:
 
 # -- 2. digits ------------------------------------------------------------------------------------------------
 def edges(rgb: np.ndarray) -> np.ndarray:
-    """Canny maps (n, 32, 32, 3) uint8 of RGB digits (n, 32, 32, 3) uint8."""
+    """Canny maps (n, s, s, 3) uint8 of RGB digits (n, s, s, 3) uint8."""
     from stdtrt.models.control_maps import canny
 
     return np.stack([canny(im, *DIGIT_CANNY) for im in rgb])
 
 
 def to_rgb(images: np.ndarray) -> np.ndarray:
-    """Grey digits in [-1, 1] (n, 32, 32) -> RGB uint8 (n, 32, 32, 3)."""
+    """Grey digits in [-1, 1] (n, s, s) -> RGB uint8 (n, s, s, 3)."""
     grey = ((np.asarray(images) + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
     return np.repeat(grey[..., None], 3, axis=3)
 
@@ -189,7 +189,9 @@ def make_control(teacher, steps: int, lr: float, z_all, labels, maps, batch: int
     torch.manual_seed(0)
     net = ControlNetModel.from_unet(teacher.unet, conditioning_embedding_out_channels=(16, 32))
     control = Control(net, "digits-controlnet", 1.0, MapSpec("canny", *DIGIT_CANNY), sdxl=False)
-    key = hashlib.sha256(f"{steps}:{lr}:{batch}:{DIGIT_CANNY}:{len(z_all)}:v1".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{steps}:{lr}:{batch}:{DIGIT_CANNY}:{tuple(z_all.shape)}:v1".encode()).hexdigest()[
+        :12
+    ]
     path = CACHE / "fidelity" / f"controlnet-{key}.safetensors"
     if path.exists():
         net.load_state_dict(load_file(str(path)))
@@ -230,13 +232,14 @@ def make_control(teacher, steps: int, lr: float, z_all, labels, maps, batch: int
 
 @torch.no_grad()
 def stylize_digits(teacher, plan, z0, noise, prompts, maps, control, guidance: float) -> np.ndarray:
-    """Outputs (n, 32, 32, 3) uint8 of the teacher's NFE-step img2img, one Student per prompt."""
+    """Outputs (n, s, s, 3) uint8 of the teacher's NFE-step img2img, one Student per prompt."""
     from stdtrt.runtime.student import Student
 
-    out = torch.zeros(len(z0), 3, 32, 32)
+    side = 2 * z0.shape[-1]  # the space-to-depth latent is half the digit's side
+    out = torch.zeros(len(z0), 3, side, side)
     for prompt in sorted(set(prompts)):
         sel = [i for i, p in enumerate(prompts) if p == prompt]
-        student = Student(teacher, plan, prompt, 32, 32, "", guidance, control=control)
+        student = Student(teacher, plan, prompt, side, side, "", guidance, control=control)
         m = None if control is None else torch.from_numpy(maps[sel])
         out[sel] = student.decode(student.sample(z0[sel], noise[sel], maps=m)).float()
     grey = out.mean(dim=1).clamp(-1, 1).numpy()
@@ -250,7 +253,7 @@ def digits(args) -> None:
     from stdtrt.eval.bench import machine
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    images, labels = fid.digits()
+    images, labels = fid.digits(args.side)
     held, train = fid.split(len(images), args.eval)
     t0 = time.perf_counter()
     teacher = fid.train_teacher(images[train], labels[train], args.teacher_steps)
@@ -274,25 +277,29 @@ def digits(args) -> None:
             for with_cn in (False, True):
                 out = stylize_digits(teacher, plan, z0, noise, prompts, maps_held, control if with_cn else None,
                                      args.guidance)  # fmt: skip
-                f1 = [edge_f1(a, b, args.tolerance) for a, b in zip(maps_held, edges(out), strict=True)]
+                pairs = list(zip(maps_held, edges(out), strict=True))
+                f1 = [edge_f1(a, b, args.tolerance) for a, b in pairs]
+                exact = [edge_f1(a, b, 0) for a, b in pairs]
                 mse = float((((out.astype(np.float32) - inputs) / 127.5) ** 2).mean())
                 rows.append({"strength": strength, "prompt": prompt_kind, "controlnet": with_cn,
-                             "edge_f1": float(np.mean(f1)), "edge_f1_std": float(np.std(f1)), "mse_to_input": mse})  # fmt: skip
+                             "edge_f1": float(np.mean(f1)), "edge_f1_std": float(np.std(f1)), "edge_f1_exact": float(np.mean(exact)),
+                             "mse_to_input": mse})  # fmt: skip
                 print(rows[-1], flush=True)
     where = machine()
     text = io.StringIO()
     with redirect_stdout(text):
-        print(f"Structure kept on the digits teacher ({args.eval} held-out 32x32 digits, NFE {args.nfe}, guidance "
+        print(f"Structure kept on the digits teacher ({args.eval} held-out {args.side}x{args.side} digits, NFE {args.nfe}, guidance "
               f"{args.guidance}): edge F1 (Canny {DIGIT_CANNY}, tolerance {args.tolerance} px) of output vs input; "
               f"ControlNet trained {args.steps} steps (lr {args.lr}) on the training digits' edges, on {where}")  # fmt: skip
-        print(f"{'strength':>8} {'prompt':<12} {'F1 without':>11} {'F1 with CN':>11} {'gain':>7} "
+        print(f"{'strength':>8} {'prompt':<12} {'F1 without':>11} {'F1 with CN':>11} {'gain':>7} {'exact w/o':>10} {'exact CN':>9} "
               f"{'MSE without':>12} {'MSE with CN':>12}")  # fmt: skip
         for strength in (0.75, 1.0):
             for prompt_kind in ("right", "wrong (k+1)"):
                 a, b = (next(r for r in rows if r["strength"] == strength and r["prompt"] == prompt_kind
                              and r["controlnet"] == c) for c in (False, True))  # fmt: skip
                 print(f"{strength:>8} {prompt_kind:<12} {a['edge_f1']:>11.3f} {b['edge_f1']:>11.3f} "
-                      f"{b['edge_f1'] - a['edge_f1']:>+7.3f} {a['mse_to_input']:>12.4f} {b['mse_to_input']:>12.4f}")  # fmt: skip
+                      f"{b['edge_f1'] - a['edge_f1']:>+7.3f} "
+                      f"{a['edge_f1_exact']:>10.3f} {b['edge_f1_exact']:>9.3f} {a['mse_to_input']:>12.4f} {b['mse_to_input']:>12.4f}")  # fmt: skip
         print(f"teacher {'cached' if teacher_s < 30 else f'trained in {teacher_s:.0f} s'} ({args.teacher_steps} steps); "
               f"ControlNet {'cached' if not train_s else f'trained in {train_s:.0f} s'}; MSE: pixels in [-1, 1]")  # fmt: skip
     print(text.getvalue())
@@ -315,7 +322,8 @@ def main() -> None:
     s.add_argument("--frames-512", type=int, default=6, help="clip frames at 512")
     s.add_argument("--tolerance", type=int, default=1)
     d = sub.add_parser("digits")
-    d.add_argument("--teacher-steps", type=int, default=2500)
+    d.add_argument("--side", type=int, default=16, help="digit side (the latent is half of it)")
+    d.add_argument("--teacher-steps", type=int, default=1500)
     d.add_argument("--steps", type=int, default=800, help="ControlNet training steps")
     d.add_argument("--lr", type=float, default=1e-3)
     d.add_argument("--eval", type=int, default=128)
