@@ -17,8 +17,8 @@
    with the wrong one ("digit k+1": a style that pulls the content away), and the output's edges are
    scored against the input's (edge F1, tolerance 1 px).
 
-    python benchmarks/controlnet.py speed --sizes 256,512        # ~15 min on 2 shared cores
-    python benchmarks/controlnet.py digits                        # ~10 min (teacher cached after once)
+    python benchmarks/controlnet.py speed --sizes 256,512   # ~35 min on 2 loaded cores, one thread
+    python benchmarks/controlnet.py digits                   # ~15 min (teacher 10, ControlNet 4; both cached)
 Writes benchmarks/results/controlnet-{speed,digits}.{json,txt}.
 """
 
