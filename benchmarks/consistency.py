@@ -96,6 +96,10 @@ def image_row(model, plan, clip, prompt, rule: str, cache=None):
     from stdtrt.runtime.student import VideoNoise, to_tensor, to_uint8
 
     settings = None if cache is None else CacheSettings(cache[0], 1, cache[1])
+    if settings is None:  # diffusers' own self-attention again, not a cache row's processors left idle
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        model.unet.set_attn_processor(AttnProcessor2_0())
     backend = TorchBackend.from_model(model, plan, prompt, "", 1.0, 32, 32, cache=settings)
     noise = VideoNoise(backend.latent_shape, 0, rule)
     state = StreamState(backend, noise.take)
