@@ -130,14 +130,16 @@ def motion_teacher(
 
 # -- the students ---------------------------------------------------------------------------------------------------
 def distill_student(
-    teacher, data: Path, out: Path, motion: bool, steps: int, lr: float, rank: int, seed: int
-):
+    teacher, data: Path, out: Path, motion: bool, steps: int, lr: float, rank: int, seed: int,
+    clip_noise: str = "per-frame",
+):  # fmt: skip
     from stdtrt.config import DistillConfig
     from stdtrt.distill.trainer import distill
     from stdtrt.models.lora import load_lora
 
     per_step = 16  # frames per update: 16 images, or 2 clips of 8
-    clip = dict(motion_adapter="digits-motion", clip_frames=FRAMES, frame_stride=1, clips_per_video=1)
+    clip = dict(motion_adapter="digits-motion", clip_frames=FRAMES, frame_stride=1, clips_per_video=1,
+                clip_noise=clip_noise)  # fmt: skip
     cfg = DistillConfig(
         model=teacher.name, data=str(data), out=str(out), strength=fidelity.ETA, resolution=32,
         batch_size=per_step // FRAMES if motion else per_step, bank_size=16 if motion else 64,

@@ -45,3 +45,32 @@ def test_report_on_files(tmp_path):
     r = report(tmp_path / "a.mp4", tmp_path / "a.mp4")
     assert r.pairs == 4 and r.output_warp_error == r.input_warp_error
     assert "input floor" in str(r)
+
+
+def test_a_known_shift_is_followed_and_an_unshifted_pair_is_not():
+    """A pair whose content moves 3 px: an output that moves with it has ~0 warp error on the unoccluded
+    pixels; one that stands still (the first frame twice) has a large one."""
+    import cv2
+
+    rng = np.random.default_rng(2)
+    wide = cv2.GaussianBlur(rng.integers(0, 255, (96, 140, 3), dtype=np.uint8), (7, 7), 0)
+    pair = [np.ascontiguousarray(wide[:, 3:131]), np.ascontiguousarray(wide[:, :128])]  # moved right 3 px
+    moved = warp_errors(pair, pair)
+    assert moved.output_warp_error < 1.0 and moved.valid_fraction > 0.9
+    still = warp_errors(pair, [pair[0], pair[0]])
+    assert still.output_warp_error > 8 * max(moved.output_warp_error, 0.5)
+
+
+def test_frame_similarity_and_distance():
+    from stdtrt.eval.flicker import frame_distance, frame_similarity
+
+    rng = np.random.default_rng(3)
+    a, b = (rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(2))
+    assert frame_similarity(a, a) == 1.0
+    assert abs(frame_similarity(a, b)) < 0.1  # independent noise
+    assert frame_similarity(a, (255 - a).astype(np.uint8)) < -0.99
+    assert frame_distance([a, b], [a, b]) == 0.0
+    darker = [np.clip(a.astype(int) - 10, 0, 255).astype(np.uint8)]
+    assert 9.0 < frame_distance([a], darker) <= 10.0
+    r = warp_errors([a, a, a], [a, b, a])
+    assert r.input_similarity == 1.0 and abs(r.output_similarity) < 0.1

@@ -502,3 +502,29 @@ def test_the_clip_std_step_matches_a_hand_computation(clips_dir, tmp_path):
     assert abs(float(out.loss.detach()) - float(loss)) < 1e-6 and out.loss.requires_grad
     assert not torch.allclose(e_c, eps, atol=1e-3)  # the teacher really ran without the adapter
     assert not torch.allclose(eps[:, :, 0], eps[:, :, 1], atol=1e-4)  # the frames are not one image repeated
+
+
+def test_per_step_blending_without_overlap_is_the_windows_and_its_windows_are_the_runners():
+    """windows.sample_blended_per_step: its windows start where WindowRunner's do; with overlap 0 every
+    window is one trajectory of its own (WindowRunner's result); with an overlap, the shared frames carry
+    one state through the steps (not the clean-latent blend)."""
+    from stdtrt import schedule
+    from stdtrt.runtime.student import Student
+    from stdtrt.runtime.windows import WindowRunner, sample_blended_per_step, window_starts, window_weights
+
+    model = load_model("tiny-sd", motion_adapter="tiny-motion")
+    plan = schedule.student_plan(model.alphas_cumprod(), 0.75, 2)
+    student = Student(model, plan, "a cat", 16, 16)
+    runner = WindowRunner(student, 4, 2)
+    for n in (3, 4, 5, 6, 8, 9, 10):
+        starts = [s for _, _, s in runner._windows([(None, i) for i in range(n)])]
+        assert window_starts(n, 4, 2) == starts, n
+    w = [window_weights(4, 2, k == 0, k == 2) for k in range(3)]
+    assert torch.allclose(w[0][2:] + w[1][:2], torch.ones(2)) and w[0][0] == w[2][-1] == 1
+    g = torch.Generator().manual_seed(0)
+    z0, noise = torch.randn(8, 4, 2, 2, generator=g), torch.randn(8, 4, 2, 2, generator=g)
+    alone = torch.cat([student.sample(z0[s : s + 4].transpose(0, 1)[None], noise[s : s + 4].transpose(0, 1)[None])[0]
+                       .transpose(0, 1) for s in (0, 4)])  # fmt: skip
+    torch.testing.assert_close(sample_blended_per_step(student, z0, noise, 4, 0), alone, rtol=1e-5, atol=1e-6)
+    blended = sample_blended_per_step(student, z0[:6], noise[:6], 4, 2)
+    assert blended.shape == (6, 4, 2, 2) and not torch.allclose(blended[:4], alone[:4])

@@ -2,8 +2,11 @@
 
 Optical flow is computed on the *input* frames (OpenCV DIS), the previous output frame is warped by it onto
 the current one, pixels that fail a forward-backward consistency check (occlusions, flow errors) are
-masked out, and the mean absolute difference (0..255 scale) is taken over the rest. The input video's own
-warp error, measured the same way, is the floor: what a perfectly stable stylization would score.
+masked out, and the mean absolute difference (0..255 scale) is taken over the rest (StreamV2V's warp
+error). The input video's own warp error, measured the same way, is the floor: what a perfectly stable
+stylization would score. Beside it: a frame-to-frame similarity (the correlation of consecutive frames'
+pixels, no flow: 1 for a still video) and the distance of a video's frames from another's (how far a
+steadier method moved the frames from a reference's: steadiness bought by losing the style is no win).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ class FlickerReport:
     output_warp_error: float  # mean |O_t - warp(O_{t-1})| over consistent pixels, 0..255
     input_warp_error: float  # the same for the input frames: the floor
     valid_fraction: float  # mean fraction of pixels that passed the occlusion check
+    output_similarity: float = float("nan")  # mean frame_similarity of consecutive output frames
+    input_similarity: float = float("nan")  # the same for the input frames
 
     def __str__(self) -> str:
         return (
@@ -81,7 +86,7 @@ def warp_errors(inputs, outputs) -> FlickerReport:
     flow = _Flow()
     prev_in = prev_out = prev_grey = None
     grid = None
-    errs, floors, valid = [], [], []
+    errs, floors, valid, sims, sims_in = [], [], [], [], []
     for rgb_in, rgb_out in zip(inputs, outputs, strict=True):
         if rgb_out.shape != rgb_in.shape:
             rgb_out = cv2.resize(rgb_out, (rgb_in.shape[1], rgb_in.shape[0]), interpolation=cv2.INTER_AREA)
@@ -94,10 +99,33 @@ def warp_errors(inputs, outputs) -> FlickerReport:
                 errs.append(_masked_error(rgb_out, prev_out, back, grid, mask))
                 floors.append(_masked_error(rgb_in, prev_in, back, grid, mask))
             valid.append(float(mask.mean()))
+            sims.append(frame_similarity(prev_out, rgb_out))
+            sims_in.append(frame_similarity(prev_in, rgb_in))
         prev_in, prev_out, prev_grey = rgb_in, rgb_out, grey
     if not errs:
         raise StdtrtError("need at least two frames with unoccluded pixels to measure temporal consistency")
-    return FlickerReport(len(errs), float(np.mean(errs)), float(np.mean(floors)), float(np.mean(valid)))
+    return FlickerReport(len(errs), float(np.mean(errs)), float(np.mean(floors)), float(np.mean(valid)),
+                         float(np.mean(sims)), float(np.mean(sims_in)))  # fmt: skip
+
+
+def frame_similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """Similarity of two frames in [-1, 1]: the cosine of their mean-removed pixels (Pearson correlation;
+    no flow, so motion lowers it too: compare it with the input's own). 1 for equal frames."""
+    x = a.astype(np.float64).ravel()
+    y = b.astype(np.float64).ravel()
+    x, y = x - x.mean(), y - y.mean()
+    norm = np.sqrt((x * x).sum() * (y * y).sum())
+    return float((x * y).sum() / norm) if norm > 0 else float(np.array_equal(a, b))
+
+
+def frame_distance(frames, reference) -> float:
+    """Mean absolute difference (0..255) between matching uint8 frames of two videos of one input: how far a
+    method moved the frames from a reference method's."""
+    diffs = [np.abs(a.astype(np.float32) - b.astype(np.float32)).mean()
+             for a, b in zip(frames, reference, strict=True)]  # fmt: skip
+    if not diffs:
+        raise StdtrtError("no frames to compare")
+    return float(np.mean(diffs))
 
 
 def report(input_path: str | Path, output_path: str | Path) -> FlickerReport:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from stdtrt import schedule
 from stdtrt.config import check_window, resolve_overlap
 from stdtrt.runtime.pipeline import StageTimes
 from stdtrt.runtime.stream import StreamState, timed
@@ -29,6 +30,59 @@ from stdtrt.runtime.student import Student, VideoNoise, to_tensor, to_uint8
 def blend_weights(overlap: int) -> torch.Tensor:
     """The later window's weight at each overlapped frame, (1 .. O) / (O + 1); the earlier's is 1 - it."""
     return torch.arange(1, overlap + 1, dtype=torch.float32) / (overlap + 1)
+
+
+def window_starts(frames: int, window: int, overlap: int) -> list[int]:
+    """Where the windows of a video of `frames` frames start: WindowRunner's windows (each O frames before
+    the last one ended; a last one only while frames remain past the overlap)."""
+    starts = [0]
+    while starts[-1] + window < frames:
+        starts.append(starts[-1] + window - overlap)
+    return starts
+
+
+def window_weights(window: int, overlap: int, first: bool, last: bool) -> torch.Tensor:
+    """A window's weight at each of its frames when overlapping windows are blended: rising (1..O)/(O+1)
+    over the overlap with the window before (not for the first), falling over the overlap with the next
+    (not for the last), 1 between; in each overlap the two windows' weights sum to one.  # (W,)"""
+    w = torch.ones(window)
+    ramp = blend_weights(overlap)
+    if overlap and not first:
+        w[:overlap] = ramp
+    if overlap and not last:
+        w[window - overlap :] = 1 - ramp
+    return w
+
+
+@torch.no_grad()
+def sample_blended_per_step(student: Student, z0: torch.Tensor, noise: torch.Tensor, window: int,
+                            overlap: int, generator=None) -> torch.Tensor:  # fmt: skip
+    """A whole video's clean latents with the overlap blended inside every step (FreeNoise's per-step
+    window fusion) instead of once on the windows' clean latents: all frames start at x_start; at each of
+    the NFE steps every window makes its step on the current states of its frames, and each frame's next
+    state is the weighted mean (window_weights) of the windows' results for it. A frame shared by two
+    windows thus carries one state through the trajectory, not two that are blended at the end. With
+    overlap 0 it is WindowRunner's result. Holds the whole video (a measurement path: benchmarks/
+    consistency.py); the last window is padded with the last frame, as WindowRunner pads it.
+    z0: (N, 4, h, w), noise: (N or more, 4, h, w) (frames past N: the padding's) -> (N, 4, h, w) float32."""
+    n = z0.shape[0]
+    starts = window_starts(n, window, overlap)
+    length = starts[-1] + window
+    pad = lambda t: torch.cat([t, t[-1:].expand(length - n, *t.shape[1:])])  # noqa: E731
+    z0 = pad(z0.float())
+    noise = noise[:length].float() if noise.shape[0] >= length else pad(noise.float())
+    p = student.plan
+    x = schedule.x_start(z0, noise, p.a_start, p.b_start)  # (L, 4, h, w)
+    weights = [window_weights(window, overlap, k == 0, k == len(starts) - 1) for k in range(len(starts))]
+    for i in range(p.nfe):
+        acc, total = torch.zeros_like(x), torch.zeros(length)
+        for s, w in zip(starts, weights, strict=True):
+            clip = x[s : s + window].transpose(0, 1)[None]  # (1, 4, W, h, w)
+            out = student.step(clip, i, generator)[0].transpose(0, 1)  # (W, 4, h, w)
+            acc[s : s + window] += w.view(-1, 1, 1, 1) * out
+            total[s : s + window] += w
+        x = acc / total.view(-1, 1, 1, 1)
+    return x[:n]
 
 
 class WindowRunner:
