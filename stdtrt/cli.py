@@ -1,7 +1,7 @@
 """The `stdtrt` command line. Each command parses its options into a config and calls ONE library function.
 
-Every option of a config is generated from its field (config.opt: the help text, the reason for the
-default, the choices), so the command line and the configs cannot disagree. Nothing heavy is imported at
+Every option of a config is generated from its field (cli_options.py), so the command line and the configs
+cannot disagree. Nothing heavy is imported at
 module level: `stdtrt --help` does not import torch.
 """
 
@@ -15,126 +15,9 @@ import sys
 import click
 
 from stdtrt import __version__
+from stdtrt.cli_options import ablations, build_config, config_options
 from stdtrt.config import BenchConfig, DistillConfig, ExportConfig, StylizeConfig
 from stdtrt.errors import StdtrtError
-
-
-# -- options from config fields ------------------------------------------------------------------------------
-def _annotation(f) -> str:
-    return f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-
-
-def _kind(f) -> type:
-    """The Python type of a field's values (bool, int, float, str; tuple for tuple fields)."""
-    text = _annotation(f)
-    for name, kind in (("tuple", tuple), ("bool", bool), ("int", int), ("float", float)):
-        if text.startswith(name):
-            return kind
-    return str
-
-
-def _item_kind(f) -> type:
-    """For a tuple field: the type of its items."""
-    return int if "tuple[int" in _annotation(f) else str
-
-
-def _fields(cls, group: str | None):
-    for f in dataclasses.fields(cls):
-        meta = f.metadata
-        if meta.get("cli") is False or (group != "*" and meta.get("group") not in (None, group)):
-            continue
-        yield f, meta, meta.get("flag") or "--" + f.name.replace("_", "-")
-
-
-def ablations(cls, group: str | None = "*") -> str:
-    """The epilog naming a command's comparison switches (hidden from its option list)."""
-    names = []
-    for _, meta, flag in _fields(cls, group):
-        if meta.get("ablation"):
-            choices = meta.get("choices")
-            names.append(f"{flag} {'|'.join(choices)}" if choices else f"{flag}")
-    if not names:
-        return ""
-    lines = "\n".join(f"  {name}" for name in names)
-    return f"\b\nFor comparisons (the benchmarks' ablations, not for everyday use):\n{lines}"
-
-
-def config_options(cls, group: str | None = "*"):
-    """One click option per field of `cls` (default None: "not given"), help and default from the field.
-    `group`: "*" every field; None only the fields without a group; a name: those and that group's.
-    Ablation switches are hidden from the option list (`ablations` names them)."""
-
-    def decorate(fn):
-        for f, meta, flag in reversed(list(_fields(cls, group))):
-            hidden = bool(meta.get("ablation"))
-            names = [flag] + ([meta["short"]] if meta.get("short") else [])
-            default = f.default if f.default not in (None, ()) else None
-            help_text = meta.get("help", "")
-            if default is not None and not isinstance(default, bool):
-                help_text += f" [default: {default}]"
-            kind = _kind(f)
-            if kind is bool:
-                on = flag.removeprefix("--")
-                state = "on" if f.default else "off" if f.default is False else "auto"
-                fn = click.option(
-                    f"{flag}/--no-{on}", f.name, default=None, help=f"{help_text} [{state}]", hidden=hidden
-                )(fn)
-            elif kind is tuple:
-                fn = click.option(
-                    *names,
-                    f.name,
-                    multiple=True,
-                    help=help_text + " (repeat or comma-separate)",
-                    hidden=hidden,
-                )(fn)
-            else:
-                choices = meta.get("choices")
-                ptype = click.Choice(choices) if choices else kind
-                fn = click.option(*names, f.name, type=ptype, default=None, help=help_text, hidden=hidden)(fn)
-        return fn
-
-    return decorate
-
-
-def coerce(cls, key: str, value):
-    """A setting converted to its field's type, or one clear line (a TOML string where a number belongs)."""
-    f = {f.name: f for f in dataclasses.fields(cls)}[key]
-    kind = _kind(f)
-    try:
-        if kind is tuple:
-            items = value if isinstance(value, list | tuple) else [value]
-            parts = [p for item in items for p in (item.split(",") if isinstance(item, str) else [item])]
-            return tuple(_item_kind(f)(p) for p in parts if p != "")
-        if kind is bool:
-            if not isinstance(value, bool):
-                raise TypeError
-            return value
-        if kind is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise TypeError
-            return int(value)  # a str that is not an integer, a list, a table: ValueError or TypeError
-        if kind is float:
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise TypeError
-            return float(value)
-        if not isinstance(value, str):
-            raise TypeError
-        return value
-    except (TypeError, ValueError):
-        name = "list of integers" if kind is tuple and _item_kind(f) is int else kind.__name__
-        raise StdtrtError(f"setting {key.replace('_', '-')}: {value!r} is not a {name}") from None
-
-
-def build_config(cls, given: dict, base: dict | None = None):
-    """Defaults < `base` (a TOML file's settings) < the options given on the command line. A class with
-    an `explicit` field learns which options were given (a bundle refuses those it contradicts)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    given = {k: v for k, v in given.items() if k in names and v not in (None, ())}
-    merged = {**(base or {}), **given}
-    values = {k: coerce(cls, k, v) for k, v in merged.items()}
-    if "explicit" in names:
-        values["explicit"] = tuple(sorted(given))
-    return cls(**values)
 
 
 # -- the commands ---------------------------------------------------------------------------------------------

@@ -100,7 +100,7 @@ def opt(
     ablation: bool = False,
 ):
     """A config field with its help text: the reason for the default lives here, and the CLI generates
-    its option from it (cli.config_options). `choices` limit the values, `short` adds a one-letter flag,
+    its option from it (cli_options.config_options). `choices` limit the values, `short` adds a one-letter flag,
     `flag` renames the option, `group` ("video") puts it on the commands it belongs to, `ablation` marks a
     switch that exists for comparisons (the benchmarks'): out of the option list, named at the end of
     --help."""
