@@ -420,7 +420,7 @@ def test_distill_and_the_window_runner_noise_a_clip_alike(rule, clips_dir, tmp_p
 
     cfg = _clip_cfg(clips_dir, tmp_path / "run", clip_noise=rule, max_steps=1)
     run = Run(_clip_cfg(clips_dir, tmp_path / "probe", clip_noise=rule), Accelerator(cpu=True))
-    trained = run.clip_noise([1234], (4, 4, 5, 6))[0]  # (4, F, h, w)
+    trained = run.variant.clip_noise([1234], (4, 4, 5, 6))[0]  # (4, F, h, w)
     runtime = VideoNoise((4, 5, 6), 1234, rule).at(0, 4).transpose(0, 1)
     assert torch.equal(trained, runtime)
     same = all(torch.equal(trained[:, 0], trained[:, f]) for f in range(1, 4))

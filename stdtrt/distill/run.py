@@ -6,8 +6,8 @@ x_start; the student jumps from (x, t_n) to a random s in the window R; the teac
 step to t_{n-1}; the stop-gradient student (or its EMA) jumps from there to s: that is the target; the
 pseudo-Huber distance is the loss; the teacher's new state goes back into the bank.
 
-Over 350 lines on purpose: `Run` is one object whose fields (generators, bank, EMA) every method shares;
-split, the draws that make a run reproducible would be spread over several files.
+What differs between the image and the video student (data, slot shape, content, noise, what the
+discriminator sees) is the run's variant (distill/variants.py), chosen once.
 """
 
 from __future__ import annotations
@@ -28,14 +28,13 @@ from stdtrt.distill.bank import TrajectoryBank
 from stdtrt.distill.losses import FusedSTDLoss
 from stdtrt.distill.step import FORWARD_NOISED, Batch, StepPlan, std_step
 from stdtrt.distill.teacher import Teacher
+from stdtrt.distill.variants import variant_for
 from stdtrt.errors import StdtrtError
 from stdtrt.io.images import IMAGE_SUFFIXES
 from stdtrt.models.conditioning import Conditioning, encode_prompt, pooled_text, predict_eps
 from stdtrt.models.load import load_model
 from stdtrt.models.lora import ADAPTER, add_lora
-from stdtrt.models.motion import check_motion_window
 from stdtrt.models.style import attach_style, encode_styles
-from stdtrt.models.vae import vae_encode
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +59,8 @@ class Run:
             training=True,
             motion_adapter=cfg.motion_adapter or None,
         )
-        self.clips = bool(cfg.motion_adapter)  # the video student: clips (B, 4, F, h, w), motion UNet
-        if self.clips:
-            check_motion_window(self.model, cfg.clip_frames, cfg.motion_adapter, "--clip-frames")
+        self.variant = variant_for(cfg)  # images, or clips (B, 4, F, h, w) through a motion UNet
+        self.variant.check(self.model)
         self.weight_dtype = self.model.dtype
         self.abar = self.model.alphas_cumprod().to(self.device)
         self.T = self.abar.shape[0]
@@ -112,9 +110,7 @@ class Run:
         self.raw_unet = unet
         self.loss_fn = FusedSTDLoss(cfg.compile_loss)
 
-        latent = self.model.latent_shape(cfg.resolution, cfg.resolution)
-        if self.clips:  # a slot holds a whole clip's state: (4, F, h, w)
-            latent = (latent[0], cfg.clip_frames, *latent[1:])
+        latent = self.variant.slot_shape(self.model.latent_shape(cfg.resolution, cfg.resolution))
         self.bank = TrajectoryBank(
             cfg.bank_size,
             latent,
@@ -140,16 +136,7 @@ class Run:
         cfg = self.cfg
         cache = Path(cfg.out) / "cache" / "frames"
         with self.acc.main_process_first():  # one process extracts video frames, the others reuse them
-            if self.clips:
-                side = int(cfg.resolution * cfg.crop_zoom + 0.999)  # the largest any crop of a clip needs
-                self.items = data_mod.scan_clips(
-                    cfg.data, cfg.prompt, cfg.prompt_template, cfg.clip_frames, cfg.frame_stride,
-                    cfg.clips_per_video, side, cache,
-                )  # fmt: skip
-            else:
-                self.items = data_mod.scan(
-                    cfg.data, cfg.prompt, cfg.prompt_template, cfg.frames_per_video, cache
-                )
+            self.items = self.variant.scan(cache)
         prompts = self.prompt_list = sorted({item.prompt for item in self.items})
         self.prompt_index = {p: i for i, p in enumerate(prompts)}
         res = cfg.resolution
@@ -195,33 +182,8 @@ class Run:
         """New trajectories: content latents of the next items, fresh noise, x_start at n_eta (STD) or,
         in the baseline modes (LCM, TCD, PCM), forward-noised to a random grid index."""
         idx = self.sampler.take(count)
-        cfg = self.cfg
-        if self.clips:  # (count, F, 3, H, W): one crop per clip; the VAE sees frames, the UNet clips
-            images = torch.stack(
-                [
-                    data_mod.random_crop_clip(
-                        self.items[i].frames, cfg.resolution, self.generator, cfg.crop_zoom
-                    )
-                    for i in idx
-                ]
-            )
-            frames = vae_encode(
-                self.model.vae, images.flatten(0, 1).to(self.device), self.model.scaling_factor
-            )
-            z0 = frames.unflatten(0, images.shape[:2]).transpose(1, 2)  # (count, 4, F, h, w)
-        else:
-            images = torch.stack(
-                [
-                    data_mod.random_crop(self.items[i].image, cfg.resolution, self.generator, cfg.crop_zoom)
-                    for i in idx
-                ]
-            )
-            z0 = vae_encode(self.model.vae, images.to(self.device), self.model.scaling_factor)  # float32
-        if self.clips:  # the video student's noise rule, the one inference builds x_start by (its LoRA says)
-            seeds = torch.randint(2**31 - 1, (count,), generator=self.generator).tolist()
-            noise = self.clip_noise(seeds, z0.shape[1:]).to(self.device)
-        else:
-            noise = torch.randn(z0.shape, generator=self.generator).to(self.device)
+        z0 = self.variant.content(self.model, [self.items[i] for i in idx], self.generator, self.device)
+        noise = self.variant.noise(z0, self.generator).to(self.device)
         if self.cfg.mode in FORWARD_NOISED:
             n = torch.randint(1, self.cfg.teacher_steps, (count,), generator=self.generator)
         else:
@@ -244,17 +206,6 @@ class Run:
                 else torch.randint(len(self.styles), (count,), generator=self.style_generator)
             ).to(self.device),
         }
-
-    def clip_noise(self, seeds: list[int], shape) -> torch.Tensor:
-        """The noise of new clips (4, F, h, w) by --clip-noise, each seeded as a video of that seed is at
-        inference (runtime/student.VideoNoise over its first window).  # (len(seeds), 4, F, h, w)"""
-        c, frames, h, w = shape
-        return torch.stack(
-            [
-                schedule.frame_noise(self.cfg.clip_noise, (c, h, w), s, 0, frames).transpose(0, 1)
-                for s in seeds
-            ]
-        )
 
     def _batch(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         slots = self.bank.draw(self.cfg.batch_size)
@@ -312,7 +263,7 @@ class Run:
         metrics = {"loss_std": loss.detach()}
         adv = None
         if self.adv is not None:
-            adv = self._adversarial_view(out.pred, out.s, b["z0"], b["prompt"])
+            adv = self.variant.adversarial_view(out.pred, out.s, b["z0"], b["prompt"], self.generator)
             adv_loss, adv_metrics = self.adv.generator_loss(
                 adv["pred"], adv["s"], adv["z0"], adv["prompt"], self.abar
             )
@@ -322,29 +273,6 @@ class Run:
         self.n_seen.extend(b["n"].tolist())
         metrics["loss"] = loss.detach()
         return loss, metrics, adv
-
-    def _adversarial_view(self, pred, s, z0, prompt) -> dict:
-        """What the discriminator sees: images as they are; of each clip, --adv-frames frames drawn at
-        random (the same frames of pred and of z0), as a batch of images."""
-        if not self.clips:
-            return {"pred": pred, "s": s, "z0": z0, "prompt": prompt}
-        frames = pred.shape[2]
-        pick = (
-            torch.randperm(frames, generator=self.generator)[: self.cfg.adv_frames]
-            .sort()
-            .values.to(pred.device)
-        )
-        k = len(pick)
-
-        def flat(x):  # (B, 4, F, h, w) -> (B * k, 4, h, w)
-            return x.index_select(2, pick).transpose(1, 2).flatten(0, 1)
-
-        return {
-            "pred": flat(pred),
-            "s": s.repeat_interleave(k),
-            "z0": flat(z0),
-            "prompt": prompt.repeat_interleave(k),
-        }
 
     def optimise(self) -> dict:
         """One optimiser step (grad_accum micro-batches)."""
