@@ -417,7 +417,9 @@ class BatchConfig:
     runs. What each video gets is `stylize`, the stylize-video settings, applied to every one of them."""
 
     stylize: StylizeConfig = field(default_factory=StylizeConfig, metadata={"cli": False})
-    output: str | None = opt(None, "output folder: one output per input, the input's relative path kept", short="-o")
+    output: str | None = opt(
+        None, "output folder: one output per input, the input's relative path kept", short="-o"
+    )
     workers: int | None = opt(
         None,
         "actors to start: one per GPU (num_gpus=1) by default; on a machine without GPUs N actors sharing its "
@@ -437,7 +439,9 @@ class BatchConfig:
         "times a unit runs again after its worker died (Ray's own retries are off: they are unbounded and "
         "can run a unit twice)",
     )
-    resume: bool = opt(False, "skip what the job record says is done (same input, same settings, output intact)")
+    resume: bool = opt(
+        False, "skip what the job record says is done (same input, same settings, output intact)"
+    )
 
     def __post_init__(self) -> None:
         if not self.output:

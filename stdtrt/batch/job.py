@@ -11,6 +11,7 @@ the next write of that output, or by this driver when it stops the job (Ctrl-C).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -107,7 +108,9 @@ def connect(ray, cfg: BatchConfig) -> bool:
             ray.init(address=cfg.ray_address, runtime_env=env, log_to_driver=False,
                      logging_level=logging.WARNING)  # fmt: skip
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise StdtrtError(f"cannot join the Ray cluster at {cfg.ray_address}: {str(exc).splitlines()[0]}") from None
+            raise StdtrtError(
+                f"cannot join the Ray cluster at {cfg.ray_address}: {str(exc).splitlines()[0]}"
+            ) from None
         return True
     ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, runtime_env=env)
     return True
@@ -274,7 +277,7 @@ def _drive(ray, cfg, units, record, key, hashes, result, slots, progress, on_pro
                            seconds=round(out["seconds"], 3), worker=out["worker"])  # fmt: skip
                 result.done.append(unit.id.removesuffix("#join"))
             now = time.perf_counter()
-            if now - last_poll >= 0.5:
+            if ready or now - last_poll >= 0.5:
                 last_poll = now
                 _poll(ray, slots, seen, result, bar, total)
                 if on_progress is not None:
@@ -304,7 +307,9 @@ def _poll(ray, slots, seen, result, bar, total) -> None:
         seen[s.name] = (frames, seconds)
     done = sum(f for f, _ in seen.values())
     bar.n = min(done, total) if total else done
-    bar.set_postfix_str(" ".join(f"{name.split(':')[-1]} {f / t:.1f}fps" for name, (f, t) in seen.items() if t > 0))
+    bar.set_postfix_str(
+        " ".join(f"{name.split(':')[-1]} {f / t:.1f}fps" for name, (f, t) in seen.items() if t > 0)
+    )
     bar.refresh()
 
 
@@ -339,17 +344,17 @@ def _fail(result, record, unit, hashes, key, dead_inputs, why: str) -> None:
     dead_inputs.add(unit.input)
     result.failed[name] = why
     size, sha = hashes[unit.input]
-    record.add(status="failed", input=unit.input, size=size, sha256=sha, key=key, output=unit.output, reason=why)
+    record.add(
+        status="failed", input=unit.input, size=size, sha256=sha, key=key, output=unit.output, reason=why
+    )
 
 
 def _stop(ray, slots) -> None:
     """Stop every worker and remove the partial outputs of the units they were running (Ctrl-C, an error
     of the driver): a killed worker cannot remove its own."""
     for s in slots:
-        try:
+        with contextlib.suppress(Exception):  # already gone
             ray.kill(s.actor, no_restart=True)
-        except Exception:  # noqa: BLE001  (already gone)
-            pass
     for s in slots:
         if s.unit is None:
             continue

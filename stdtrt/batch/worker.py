@@ -152,7 +152,9 @@ class Worker:
         for part in unit.parts:
             meta_path = Path(part).with_suffix(".json")
             if not (meta_path.is_file() and Path(part).is_file()):
-                raise StdtrtError(f"segment {part} of {info.path} is missing: run the job again with --resume")
+                raise StdtrtError(
+                    f"segment {part} of {info.path} is missing: run the job again with --resume"
+                )
             metas.append(json.loads(meta_path.read_text()))
         sizes = video.FrameSizes(info)
         for meta in metas:
