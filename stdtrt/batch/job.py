@@ -30,6 +30,8 @@ from stdtrt.io.hashing import file_hash
 
 log = logging.getLogger(__name__)
 
+START_TIMEOUT = 300  # seconds a worker may take to be scheduled and start (not to load its model: lazily)
+
 
 @dataclass
 class WorkerStats:
@@ -135,8 +137,24 @@ class _Slot:
     name: str
     pid: int
     host: str
+    engines: str | None = None  # why the bundle's TensorRT engines cannot run on its GPU (None: they can)
     unit: Unit | None = None
     ref: object = None
+
+
+def _check_engines(ray, cfg: BatchConfig, slots: list[_Slot]) -> None:
+    """Engines built for one GPU architecture are not sent to another: with --backend tensorrt a worker
+    whose GPU cannot run them is stopped (all of them: one line, the reason); with auto it runs the
+    bundle's ONNX graphs instead, said once per worker."""
+    for s in [s for s in slots if s.engines]:
+        if cfg.stylize.backend == "tensorrt":
+            ray.kill(s.actor, no_restart=True)
+            slots.remove(s)
+            log.warning("worker %s left out: %s", s.name, s.engines)
+            if not slots:
+                raise StdtrtError(f"no worker can run the bundle's TensorRT engines: {s.engines}")
+        else:
+            log.warning("worker %s runs the bundle without TensorRT: %s", s.name, s.engines)
 
 
 def plan(cfg: BatchConfig, sources: list[str]):
@@ -174,6 +192,12 @@ def run_job(cfg: BatchConfig, sources: list[str], progress: bool = True, on_prog
     units, skipped, failed, record, key, hashes = plan(cfg, sources)
     result = JobResult(skipped=skipped, failed={rel: why for rel, (_, why) in failed.items()})
     started = connect(ray, cfg) if units else False  # an address that does not answer: before any write
+    try:
+        options = _worker_options(ray, cfg) if units else None
+    except BaseException:
+        if started:
+            ray.shutdown()
+        raise
     Path(cfg.output).mkdir(parents=True, exist_ok=True)
     for rel, (path, why) in failed.items():
         size, sha = hashes[path]
@@ -185,7 +209,7 @@ def run_job(cfg: BatchConfig, sources: list[str], progress: bool = True, on_prog
         Path(u.output).parent.mkdir(parents=True, exist_ok=True)
     slots: list[_Slot] = []
     try:
-        return _drive(ray, cfg, units, record, key, hashes, result, slots, progress, on_progress)
+        return _drive(ray, cfg, options, units, record, key, hashes, result, slots, progress, on_progress)
     except BaseException:
         _stop(ray, slots)
         raise
@@ -195,32 +219,44 @@ def run_job(cfg: BatchConfig, sources: list[str], progress: bool = True, on_prog
 
 
 def _worker_options(ray, cfg: BatchConfig) -> tuple[int, dict, int | None]:
-    """(how many workers, their actor options, torch threads each): one per GPU, else a share of the CPUs."""
+    """(how many workers, their actor options, torch threads each): one per GPU, else a share of the CPUs.
+    More workers than the cluster has GPUs (or CPUs) would wait for them forever: refused."""
     res = ray.cluster_resources()
     gpus, cpus = int(res.get("GPU", 0)), max(1, int(res.get("CPU", 1)))
     common = {"max_restarts": 0, "max_task_retries": 0, "max_concurrency": 2}
     if gpus:
+        if cfg.workers and cfg.workers > gpus:
+            raise StdtrtError(f"--workers {cfg.workers}: the Ray cluster has {gpus} GPU(s), one worker each")
         return cfg.workers or gpus, {**common, "num_gpus": 1, "num_cpus": 1}, None
     n = cfg.workers or 1
-    share = max(1, cpus // n)
+    if n > cpus:
+        raise StdtrtError(f"--workers {n}: the Ray cluster has {cpus} CPU(s) and no GPU; use at most {cpus}")
+    share = cpus // n
     return n, {**common, "num_cpus": share}, share
 
 
-def _start(ray, actor_cls, cfg, options, threads, index: int) -> _Slot:
-    actor = actor_cls.options(**options, name=None).remote(cfg.stylize, threads)
-    hello = ray.get(actor.hello.remote())
-    return _Slot(actor, hello["name"], hello["pid"], hello["host"])
+def _start(ray, actor_cls, cfg, options, threads) -> _Slot:
+    actor = actor_cls.options(**options).remote(cfg.stylize, threads)
+    try:
+        hello = ray.get(actor.hello.remote(), timeout=START_TIMEOUT)
+    except ray.exceptions.GetTimeoutError:
+        ray.kill(actor)
+        raise StdtrtError(
+            f"a worker did not start within {START_TIMEOUT} s (resources {options}): is the cluster busy?"
+        ) from None
+    return _Slot(actor, hello["name"], hello["pid"], hello["host"], engines=hello["engines"])
 
 
-def _drive(ray, cfg, units, record, key, hashes, result, slots, progress, on_progress) -> JobResult:
+def _drive(ray, cfg, options, units, record, key, hashes, result, slots, progress, on_progress) -> JobResult:
     from tqdm import tqdm
 
     from stdtrt.batch.worker import Worker
 
     actor_cls = ray.remote(Worker)
-    n, options, threads = _worker_options(ray, cfg)
-    for i in range(n):
-        slots.append(_start(ray, actor_cls, cfg, options, threads, i))
+    n, options, threads = options
+    for _ in range(n):
+        slots.append(_start(ray, actor_cls, cfg, options, threads))
+    _check_engines(ray, cfg, slots)
     for s in slots:
         result.workers.setdefault(s.name, WorkerStats(s.name))
     pending = deque(u for u in units if u.kind != "join")
@@ -318,7 +354,7 @@ def _replace(ray, slots, s, actor_cls, cfg, options, threads, result) -> None:
     left half-written, and start another in its place."""
     _wait_gone(s)
     i = slots.index(s)
-    new = _start(ray, actor_cls, cfg, options, threads, i)
+    new = _start(ray, actor_cls, cfg, options, threads)
     result.workers.setdefault(new.name, WorkerStats(new.name))
     slots[i] = new
 

@@ -42,7 +42,24 @@ class Worker:
 
     # -- asked by the driver ----------------------------------------------------------------------------
     def hello(self) -> dict:
-        return {"name": self.name, "pid": os.getpid(), "host": socket.gethostname()}
+        """Who this worker is, and (a bundle with TensorRT engines) why they cannot run on its GPU: an
+        engine is built for one GPU architecture and TensorRT version, which the bundle's manifest records
+        and compares with this GPU's (None: they run here, or there are none)."""
+        return {
+            "name": self.name,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "engines": self._engines(),
+        }
+
+    def _engines(self) -> str | None:
+        if not self.cfg.bundle or self.cfg.backend not in ("auto", "tensorrt"):
+            return None
+        from stdtrt.bundle.manifest import read_bundle
+        from stdtrt.runtime.backends.tensorrt import tensorrt_unusable
+
+        bundle = read_bundle(self.cfg.bundle)
+        return tensorrt_unusable(bundle, self.cfg.device) if bundle.tensorrt else None
 
     def progress(self) -> tuple[int, float]:
         """(frames written so far, seconds spent on units so far, loading the networks left out)."""
