@@ -150,6 +150,7 @@ def cli(verbose: bool, quiet: bool) -> None:
       stdtrt distill ...         train a few-step LoRA student (Single Trajectory Distillation)
       stdtrt export ...          fuse it and build ONNX / TensorRT engines
       stdtrt stylize-video ...   stream a video through it
+      stdtrt stylize-batch ...   many videos (or segments of one) over Ray workers, every GPU
       stdtrt bench ...           time the backends against diffusers' img2img
     Try `stdtrt demo` first: it runs offline on the built-in tiny model.
     """
