@@ -25,6 +25,9 @@ pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 ray = pytest.importorskip("ray", reason="the Ray tests need the ray extra: pip install 'stdtrt[ray]'")
 
 STYLE = StylizeConfig(model="tiny-sd", prompt="an oil painting", width=64, height=64)
+# each frame its own noise, drawn by its index in the video: a segment that drew the segment's noise (from
+# its own frame 0) would differ from the whole video's run
+FRESH = dataclasses.replace(STYLE, fresh_noise=True)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +65,7 @@ def references(clips, tmp_path_factory):
     refs = {}
     for name in ("in/a.mp4", "in/sub/b.mp4", "long.mp4"):
         target = out / name.replace("/", "_")
-        stylize_video(STYLE, clips / name, target, progress=False)
+        stylize_video(FRESH if name == "long.mp4" else STYLE, clips / name, target, progress=False)
         refs[name] = frames_of(target)
     return refs
 
@@ -97,7 +100,7 @@ def test_segmented_video_equals_the_whole(cluster, clips, references, tmp_path):
 
     out = tmp_path / "out"
     # 1 s at 8 fps: segments of 8, 8 and 4 frames, each warmed up by the NFE - 1 = 3 frames before it
-    result = run_job(job(out, segment_seconds=1.0), [str(clips / "long.mp4")], progress=False)
+    result = run_job(job(out, segment_seconds=1.0, stylize=FRESH), [str(clips / "long.mp4")], progress=False)
     assert result.done == ["long.mp4"] and result.frames == 20
     assert sum(w.units for w in result.workers.values()) == 4  # three segments and the join
     assert same_frames(frames_of(out / "long.mp4"), references["long.mp4"])
