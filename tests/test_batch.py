@@ -189,23 +189,28 @@ def test_stopped_job_resumes(cluster, tmp_path):
 
 
 def test_corrupt_input_fails_alone(cluster, clips, tmp_path, capsys):
-    """Through the CLI (on this module's Ray): the corrupt input listed with its reason, the other done,
-    exit code 1."""
+    """Through the CLI (on this module's Ray): a corrupt input (refused by the driver's probe) and a cut
+    one (failing in its worker, midway) listed with their reasons, the good one done, exit code 1."""
     from stdtrt.cli import main
 
     src = tmp_path / "in"
     src.mkdir()
     make_video(src / "good.mp4", frames=5, size=(64, 64))
     good = (src / "good.mp4").read_bytes()
-    (src / "bad.mp4").write_bytes(good[: len(good) // 3] + b"\0" * 2000)  # cut, then garbage
+    (src / "bad.mp4").write_bytes(good[: len(good) // 3] + b"\0" * 2000)  # cut, then garbage: no probe
+    make_video(tmp_path / "whole.mp4", frames=16, size=(64, 64), faststart=True)
+    whole = (tmp_path / "whole.mp4").read_bytes()
+    (src / "cut.mp4").write_bytes(whole[: len(whole) * 2 // 3])  # opens (index first): fails in its worker
     with pytest.raises(SystemExit) as exit_:
         main(["stylize-batch", str(src), "-o", str(tmp_path / "out"), "--model", "tiny-sd", "--width", "64",
               "--height", "64", "--workers", "2", "--no-progress"])  # fmt: skip
     assert exit_.value.code == 1
     text = capsys.readouterr().out
-    assert "failed 1" in text and "failed: bad.mp4: " in text and "done 1" in text
+    assert "failed 2" in text and "failed: bad.mp4: " in text and "done 1" in text, text
+    assert "failed: cut.mp4: " in text and "truncated" in text.split("failed: cut.mp4: ")[1], text
     assert len(frames_of(tmp_path / "out" / "good.mp4")) == 5
-    assert not (tmp_path / "out" / "bad.mp4").exists()
+    assert not (tmp_path / "out" / "bad.mp4").exists() and not (tmp_path / "out" / "cut.mp4").exists()
+    assert not partial_files(tmp_path / "out")
 
 
 # -- bad input: one line, exit 2, nothing written ---------------------------------------------------------

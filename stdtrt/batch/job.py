@@ -344,7 +344,7 @@ def _poll(ray, slots, seen, result, bar, total) -> None:
     done = sum(f for f, _ in seen.values())
     bar.n = min(done, total) if total else done
     bar.set_postfix_str(
-        " ".join(f"{name.split(':')[-1]} {f / t:.1f}fps" for name, (f, t) in seen.items() if t > 0)
+        " ".join(f"pid {name.split(':')[-1]} {f / t:.1f} fps" for name, (f, t) in seen.items() if t > 0)
     )
     bar.refresh()
 
