@@ -16,7 +16,7 @@ import click
 
 from stdtrt import __version__
 from stdtrt.cli_options import ablations, build_config, config_options
-from stdtrt.config import BenchConfig, DistillConfig, ExportConfig, StylizeConfig
+from stdtrt.config import BatchConfig, BenchConfig, DistillConfig, ExportConfig, StylizeConfig
 from stdtrt.errors import StdtrtError
 
 
@@ -33,6 +33,7 @@ def cli(verbose: bool, quiet: bool) -> None:
       stdtrt distill ...         train a few-step LoRA student (Single Trajectory Distillation)
       stdtrt export ...          fuse it and build ONNX / TensorRT engines
       stdtrt stylize-video ...   stream a video through it
+      stdtrt stylize-batch ...   many videos (or segments of one) over Ray workers, every GPU
       stdtrt bench ...           time the backends against diffusers' img2img
     Try `stdtrt demo` first: it runs offline on the built-in tiny model.
     """
@@ -93,6 +94,26 @@ def stylize_video_cmd(input: str, output: str, no_progress: bool, report: bool, 
     )
     if report:
         _echo_report(input, output)
+
+
+@cli.command("stylize-batch", epilog=ablations(StylizeConfig, "video"))
+@click.argument("inputs", nargs=-1, type=click.Path())
+@config_options(BatchConfig)
+@config_options(StylizeConfig, group="video")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def stylize_batch_cmd(inputs: tuple[str, ...], no_progress: bool, **given) -> None:
+    """Stylize many videos (a folder, a text file of paths, or paths), or segments of long ones, on Ray
+    workers: one per GPU here, or on a running cluster (--ray-address). Every stylize-video option applies
+    to every video. The job record in the output folder lets --resume skip what is done. Exits 1 when a
+    unit failed (each listed with its reason), 2 on a user mistake, 130 on Ctrl-C (--resume continues)."""
+    from stdtrt.batch.job import run_job
+
+    stylize = build_config(StylizeConfig, given)
+    job = dataclasses.replace(build_config(BatchConfig, given), stylize=stylize)
+    result = run_job(job, list(inputs), progress=not no_progress)
+    click.echo(result.table())
+    if result.failed:
+        sys.exit(1)
 
 
 def _echo_report(input, output) -> None:

@@ -3,7 +3,7 @@ fields, their help and choices). One module per command, and two they share:
 
     base.py     the device parser, the size and strength rules, `opt`, defaults, to_dict
     parts.py    what a style image, a video student, a cache and a ControlNet add (options and checks)
-    stylize.py  StylizeConfig   distill.py  DistillConfig   export.py  ExportConfig   bench.py  BenchConfig
+    stylize.py  StylizeConfig   batch.py  BatchConfig   distill.py  DistillConfig   export.py  ExportConfig   bench.py  BenchConfig
 
 Nothing here imports torch, so `stdtrt --help` stays fast.
 """
@@ -19,6 +19,7 @@ from stdtrt.config.base import (
     round_size,
     to_dict,
 )
+from stdtrt.config.batch import BatchConfig
 from stdtrt.config.bench import BenchConfig
 from stdtrt.config.distill import DistillConfig
 from stdtrt.config.export import ExportConfig
@@ -42,6 +43,7 @@ __all__ = [
     "PRECISIONS",
     "PREPROCESSORS",
     "STYLE_BLOCKS",
+    "BatchConfig",
     "BenchConfig",
     "DistillConfig",
     "ExportConfig",

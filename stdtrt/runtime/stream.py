@@ -245,10 +245,13 @@ class StreamRunner:
         skip_threshold: float | None = None,
         max_skips: int = 10,
         maps=None,
+        first: int = 0,
     ):
         """`maps`: with a ControlNet bundle or model, the frames' control maps (models.control_maps.ControlMaps),
-        computed in a stage of their own before the networks where stages overlap."""
-        self.backend, self.seed, self.noise_rule = backend, seed, noise_rule
+        computed in a stage of their own before the networks where stages overlap. `first`: the index in
+        the video of the first frame that enters (a segment's, stdtrt/batch): its noise and frame index are
+        the video's, not the segment's."""
+        self.backend, self.seed, self.noise_rule, self.first = backend, seed, noise_rule, first
         self.width, self.height, self.batch = backend.width, backend.height, backend.batch
         self.times = times or StageTimes()
         self.filter = SimilarityFilter(skip_threshold, max_skips)
@@ -314,9 +317,11 @@ class StreamRunner:
         lane = Lane(self.backend.device)
         with lane.run():  # the pipe's state and the fixed noise are made on the lane that uses them
             noise = VideoNoise(self.backend.latent_shape, self.seed, self.noise_rule, self.backend.device)
+            noise.next = self.first
             self.state = state = StreamState(
                 self.backend, noise.take, self.times
             )  # (kept: bench, tests read it)
+            state.entered = self.first
         for item in items:
             if isinstance(item, Skip):
                 newest = state.newest()

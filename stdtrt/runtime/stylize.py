@@ -307,8 +307,11 @@ def stylize_video(cfg: StylizeConfig, input_path: str | Path, output_path: str |
     return run_video(runner, info, output_path, cfg, progress)
 
 
-def run_video(runner, info, output_path: Path, cfg: StylizeConfig, progress: bool = True) -> VideoResult:
-    """Stream the video `info` through a loaded runner into output_path (atomically)."""
+def run_video(
+    runner, info, output_path: Path, cfg: StylizeConfig, progress: bool = True, on_frame=None
+) -> VideoResult:
+    """Stream the video `info` through a loaded runner into output_path (atomically); `on_frame()` is
+    called after each frame is written (stdtrt/batch counts them)."""
     from tqdm import tqdm
 
     w, h = runner.width, runner.height
@@ -329,6 +332,8 @@ def run_video(runner, info, output_path: Path, cfg: StylizeConfig, progress: boo
             times.add("video_encode", time.perf_counter() - t)
             frame_times.append(time.perf_counter() - start)
             bar.update(1)
+            if on_frame is not None:
+                on_frame()
 
         start = time.perf_counter()
         try:
