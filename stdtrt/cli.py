@@ -15,7 +15,7 @@ import sys
 import click
 
 from stdtrt import __version__
-from stdtrt.config import BenchConfig, DistillConfig, ExportConfig, StylizeConfig
+from stdtrt.config import BenchConfig, DistillConfig, ExportConfig, LiveConfig, StylizeConfig
 from stdtrt.errors import StdtrtError
 
 
@@ -210,6 +210,30 @@ def stylize_video_cmd(input: str, output: str, no_progress: bool, report: bool, 
     )
     if report:
         _echo_report(input, output)
+
+
+@cli.command(epilog=ablations(StylizeConfig, "video"))
+@config_options(LiveConfig)
+@config_options(StylizeConfig, group="video")
+def live(**given) -> None:
+    """Stylize a live stream: a camera, a URL, a pipe, a file or the page's webcam, to the page, a URL, a
+    pipe, a file or a virtual camera. The newest frame wins (stale ones dropped and counted); the final
+    line gives fps, drops and capture-to-sink latency p50/p95.
+
+    \b
+    stdtrt live --bundle B --source /dev/video0 --sink web      open the printed URL
+    stdtrt live --bundle B --source - --sink - < in.y4m > out.y4m
+    stdtrt live --bundle B --source web --sink web              the page's own webcam, over WebRTC
+    stdtrt live --bundle B --source clip.mp4 --realtime --sink out.mp4
+    """
+    import dataclasses as dc
+
+    from stdtrt.live.run import run_live
+
+    cfg = dc.replace(build_config(LiveConfig, given), stylize=build_config(StylizeConfig, given))
+    LiveConfig.__post_init__(cfg)  # the checks that need the stylize settings (--frames-per-step)
+    result = run_live(cfg)
+    click.echo(f"live: {result.line}", err=True)
 
 
 def _echo_report(input, output) -> None:
