@@ -49,7 +49,7 @@ class Latest:
             else:
                 while self._items and not self._stopped:
                     self._cond.wait(0.1)
-            if self._stopped:
+            if self._stopped or self._ended:
                 return False
             self._items.append(item)
             self.max_waiting = max(self.max_waiting, len(self._items))

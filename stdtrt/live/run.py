@@ -101,6 +101,32 @@ class LiveRun:
         self.written = 0
         self._wake = threading.Event()  # set when a pipeline run ends: its first stage stops waiting
 
+    @property
+    def latency_note(self) -> str:
+        return stream_latency(self.runner)
+
+    def check_change(self, settings: dict) -> None:
+        """Refuse a change from the page before it is queued: the settings must make a valid config, and
+        the strength one the student's grid supports (a StdtrtError says why)."""
+        new = dataclasses.replace(self.controls.cfg, **settings)
+        low, high = self.strength_range()
+        if "strength" in settings and not low <= new.strength <= high:
+            raise StdtrtError(
+                f"strength {new.strength:g} is outside what this student supports ({low:g} to {high:g})"
+            )
+
+    def strength_range(self) -> tuple[float, float]:
+        """The strengths the page offers: within 0.1 of the strength the student was distilled for (its
+        card says; STD trains one LoRA per strength), else all of (0, 1]."""
+        from stdtrt.models.card import StudentCard
+
+        eta = StudentCard.read(self.controls.cfg.lora).eta if self.controls.cfg.lora else None
+        return (0.05, 1.0) if eta is None else (max(0.05, eta - 0.1), min(1.0, eta + 0.1))
+
+    def stop(self) -> None:
+        """End the run cleanly (the page's stop): the source stops, the frames in flight finish."""
+        self.latest.end()
+
     def rebuild(self, s: StylizeConfig) -> None:
         from stdtrt.runtime.stylize import load_runner
 
@@ -164,7 +190,10 @@ class LiveRun:
                 if new is None and self.latest.finished:
                     break
                 if new is not None:
-                    self.rebuild(new)
+                    try:
+                        self.rebuild(new)
+                    except StdtrtError as exc:  # the old settings keep running
+                        log.warning("settings not changed: %s", exc)
         except KeyboardInterrupt:  # Ctrl-C is how a live run ends: the output so far is kept
             interrupted = True
         except SinkClosed as exc:
