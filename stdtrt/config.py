@@ -736,7 +736,9 @@ class LiveConfig:
     )
     size: str | None = opt(None, "WxH of raw rgb24 frames on a pipe source (a y4m pipe says its own)")
     fps: float = opt(30.0, "frame rate of raw rgb24 frames on a pipe source (y4m and containers say theirs)")
-    sink_format: str = opt("y4m", "what a pipe sink writes: y4m, or raw rgb24 frames", choices=LIVE_SINK_FORMATS)
+    sink_format: str = opt(
+        "y4m", "what a pipe sink writes: y4m, or raw rgb24 frames", choices=LIVE_SINK_FORMATS
+    )
     realtime: bool = opt(
         False,
         "play a file or pipe at its own frame rate, the newest frame winning (a camera, a URL and the page's "
@@ -744,7 +746,9 @@ class LiveConfig:
     )
     host: str = opt("127.0.0.1", "the page's address; any other than the loopback needs a token")
     port: int = opt(8188, "the page's port (0: any free one)")
-    token: str | None = opt(None, "the token the page asks for [generated and printed when --host is not local]")
+    token: str | None = opt(
+        None, "the token the page asks for [generated and printed when --host is not local]"
+    )
     timeout: float = opt(10.0, "seconds a camera or URL may take to answer (open, and between frames)")
     reconnects: int = opt(5, "times a dropped URL stream is reopened, waiting 1, 2, 4 ... 8 s between tries")
     batch_latency: bool = opt(

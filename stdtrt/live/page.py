@@ -142,7 +142,9 @@ class Page:
                 raise StdtrtError(
                     f"port {cfg.port} on {cfg.host} is in use (another stdtrt live?): pass --port N, or 0 for any free one"
                 ) from None
-            raise StdtrtError(f"cannot serve the page on {cfg.host}:{cfg.port}: {exc.strerror or exc}") from None
+            raise StdtrtError(
+                f"cannot serve the page on {cfg.host}:{cfg.port}: {exc.strerror or exc}"
+            ) from None
         host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
         self.url = f"http://{host}:{self.port}/" + (f"?token={self.token}" if self.token else "")
         print(f"stdtrt live: open {self.url}", file=sys.stderr, flush=True)
@@ -178,7 +180,9 @@ class Page:
         async def check_token(request, handler):
             given = request.query.get("token") or request.headers.get("X-Token") or ""
             if self.token and not secrets.compare_digest(given.encode(), self.token.encode()):
-                return web.Response(status=403, text="wrong or missing token: open the URL stdtrt live printed\n")
+                return web.Response(
+                    status=403, text="wrong or missing token: open the URL stdtrt live printed\n"
+                )
             return await handler(request)
 
         app = web.Application(middlewares=[check_token], client_max_size=4 * 2**20)
@@ -243,7 +247,9 @@ class Page:
         if live is None:
             return self._json({"error": "the networks are still loading"}, 503)
         if live.bundle is not None or live.model is None:
-            return self._json({"error": "this run's settings are baked (a bundle): export another, or run --model"}, 409)
+            return self._json(
+                {"error": "this run's settings are baked (a bundle): export another, or run --model"}, 409
+            )
         try:
             body = await request.json()
         except ValueError:

@@ -37,6 +37,7 @@ class LiveResult:
     max_waiting: int  # the most frames ever waiting for the networks at once
     backend: str
     line: str  # the final figures, as printed
+    compute_ms_per_frame: float = 0.0  # the networks' own time per frame (encode + UNet + decode calls)
     interrupted: bool = False
 
 
@@ -44,7 +45,9 @@ def stream_latency(runner) -> str:
     """What the stream batch adds, said once at the start."""
     plan = getattr(getattr(runner, "backend", None), "plan", None)
     if plan is None:
-        return "the torch reference runs NFE sequential steps per frame: a frame leaves in the call it entered"
+        return (
+            "the torch reference runs NFE sequential steps per frame: a frame leaves in the call it entered"
+        )
     nfe, b = plan.nfe, runner.batch
     wait = f", after waiting for {b - 1} more to fill its slot" if b > 1 else ""
     return (
@@ -88,10 +91,14 @@ class LiveRun:
         from stdtrt.runtime.stylize import load_runner, load_stream_model, resolve_bundle
 
         self.cfg, self.page = cfg, page
-        self.source = open_source(cfg, page)  # a camera, URL or pipe that is not there fails here, in one line
+        self.source = open_source(
+            cfg, page
+        )  # a camera, URL or pipe that is not there fails here, in one line
         s = cfg.stylize
         self.bundle = resolve_bundle(s)
-        self.model = load_stream_model(s) if self.bundle is None and s.model and not s.motion_adapter else None
+        self.model = (
+            load_stream_model(s) if self.bundle is None and s.model and not s.motion_adapter else None
+        )
         self.runner = load_runner(s, self.source.width, self.source.height, model=self.model)
         self.controls = Controls(s)
         self.meter = Meter()
@@ -122,6 +129,12 @@ class LiveRun:
 
         eta = StudentCard.read(self.controls.cfg.lora).eta if self.controls.cfg.lora else None
         return (0.05, 1.0) if eta is None else (max(0.05, eta - 0.1), min(1.0, eta + 0.1))
+
+    def compute_ms(self) -> float:
+        """The networks' time per frame: each network stage's ms per call, over the frames of a call."""
+        ms = self.runner.times.ms_per_call()
+        stages = ("vae_encode", "unet", "vae_decode", "student", "control_map")
+        return sum(ms.get(k, 0.0) for k in stages) / max(1, getattr(self.runner, "batch", 1))
 
     def stop(self) -> None:
         """End the run cleanly (the page's stop): the source stops, the frames in flight finish."""
@@ -176,7 +189,9 @@ class LiveRun:
         log.info("live: %s -> %s at %dx%d with %s", self.cfg.source, self.cfg.sink, self.runner.width,
                  self.runner.height, self.runner.describe())  # fmt: skip
         log.info("%s", stream_latency(self.runner))
-        rule = "the newest frame wins (stale ones dropped)" if self.source.clocked else "every frame is stylized"
+        rule = (
+            "the newest frame wins (stale ones dropped)" if self.source.clocked else "every frame is stylized"
+        )
         log.info("source %s: %dx%d at %.4g fps, %s", self.source.name, self.source.width, self.source.height,
                  float(self.source.rate), rule)  # fmt: skip
         capture = threading.Thread(target=self.capture, daemon=True)
@@ -212,7 +227,7 @@ class LiveRun:
         f = self.meter.figures()
         result = LiveResult(
             f["frames"], f["dropped"], f["fps"], f.get("p50_ms", 0.0), f.get("p95_ms", 0.0),
-            self.latest.max_waiting, self.runner.describe(), self.meter.line(), interrupted,
+            self.latest.max_waiting, self.runner.describe(), self.meter.line(), self.compute_ms(), interrupted,
         )  # fmt: skip
         if self.capture_error is not None:
             if isinstance(self.capture_error, StdtrtError):

@@ -103,7 +103,9 @@ class WriterSink(Sink):
                     target, ".ts", info, crf=crf, sizes=self.sizes, container=video.live_container(target), live=True
                 )  # fmt: skip
             except Exception as exc:  # PyAV's errors for an unreachable server
-                raise StdtrtError(f"cannot open the sink {target}: {str(exc).splitlines()[0][:200]}") from None
+                raise StdtrtError(
+                    f"cannot open the sink {target}: {str(exc).splitlines()[0][:200]}"
+                ) from None
         else:
             path = Path(target)
             video.container_for(path)
@@ -122,7 +124,9 @@ class WriterSink(Sink):
             self.writer.write(rgb, pts)
         except Exception as exc:
             if self.url:
-                raise SinkClosed(f"the sink stopped taking frames: {str(exc).splitlines()[0][:200]}") from None
+                raise SinkClosed(
+                    f"the sink stopped taking frames: {str(exc).splitlines()[0][:200]}"
+                ) from None
             raise
 
     def close(self) -> None:

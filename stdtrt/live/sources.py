@@ -73,7 +73,9 @@ def parse_y4m_header(line: bytes) -> tuple[int, int, Fraction, str]:
             f"the y4m stream on stdin is C{colour}: send 4:2:0 (ffmpeg ... -pix_fmt yuv420p -f yuv4mpegpipe -)"
         )
     if width % 2 or height % 2:
-        raise StdtrtError(f"the y4m stream on stdin is {width}x{height}: 4:2:0 needs an even width and height")
+        raise StdtrtError(
+            f"the y4m stream on stdin is {width}x{height}: 4:2:0 needs an even width and height"
+        )
     return width, height, rate, colour
 
 
@@ -119,7 +121,9 @@ class PipeSource(Source):
             if not marker:
                 return None
             if not marker.startswith(b"FRAME"):
-                raise SourceEnded(f"the y4m stream on {self.name} is corrupt: {marker[:20]!r} where a FRAME was")
+                raise SourceEnded(
+                    f"the y4m stream on {self.name} is corrupt: {marker[:20]!r} where a FRAME was"
+                )
         data = self._read(self.frame_bytes)
         if not data and not self.y4m:
             return None
@@ -185,7 +189,9 @@ class StreamSource(Source):
             if not Path(name).exists():
                 raise StdtrtError(f"camera {name} does not exist (`ls /dev/video*` lists the cameras here)")
             if not os.access(name, os.R_OK):
-                raise StdtrtError(f"camera {name} cannot be opened: no permission (add yourself to the video group)")
+                raise StdtrtError(
+                    f"camera {name} cannot be opened: no permission (add yourself to the video group)"
+                )
         self.container = self._open()
         stream = self.container.streams.video[0]
         ctx = stream.codec_context
@@ -197,7 +203,13 @@ class StreamSource(Source):
         import av
 
         what = "camera" if self.camera else "URL"
-        options = {"fflags": "nobuffer", "flags": "low_delay"}
+        # no buffering, and at most 1 s of probing before the first frame (FFmpeg's default is 5 s)
+        options = {
+            "fflags": "nobuffer",
+            "flags": "low_delay",
+            "analyzeduration": "1000000",
+            "probesize": "1000000",
+        }
         try:
             container = av.open(
                 self.name, format="v4l2" if self.camera else None, options=options,
@@ -240,13 +252,17 @@ class StreamSource(Source):
                         yield Captured(convert(frame, index, pts), pts, captured, index)
                         index, tries = index + 1, 0
                 except av.FFmpegError as exc:
-                    reason = f"no frame for {self.timeout:g} s" if isinstance(exc, av.ExitError) else _short(exc)
+                    reason = (
+                        f"no frame for {self.timeout:g} s" if isinstance(exc, av.ExitError) else _short(exc)
+                    )
                 self.close()
             if self.reconnects == 0:
                 log.warning("source %s stopped (%s): stopping", self.name, reason)
                 return
             if tries >= self.reconnects:
-                raise SourceEnded(f"source {self.name} dropped ({reason}) and did not come back after {tries} tries")
+                raise SourceEnded(
+                    f"source {self.name} dropped ({reason}) and did not come back after {tries} tries"
+                )
             wait = min(8, 2**tries)
             tries += 1
             log.warning("source %s dropped (%s): reconnecting in %d s (try %d of %d)",

@@ -96,8 +96,9 @@ class VideoWriter:
             opts = {"crf": str(crf)}
             if self.container.video == "libx264":
                 opts["preset"] = "veryfast"
-                if live:
-                    opts.update({"preset": "ultrafast", "tune": "zerolatency"})
+                if live:  # a keyframe every second: a viewer who joins late waits at most that long
+                    keyint = str(max(1, round(float(info.rate))))
+                    opts.update({"preset": "ultrafast", "tune": "zerolatency", "g": keyint})
             else:
                 opts.update({"b": "0", "row-mt": "1", "deadline": "realtime", "cpu-used": "8"})
             self.video.options = opts
