@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import frames_of, make_video
+
 from stdtrt.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")

@@ -15,6 +15,7 @@ Nothing here waits on a backlog: the WebRTC track and the MJPEG stream send the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import logging
@@ -162,10 +163,8 @@ class Page:
     def close(self) -> None:
         self.stopping.set()
         if self.loop.is_running():
-            try:
+            with contextlib.suppress(Exception):  # closing anyway
                 asyncio.run_coroutine_threadsafe(self._close(), self.loop).result(timeout=10)
-            except Exception:  # noqa: BLE001 - closing anyway
-                pass
         self._shutdown_loop()
 
     def _shutdown_loop(self) -> None:
@@ -354,9 +353,8 @@ class Page:
 def stylized_track(page: Page):
     """The WebRTC track of the stylized stream: each recv() gives the newest output frame not sent yet,
     timestamped by its capture time on the 90 kHz clock (so the page plays it at the source's pace)."""
-    from aiortc import MediaStreamTrack
-
     import av
+    from aiortc import MediaStreamTrack
 
     class StylizedTrack(MediaStreamTrack):
         kind = "video"
