@@ -236,8 +236,9 @@ class LiveRun:
         return result
 
 
-def run_live(cfg: LiveConfig) -> LiveResult:
-    """Run `stdtrt live` until the source ends (or Ctrl-C, or the sink's reader goes away)."""
+def run_live(cfg: LiveConfig, ready=None) -> LiveResult:
+    """Run `stdtrt live` until the source ends (or Ctrl-C, the page's stop, or the sink's reader goes away).
+    `ready(live)`: called with the LiveRun once it is loaded (its `page`, when there is one)."""
     page = None
     if "web" in (cfg.source, cfg.sink):
         from stdtrt.live.page import Page
@@ -247,6 +248,8 @@ def run_live(cfg: LiveConfig) -> LiveResult:
         live = LiveRun(cfg, page)
         if page is not None:
             page.attach(live)
+        if ready is not None:
+            ready(live)
         return live.run()
     finally:
         if page is not None:
