@@ -193,7 +193,9 @@ def _wait(predicate, seconds: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no chromium here (apt-get install chromium; .ci/run installs it)")
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="no chromium here (apt-get install chromium; .ci/run installs it)"
+)
 def test_the_page_in_chromium_gets_its_webcam_back_stylized_and_a_prompt_change_changes_it(tmp_path):
     from stdtrt.io.images import letterbox
     from stdtrt.io.samples import sample_frames
@@ -208,7 +210,9 @@ def test_the_page_in_chromium_gets_its_webcam_back_stylized_and_a_prompt_change_
     browser = Browser(live.url, camera, tmp_path / "profile")
     try:
         state = lambda: browser.js("JSON.stringify(window.stdtrt)")  # noqa: E731
-        _wait(lambda: json.loads(state() or "{}").get("received", 0) >= 8, 120, f"stylized frames ({state()})")
+        _wait(
+            lambda: json.loads(state() or "{}").get("received", 0) >= 8, 120, f"stylized frames ({state()})"
+        )
         assert json.loads(state())["transport"] == "webrtc"
         time.sleep(1)
         a1 = browser.remote_frame()
@@ -232,7 +236,9 @@ def test_the_page_in_chromium_gets_its_webcam_back_stylized_and_a_prompt_change_
         b = browser.remote_frame()
         changed = np.abs(b.astype(int) - a2).mean()
         made = np.abs(live.live.page.output.rgb.astype(int) - before).mean()
-        print(f"prompt change: on the page {changed:.2f}, in stdtrt's output {made:.2f}; codec noise {noise:.2f}")
+        print(
+            f"prompt change: on the page {changed:.2f}, in stdtrt's output {made:.2f}; codec noise {noise:.2f}"
+        )
         assert made > 1  # tiny-sd's random text encoder moves a picture by ~2.5 levels per prompt
         assert changed > max(0.3, 3 * noise)  # and the page shows it (VP8 keeps less of a small change)
 
