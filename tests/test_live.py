@@ -225,3 +225,42 @@ def test_a_port_in_use_is_one_line_before_any_model_loads(capsys):
         port = busy.getsockname()[1]
         code, _, err = _run(["live", *MODEL, "--source", "web", "--sink", "web", "--port", str(port)], capsys)
     assert code == 2 and f"port {port} on 127.0.0.1 is in use" in err and err.count("\n") == 1, err
+
+
+def test_the_pages_changes_rebuild_on_the_loaded_model_and_going_back_gives_the_same_frames():
+    """What a page control does (prompt, strength, cache): a runner built again on the model already loaded;
+    the cache on changes the frames after the first, and off again gives the first run's frames exactly."""
+    import dataclasses
+
+    from stdtrt.config import StylizeConfig
+    from stdtrt.io.samples import sample_frames
+    from stdtrt.live.run import Controls
+    from stdtrt.runtime.pipeline import compose
+    from stdtrt.runtime.stylize import load_runner, load_stream_model
+
+    frames = list(sample_frames(3, W, H))
+    cfg = StylizeConfig(model="tiny-sd", width=W, height=H, nfe=2, prompt="an oil painting")
+    model = load_stream_model(cfg)
+    controls = Controls(cfg)
+
+    def run(c):
+        runner = load_runner(c, W, H, model=model)
+        return [
+            out.astype(int)
+            for out, _ in compose(runner.stages())(iter([(f, i) for i, f in enumerate(frames)]))
+        ]
+
+    first = run(controls.cfg)
+    controls.change(cache_frames=1)
+    cached = run(controls.take())
+    controls.change(prompt="a watercolour")
+    prompt = run(controls.take())
+    controls.change(prompt="an oil painting", cache_frames=0)
+    back = run(controls.take())
+    assert controls.generation == 3 and not controls.pending()
+    assert np.array_equal(cached[0], first[0]) and np.abs(cached[2] - first[2]).mean() > 0
+    assert np.abs(prompt[0] - first[0]).mean() > 1
+    assert all(np.array_equal(a, b) for a, b in zip(first, back, strict=True))
+    with pytest.raises(Exception, match="strength"):
+        controls.change(strength=1.5)
+    assert dataclasses.replace(controls.cfg).prompt == "an oil painting"
