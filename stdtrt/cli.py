@@ -150,6 +150,7 @@ def cli(verbose: bool, quiet: bool) -> None:
       stdtrt distill ...         train a few-step LoRA student (Single Trajectory Distillation)
       stdtrt export ...          fuse it and build ONNX / TensorRT engines
       stdtrt stylize-video ...   stream a video through it
+      stdtrt live ...            stylize a camera, URL, pipe or the page's webcam, live
       stdtrt bench ...           time the backends against diffusers' img2img
     Try `stdtrt demo` first: it runs offline on the built-in tiny model.
     """

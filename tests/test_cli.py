@@ -23,7 +23,7 @@ def test_help_does_not_import_torch():
 
 
 @pytest.mark.parametrize(
-    "command", ["stylize-image", "stylize-video", "demo", "info", "export", "validate", "bench"]
+    "command", ["stylize-image", "stylize-video", "demo", "info", "export", "validate", "bench", "live"]
 )
 def test_every_command_has_help(command, capsys):
     code, out, _ = _run([command, "--help"], capsys)

@@ -220,7 +220,8 @@ class Page:
             baked = (f"the bundle {live.bundle.path} bakes its prompt ({live.bundle.manifest['prompt']!r}), strength "
                      f"and cache: export another bundle to change them, or run --model")  # fmt: skip
         elif live is not None and live.model is None:
-            baked = "this student runs without a stream form here: its settings are fixed for the run"
+            baked = ("with --style-image, --controlnet, --motion-adapter or --gamma the settings are fixed for the "
+                     "run: start another to change them")  # fmt: skip
         width, height = (live.runner.width, live.runner.height) if live else WEB_SIZE
         config = {
             "token": self.token or "", "prompt": s.prompt, "strength": s.strength, "cache": s.cache_frames > 0,
