@@ -264,3 +264,46 @@ def test_the_pages_changes_rebuild_on_the_loaded_model_and_going_back_gives_the_
     with pytest.raises(Exception, match="strength"):
         controls.change(strength=1.5)
     assert dataclasses.replace(controls.cfg).prompt == "an oil painting"
+
+
+def test_a_url_that_drops_is_reopened_with_back_off_and_said(tmp_path, capsys, caplog):
+    """A UDP stream that pauses longer than --timeout: said, reopened after 1 s, its frames taken again; when
+    it stops for good the tries run out and the run ends with one line (exit 2), its figures kept."""
+    from stdtrt.io.samples import sample_frames
+
+    port = _free_port()
+    frames = list(sample_frames(24, W, H))
+    stop = threading.Event()
+
+    def bursts():
+        _send_udp(port, frames, 12, stop)
+        time.sleep(4.5)  # the receiver's 3 s timeout passes, it reopens 1 s later and waits for data
+        _send_udp(port, frames, 12, stop)
+
+    sender = threading.Thread(target=bursts, daemon=True)
+    sender.start()
+    try:
+        code, _, err = _run(["live", *MODEL, "--nfe", "2", "--source", f"udp://127.0.0.1:{port}", "--sink",
+                             str(tmp_path / "out.mkv"), "--timeout", "3", "--reconnects", "2"], capsys)  # fmt: skip
+    finally:
+        stop.set()
+        sender.join(30)
+    assert "reconnecting in 1 s (try 1 of 2)" in caplog.text
+    assert code == 2 and "did not come back after 2 tries" in err and err.count("\n") == 1, err
+    frames_out = int(err.split("(")[-1].split(" frames")[0])
+    assert frames_out > 24  # frames of both bursts came through
+    assert len(frames_of(tmp_path / "out.mkv")) == frames_out  # and the recording was closed cleanly
+
+
+def test_a_url_scheme_pyav_lacks_is_one_line(capsys):
+    import av
+
+    try:
+        av.open("srt://127.0.0.1:9", timeout=1).close()
+        pytest.skip("this PyAV's FFmpeg has SRT")
+    except av.error.ProtocolNotFoundError:
+        pass
+    except av.FFmpegError:
+        pytest.skip("this PyAV's FFmpeg has SRT (nothing answers on port 9)")
+    code, _, err = _run(["live", *MODEL, "--source", "srt://127.0.0.1:9", "--sink", "-"], capsys)
+    assert code == 2 and "has no srt:// protocol" in err and err.count("\n") == 1, err

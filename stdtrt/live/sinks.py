@@ -23,7 +23,7 @@ from stdtrt.io import video
 from stdtrt.io.atomic import atomic_path
 from stdtrt.io.images import unletterbox
 from stdtrt.live.realtime import Captured
-from stdtrt.live.sources import is_url
+from stdtrt.live.sources import is_url, no_protocol
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,8 @@ class WriterSink(Sink):
                     target, ".ts", info, crf=crf, sizes=self.sizes, container=video.live_container(target), live=True
                 )  # fmt: skip
             except Exception as exc:  # PyAV's errors for an unreachable server
+                if type(exc).__name__ == "ProtocolNotFoundError":
+                    raise StdtrtError(no_protocol(target)) from None
                 raise StdtrtError(
                     f"cannot open the sink {target}: {str(exc).splitlines()[0][:200]}"
                 ) from None

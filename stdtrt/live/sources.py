@@ -175,6 +175,15 @@ def _short(exc: BaseException) -> str:
     return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
 
 
+def no_protocol(name: str) -> str:
+    """The line for a URL scheme the FFmpeg inside PyAV was built without (the PyPI wheels have no srt)."""
+    scheme = name.split("://", 1)[0]
+    return (
+        f"{name}: the FFmpeg inside PyAV has no {scheme}:// protocol (PyPI's av wheels are built without "
+        f"SRT); use udp:// or rtsp://, or a PyAV built against an FFmpeg with it"
+    )
+
+
 class StreamSource(Source):
     """A V4L2 camera or a URL, decoded by PyAV and converted as files are (io/video's Converter). A URL that
     drops (an error, or no frame within --timeout) is reopened with back-off, said each time; after
@@ -216,6 +225,8 @@ class StreamSource(Source):
                 timeout=(self.timeout, self.timeout),
             )  # fmt: skip
         except av.FFmpegError as exc:
+            if isinstance(exc, av.error.ProtocolNotFoundError):
+                raise StdtrtError(no_protocol(self.name)) from None
             if getattr(exc, "errno", None) == errno.EBUSY:
                 raise StdtrtError(f"camera {self.name} is busy: another program is using it") from None
             if isinstance(exc, av.ExitError) or getattr(exc, "errno", None) in (errno.ETIMEDOUT, errno.EIO):
