@@ -256,3 +256,29 @@ def test_the_page_in_chromium_gets_its_webcam_back_stylized_and_a_prompt_change_
         browser.close()
         result = live.stop()
     assert result.frames > 16
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="no chromium here (apt-get install chromium; .ci/run installs it)"
+)
+def test_a_file_source_is_shown_on_the_page_over_webrtc_and_its_input_over_mjpeg(tmp_path):
+    """--source FILE --realtime --sink web: the page receives only (a recvonly transceiver), the source is
+    the MJPEG feed beside it."""
+    from conftest import make_video
+
+    clip = make_video(tmp_path / "clip.mp4", frames=120, size=(W, H), fps=12, audio=False)
+    camera = tmp_path / "unused.y4m"
+    camera.write_bytes(b"")
+    live = Live(source=str(clip), sink="web", realtime=True)
+    browser = Browser(live.url, camera, tmp_path / "profile")
+    try:
+        state = lambda: json.loads(browser.js("JSON.stringify(window.stdtrt)") or "{}")  # noqa: E731
+        _wait(lambda: state().get("received", 0) >= 5, 120, "stylized frames")
+        assert state()["transport"] == "webrtc"
+        _wait(lambda: browser.js("document.getElementById('input').naturalWidth") == W, 30, "the MJPEG input")
+        frame = browser.remote_frame()
+        assert frame.shape == (H, W, 3) and frame.std() > 5
+    finally:
+        browser.close()
+        result = live.stop()
+    assert result.frames >= 5
