@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -139,7 +140,7 @@ def _receive_udp(port: int, got: list, ready: threading.Event) -> None:
 
     ready.set()
     try:
-        options = {"probesize": "32", "analyzeduration": "0", "fflags": "nobuffer"}
+        options = {"probesize": "32", "analyzeduration": "0"}
         with av.open(f"udp://127.0.0.1:{port}", format="mpegts", options=options, timeout=(60, 4)) as c:
             for frame in c.decode(video=0):
                 got.append(frame.to_ndarray(format="rgb24"))
@@ -276,23 +277,27 @@ def test_a_url_that_drops_is_reopened_with_back_off_and_said(tmp_path, capsys, c
     stop = threading.Event()
 
     def bursts():
-        _send_udp(port, frames, 12, stop)
-        time.sleep(4.5)  # the receiver's 3 s timeout passes, it reopens 1 s later and waits for data
-        _send_udp(port, frames, 12, stop)
+        _send_udp(port, frames[:12], 12, stop)
+        time.sleep(3)  # the receiver's 2 s timeout passes, it reopens 1 s later and waits for data
+        _send_udp(port, frames * 3, 12, stop)  # 6 s: still sending when it reopens, however late it noticed
 
     sender = threading.Thread(target=bursts, daemon=True)
     sender.start()
     try:
         code, _, err = _run(["live", *MODEL, "--nfe", "2", "--source", f"udp://127.0.0.1:{port}", "--sink",
-                             str(tmp_path / "out.mkv"), "--timeout", "3", "--reconnects", "2"], capsys)  # fmt: skip
+                             str(tmp_path / "out.mkv"), "--timeout", "2", "--reconnects", "2"], capsys)  # fmt: skip
     finally:
         stop.set()
         sender.join(30)
-    assert "reconnecting in 1 s (try 1 of 2)" in caplog.text
+    # reopened, frames taken again (the tries start over), then gone for good: the tries run out
+    assert caplog.text.count("reconnecting in 1 s (try 1 of 2)") == 2, caplog.text
     assert code == 2 and "did not come back after 2 tries" in err and err.count("\n") == 1, err
-    frames_out = int(err.split("(")[-1].split(" frames")[0])
-    assert frames_out > 24  # frames of both bursts came through
-    assert len(frames_of(tmp_path / "out.mkv")) == frames_out  # and the recording was closed cleanly
+    figures = re.search(r"\((\d+) frames, .* (\d+) dropped\)", err)
+    written, dropped = int(figures[1]), int(figures[2])
+    assert written + dropped > 40, (
+        err
+    )  # frames of both bursts (12 + 72) came; the CPU is shared: some dropped
+    assert len(frames_of(tmp_path / "out.mkv")) == written  # and the recording was closed cleanly
 
 
 def test_a_url_scheme_pyav_lacks_is_one_line(capsys):
