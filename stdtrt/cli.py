@@ -16,7 +16,7 @@ import click
 
 from stdtrt import __version__
 from stdtrt.cli_options import ablations, build_config, config_options
-from stdtrt.config import BatchConfig, BenchConfig, DistillConfig, ExportConfig, StylizeConfig
+from stdtrt.config import BatchConfig, BenchConfig, DistillConfig, ExportConfig, LiveConfig, StylizeConfig
 from stdtrt.errors import StdtrtError
 
 
@@ -34,6 +34,7 @@ def cli(verbose: bool, quiet: bool) -> None:
       stdtrt export ...          fuse it and build ONNX / TensorRT engines
       stdtrt stylize-video ...   stream a video through it
       stdtrt stylize-batch ...   many videos (or segments of one) over Ray workers, every GPU
+      stdtrt live ...            stylize a camera, URL, pipe or the page's webcam, live
       stdtrt bench ...           time the backends against diffusers' img2img
     Try `stdtrt demo` first: it runs offline on the built-in tiny model.
     """
@@ -114,6 +115,30 @@ def stylize_batch_cmd(inputs: tuple[str, ...], no_progress: bool, **given) -> No
     click.echo(result.table())
     if result.failed:
         sys.exit(1)
+
+
+@cli.command(epilog=ablations(StylizeConfig, "video"))
+@config_options(LiveConfig)
+@config_options(StylizeConfig, group="video")
+def live(**given) -> None:
+    """Stylize a live stream: a camera, a URL, a pipe, a file or the page's webcam, to the page, a URL, a
+    pipe, a file or a virtual camera. The newest frame wins (stale ones dropped and counted); the final
+    line gives fps, drops and capture-to-sink latency p50/p95.
+
+    \b
+    stdtrt live --bundle B --source /dev/video0 --sink web      open the printed URL
+    stdtrt live --bundle B --source - --sink - < in.y4m > out.y4m
+    stdtrt live --bundle B --source web --sink web              the page's own webcam, over WebRTC
+    stdtrt live --bundle B --source clip.mp4 --realtime --sink out.mp4
+    """
+    import dataclasses as dc
+
+    from stdtrt.live.run import run_live
+
+    cfg = dc.replace(build_config(LiveConfig, given), stylize=build_config(StylizeConfig, given))
+    LiveConfig.__post_init__(cfg)  # the checks that need the stylize settings (--frames-per-step)
+    result = run_live(cfg)
+    click.echo(f"live: {result.line}", err=True)
 
 
 def _echo_report(input, output) -> None:

@@ -24,7 +24,17 @@ def test_help_does_not_import_torch():
 
 @pytest.mark.parametrize(
     "command",
-    ["stylize-image", "stylize-video", "stylize-batch", "demo", "info", "export", "validate", "bench"],
+    [
+        "stylize-image",
+        "stylize-video",
+        "stylize-batch",
+        "demo",
+        "info",
+        "export",
+        "validate",
+        "bench",
+        "live",
+    ],
 )
 def test_every_command_has_help(command, capsys):
     code, out, _ = _run([command, "--help"], capsys)

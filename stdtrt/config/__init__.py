@@ -3,7 +3,8 @@ fields, their help and choices). One module per command, and two they share:
 
     base.py     the device parser, the size and strength rules, `opt`, defaults, to_dict
     parts.py    what a style image, a video student, a cache and a ControlNet add (options and checks)
-    stylize.py  StylizeConfig   batch.py  BatchConfig   distill.py  DistillConfig   export.py  ExportConfig   bench.py  BenchConfig
+    stylize.py  StylizeConfig   batch.py  BatchConfig   live.py  LiveConfig
+    distill.py  DistillConfig   export.py  ExportConfig   bench.py  BenchConfig
 
 Nothing here imports torch, so `stdtrt --help` stays fast.
 """
@@ -23,6 +24,7 @@ from stdtrt.config.batch import BatchConfig
 from stdtrt.config.bench import BenchConfig
 from stdtrt.config.distill import DistillConfig
 from stdtrt.config.export import ExportConfig
+from stdtrt.config.live import LiveConfig
 from stdtrt.config.parts import (
     NOISE_RULES,
     PREPROCESSORS,
@@ -47,6 +49,7 @@ __all__ = [
     "BenchConfig",
     "DistillConfig",
     "ExportConfig",
+    "LiveConfig",
     "StylizeConfig",
     "cache_root",
     "check_cache_options",

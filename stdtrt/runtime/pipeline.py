@@ -81,8 +81,12 @@ def compose(stages: list[Callable[[Iterator], Iterator]]) -> Callable[[Iterator]
     return composed
 
 
-def run_pipeline(source: Iterable, stages: list, sink: Callable, queue_size: int = 8) -> None:
-    """source (a thread) -> each stage (a thread each) -> sink (the calling thread), via bounded queues."""
+def run_pipeline(
+    source: Iterable, stages: list, sink: Callable, queue_size: int = 8, on_stop: Callable | None = None
+) -> None:
+    """source (a thread) -> each stage (a thread each) -> sink (the calling thread), via bounded queues.
+    `on_stop`: called when the run ends, before the threads are joined (to wake a stage that waits on
+    something else than these queues: live/realtime.Latest)."""
     pipe = Pipe(queue_size)
     queues = [pipe.queue() for _ in range(len(stages) + 1)]
 
@@ -107,6 +111,8 @@ def run_pipeline(source: Iterable, stages: list, sink: Callable, queue_size: int
         pass
     finally:
         pipe.stop.set()
+        if on_stop is not None:
+            on_stop()
         for t in threads:
             t.join(timeout=30)
     if pipe.errors:

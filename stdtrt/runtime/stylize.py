@@ -65,7 +65,7 @@ class VideoResult:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
-def _load(cfg: StylizeConfig, image_w: int, image_h: int, fuse: bool):
+def _load(cfg: StylizeConfig, image_w: int, image_h: int, fuse: bool, model=None):
     """(model, plan, width, height, style, control) for --model: the model (its LoRA fused when `fuse`)
     placed by the precision rule, the student's plan on the grid its LoRA was distilled on, the style
     image (--style-image) encoded once, its IP-Adapter in the model's cross-attention (else None), and the
@@ -84,14 +84,7 @@ def _load(cfg: StylizeConfig, image_w: int, image_h: int, fuse: bool):
             f"--{needs_image[0].replace('_', '-')} needs --style-image (the picture to style after)"
         )
     grid = StudentCard.read(cfg.lora).grid(cfg.strength)
-    model = load_model(
-        cfg.model,
-        device=cfg.device,
-        precision=cfg.precision,
-        lora=cfg.lora,
-        fuse=fuse,
-        motion_adapter=cfg.motion_adapter,
-    )
+    model = model or load_stream_model(cfg, fuse)
     model.use_vae(cfg.vae)
     width, height = model.working_size(image_w, image_h, cfg.width, cfg.height)
     plan = schedule.student_plan(model.alphas_cumprod(), cfg.strength, cfg.nfe, cfg.gamma, grid)
@@ -100,6 +93,16 @@ def _load(cfg: StylizeConfig, image_w: int, image_h: int, fuse: bool):
     if cfg.style_image:
         style = load_style(model, cfg.style_image, cfg.ip_adapter, cfg.style_scale, cfg.style_blocks)
     return model, plan, width, height, style, setup_control(cfg, model)
+
+
+def load_stream_model(cfg: StylizeConfig, fuse: bool = True):
+    """The model --model names, placed by the precision rule, its LoRA fused when `fuse`: loaded once, and
+    passed to `load_runner(model=...)` to build runners with other settings on it (the live page's prompt
+    and strength)."""
+    return load_model(
+        cfg.model, device=cfg.device, precision=cfg.precision, lora=cfg.lora, fuse=fuse,
+        motion_adapter=cfg.motion_adapter,
+    )  # fmt: skip
 
 
 def load_student(cfg: StylizeConfig, image_w: int, image_h: int):
@@ -112,11 +115,12 @@ def load_student(cfg: StylizeConfig, image_w: int, image_h: int):
     )
 
 
-def load_model_backend(cfg: StylizeConfig, image_w: int, image_h: int):
+def load_model_backend(cfg: StylizeConfig, image_w: int, image_h: int, model=None):
     """--model without a bundle: the torch backend in stream form on the model itself (its LoRA fused at
-    load), the same modules a bundle's torch backend runs, with its CUDA speed-ups."""
+    load; `model`: one load_stream_model loaded), the same modules a bundle's torch backend runs, with its
+    CUDA speed-ups."""
 
-    model, plan, width, height, style, control = _load(cfg, image_w, image_h, fuse=True)
+    model, plan, width, height, style, control = _load(cfg, image_w, image_h, fuse=True, model=model)
     return TorchBackend.from_model(
         model, plan, cfg.prompt, cfg.negative_prompt, cfg.guidance, width, height, cfg.frames_per_step, style,
         CacheSettings.of(cfg), control, **cfg.torch_speedups(),
@@ -202,9 +206,10 @@ def image_noise_rule(cfg: StylizeConfig) -> str:
     return "per-frame" if cfg.fresh_noise else "shared"
 
 
-def load_runner(cfg: StylizeConfig, image_w: int, image_h: int, image: bool = False):
+def load_runner(cfg: StylizeConfig, image_w: int, image_h: int, image: bool = False, model=None):
     """What stylizes frames for this run: a bundle's backend, or (--model) the torch backend on the model,
-    both in stream form; the sequential torch student for what the stream form cannot do."""
+    both in stream form; the sequential torch student for what the stream form cannot do. `model`: for
+    --model's stream form, a model load_stream_model already loaded (not loaded again)."""
 
     bundle = resolve_bundle(cfg)
     if bundle is not None:
@@ -218,7 +223,7 @@ def load_runner(cfg: StylizeConfig, image_w: int, image_h: int, image: bool = Fa
             if cfg.skip_threshold is not None and not image:
                 log.warning("--skip-threshold works on the stream form: --gamma > 0 runs every frame")
             return StudentRunner(load_student(cfg, image_w, image_h), cfg)
-        backend = load_model_backend(cfg, image_w, image_h)
+        backend = load_model_backend(cfg, image_w, image_h, model)
         control = backend.networks.unet.control
         maps = (
             None

@@ -9,7 +9,7 @@ input are kept, and the output is written to a temporary name and renamed only w
     write.py        VideoWriter and write_video
 """
 
-from stdtrt.io.video.containers import CONTAINERS, VIDEO_SUFFIXES, container_for
+from stdtrt.io.video.containers import CONTAINERS, VIDEO_SUFFIXES, container_for, live_container
 from stdtrt.io.video.probe import Orientation, VideoInfo, conversion_notes, probe
 from stdtrt.io.video.read import FrameSizes, read_frames
 from stdtrt.io.video.write import VideoWriter, check_output, output_size, write_video
@@ -23,6 +23,7 @@ __all__ = [
     "VideoWriter",
     "check_output",
     "container_for",
+    "live_container",
     "conversion_notes",
     "output_size",
     "probe",

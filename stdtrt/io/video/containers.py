@@ -56,6 +56,20 @@ CONTAINERS = {
     ),  # fmt: skip
 }
 
+# Live outputs to a URL (stdtrt live --sink): MPEG-TS for udp:// and srt:// (and anything else), RTSP and
+# FLV (RTMP) for those servers. No audio and subtitle tracks go with live frames.
+LIVE_CONTAINERS = {
+    "rtsp": Container("rtsp", "libx264", "yuv420p", "aac", frozenset(), frozenset(), ""),
+    "rtmp": Container("flv", "libx264", "yuv420p", "aac", frozenset(), frozenset(), ""),
+    "": Container("mpegts", "libx264", "yuv420p", "aac", frozenset(), frozenset(), ""),
+}
+
+
+def live_container(url: str) -> Container:
+    """The row for a live output URL, by its scheme (MPEG-TS unless it is rtsp:// or rtmp://)."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    return LIVE_CONTAINERS.get(scheme, LIVE_CONTAINERS[""])
+
 
 def container_for(path: str | Path) -> Container:
     """The row for an output path's suffix (or a bare suffix, ".mp4"), or one line naming the suffixes

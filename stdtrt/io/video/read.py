@@ -40,7 +40,7 @@ class FrameSizes:
         return self._other.pop(pts, self.nominal)
 
 
-class _Converter:
+class Converter:
     """Decoded frames -> upright RGB uint8 (height, width, 3): each picture fitted into the working size by
     io/images.fit_box (stretched when the aspect agrees, else centred between black bars). One filter
     graph per input format and size, so a stream that changes size midway gets a graph of its own."""
@@ -107,7 +107,7 @@ def read_frames(
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         step = max(1, round(1 / (info.rate * info.time_base))) if info.rate else 1
-        convert = _Converter(info, width or info.width, height or info.height, sizes)
+        convert = Converter(info, width or info.width, height or info.height, sizes)
         try:
             for frame in container.decode(stream):
                 pts = int(frame.pts if frame.pts is not None else count * step)

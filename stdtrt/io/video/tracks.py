@@ -69,6 +69,8 @@ class Tracks:
         return av.open(str(self.path))
 
     def _setup(self) -> None:
+        if self.path is None:  # frames from a live source: no tracks beside them
+            return
         with self._open() as probe_in:  # canonical codec names (mp3, not its decoder mp3float)
             audio = [s.codec_context.codec.canonical_name for s in probe_in.streams.audio]
             subs = [s.codec_context.codec.canonical_name for s in probe_in.streams.subtitles]

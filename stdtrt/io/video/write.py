@@ -73,12 +73,16 @@ class VideoWriter:
         crf: int = 18,
         pad_odd: bool = False,
         sizes: FrameSizes | None = None,
+        container=None,
+        live: bool = False,
     ):
-        self.container = container_for(final_suffix)
+        """`container`: a row of containers.py for an output that is not a file of a known suffix (a live
+        URL); `live`: encode for latency (x264 ultrafast, zerolatency: no frame waits for later ones)."""
+        self.container = container or container_for(final_suffix)
         self.size = output_size(info, pad_odd)
         self.info, self.suffix, self.sizes = info, final_suffix.lower(), sizes
         self.frames = 0
-        self.out = av.open(str(tmp_path), "w", format=self.container.muxer)
+        self.out = av.open(str(tmp_path), "w", format=self.container.muxer, timeout=10 if live else None)
         try:
             self.video = self.out.add_stream(self.container.video, rate=info.rate)
             self.video.width, self.video.height = self.size
@@ -92,6 +96,9 @@ class VideoWriter:
             opts = {"crf": str(crf)}
             if self.container.video == "libx264":
                 opts["preset"] = "veryfast"
+                if live:  # a keyframe every second: a viewer who joins late waits at most that long
+                    keyint = str(max(1, round(float(info.rate))))
+                    opts.update({"preset": "ultrafast", "tune": "zerolatency", "g": keyint})
             else:
                 opts.update({"b": "0", "row-mt": "1", "deadline": "realtime", "cpu-used": "8"})
             self.video.options = opts
