@@ -55,17 +55,18 @@ def clips(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def references(clips, tmp_path_factory):
-    """stylize-video of each input, in this process: the oracle."""
-    import torch
-
-    from stdtrt.runtime.stylize import stylize_video
-
-    torch.set_num_threads(1)  # the workers' threads: the same float rounding
+    """`stdtrt stylize-video` of each input in a fresh process of one thread, as each worker is: the
+    oracle (a process that ran other tests first may hold state the workers do not)."""
     out = tmp_path_factory.mktemp("ref")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     refs = {}
     for name in ("in/a.mp4", "in/sub/b.mp4", "long.mp4"):
         target = out / name.replace("/", "_")
-        stylize_video(FRESH if name == "long.mp4" else STYLE, clips / name, target, progress=False)
+        args = ["--model", "tiny-sd", "--prompt", STYLE.prompt, "--width", "64", "--height", "64"]
+        args += ["--fresh-noise"] if name == "long.mp4" else []
+        run = subprocess.run([sys.executable, "-m", "stdtrt", "stylize-video", str(clips / name), "-o",
+                              str(target), "--no-progress", *args], env=env, capture_output=True, text=True)  # fmt: skip
+        assert run.returncode == 0, run.stderr[-2000:]
         refs[name] = frames_of(target)
     return refs
 
