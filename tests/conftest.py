@@ -272,3 +272,14 @@ def step_case(run, seed: int, mode: str = "std", **plan_options):
     batch = Batch(x, n, torch.zeros_like(x), w, torch.zeros(2, dtype=torch.long), cond, uncond)
     plan = StepPlan(run.abar, 50, 1, mode, 1e-3, **plan_options)
     return x, n, w, std_step(batch, run._student, run._target_net, run.teacher, plan, g, run.loss_fn)
+
+
+def run_cli(argv, capsys):
+    """`stdtrt ARGV` in this process: (exit code, stdout, stderr); a command that returns exits 0."""
+    from stdtrt.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return exit_info.value.code, out.out, out.err

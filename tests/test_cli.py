@@ -4,16 +4,7 @@ import subprocess
 import sys
 
 import pytest
-
-from stdtrt.cli import main
-
-
-def _run(argv, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exit_info.value.code, out.out, out.err
+from conftest import run_cli
 
 
 def test_help_does_not_import_torch():
@@ -37,7 +28,7 @@ def test_help_does_not_import_torch():
     ],
 )
 def test_every_command_has_help(command, capsys):
-    code, out, _ = _run([command, "--help"], capsys)
+    code, out, _ = run_cli([command, "--help"], capsys)
     assert code == 0 and "Usage" in out
 
 
@@ -66,20 +57,20 @@ def test_every_command_has_help(command, capsys):
 def test_user_mistakes_are_one_line_and_exit_2(argv, needle, capsys, video, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     argv = [a.replace("{video}", str(video)) for a in argv]
-    code, _, err = _run(argv, capsys)
+    code, _, err = run_cli(argv, capsys)
     assert code == 2
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0]
 
 
 def test_info_lists_backends(capsys):
-    code, out, _ = _run(["info"], capsys)
+    code, out, _ = run_cli(["info"], capsys)
     assert code == 0 and "onnxruntime" in out and "tensorrt" in out and "torch" in out
 
 
 def test_stylize_video_cli_end_to_end(video, tmp_path, capsys):
     out = tmp_path / "styled.mp4"
-    code, stdout, _ = _run(
+    code, stdout, _ = run_cli(
         [
             "stylize-video",
             str(video),
@@ -101,7 +92,7 @@ def test_stylize_video_cli_end_to_end(video, tmp_path, capsys):
 
 
 def test_demo_runs_offline(tmp_path, capsys):
-    code, stdout, _ = _run(
+    code, stdout, _ = run_cli(
         [
             "demo",
             "--out",
@@ -131,22 +122,22 @@ def test_export_cli_reuses_a_matching_bundle(sd_bundle, tmp_path, capsys):
     cfg, result = sd_bundle
     shutil.copytree(result.path, tmp_path / "b")
     argv = ["export", "--model", "tiny-sd", "--lora", cfg.lora, "--prompt", cfg.prompt, "--width", "64"]
-    code, out, _ = _run([*argv, "--height", "64", "--out", str(tmp_path / "b")], capsys)
+    code, out, _ = run_cli([*argv, "--height", "64", "--out", str(tmp_path / "b")], capsys)
     assert code == 0 and "reused" in out and "TensorRT engines skipped" in out
-    code, _, err = _run([*argv, "--height", "64", "--nfe", "3", "--out", str(tmp_path / "b")], capsys)
+    code, _, err = run_cli([*argv, "--height", "64", "--nfe", "3", "--out", str(tmp_path / "b")], capsys)
     assert code == 2 and err.startswith("error: ") and "--overwrite" in err and len(err.splitlines()) == 1
 
 
 def test_stylize_video_cli_with_a_bundle(sd_bundle, video, tmp_path, capsys):
     out = tmp_path / "styled.mp4"
     argv = ["stylize-video", str(video), "-o", str(out), "--bundle", str(sd_bundle[1].path), "--no-progress"]
-    code, stdout, _ = _run(argv, capsys)
+    code, stdout, _ = run_cli(argv, capsys)
     assert code == 0 and out.exists() and "8 frames at 64x64" in stdout
 
 
 def test_missing_default_bundle_is_one_line(video, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, _, err = _run(["stylize-video", str(video), "-o", "o.mp4"], capsys)
+    code, _, err = run_cli(["stylize-video", str(video), "-o", "o.mp4"], capsys)
     assert code == 2 and len(err.splitlines()) == 1 and "stdtrt export" in err and "--model" in err
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import frames_of, make_video
+from conftest import frames_of, make_video, run_cli
 
 from stdtrt.cli import main
 
@@ -29,14 +29,6 @@ pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 W, H = 64, 48
 MODEL = ["--model", "tiny-sd", "--width", str(W), "--height", str(H), "--prompt", "an oil painting"]
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _run(argv, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exit_info.value.code, out.out, out.err
 
 
 def _free_port(kind=socket.SOCK_DGRAM) -> int:
@@ -160,7 +152,7 @@ def test_a_url_source_and_sink_over_udp_mpeg_ts_on_the_loopback(capsys, caplog):
     sender = threading.Thread(target=_send_udp, args=(src_port, frames, 12, stop), daemon=True)
     sender.start()
     try:
-        code, _, err = _run(["live", *MODEL, "--nfe", "2", "--source", f"udp://127.0.0.1:{src_port}",
+        code, _, err = run_cli(["live", *MODEL, "--nfe", "2", "--source", f"udp://127.0.0.1:{src_port}",
                              "--sink", f"udp://127.0.0.1:{sink_port}?pkt_size=1316", "--timeout", "3",
                              "--reconnects", "0"], capsys)  # fmt: skip
     finally:
@@ -206,14 +198,14 @@ def test_a_pipe_that_ends_inside_a_frame_keeps_the_frames_before_it(monkeypatch,
 )
 def test_bad_input_is_one_line_and_exit_2(extra, stdin, needle, monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BufferedReader(io.BytesIO(stdin))))
-    code, _, err = _run(["live", *MODEL, *extra], capsys)
+    code, _, err = run_cli(["live", *MODEL, *extra], capsys)
     assert code == 2 and needle in err and err.count("\n") == 1, err
 
 
 def test_a_url_that_does_not_answer_is_one_line_within_the_timeout(capsys):
     port = _free_port()
     start = time.perf_counter()
-    code, _, err = _run(["live", *MODEL, "--source", f"udp://127.0.0.1:{port}", "--sink", "-", "--timeout", "1"],
+    code, _, err = run_cli(["live", *MODEL, "--source", f"udp://127.0.0.1:{port}", "--sink", "-", "--timeout", "1"],
                         capsys)  # fmt: skip
     assert code == 2 and "did not answer within 1 s" in err and err.count("\n") == 1, err
     assert time.perf_counter() - start < 30  # 1 s of waiting; the rest is the CPU being shared
@@ -224,7 +216,9 @@ def test_a_port_in_use_is_one_line_before_any_model_loads(capsys):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        code, _, err = _run(["live", *MODEL, "--source", "web", "--sink", "web", "--port", str(port)], capsys)
+        code, _, err = run_cli(
+            ["live", *MODEL, "--source", "web", "--sink", "web", "--port", str(port)], capsys
+        )
     assert code == 2 and f"port {port} on 127.0.0.1 is in use" in err and err.count("\n") == 1, err
 
 
@@ -284,7 +278,7 @@ def test_a_url_that_drops_is_reopened_with_back_off_and_said(tmp_path, capsys, c
     sender = threading.Thread(target=bursts, daemon=True)
     sender.start()
     try:
-        code, _, err = _run(["live", *MODEL, "--nfe", "2", "--source", f"udp://127.0.0.1:{port}", "--sink",
+        code, _, err = run_cli(["live", *MODEL, "--nfe", "2", "--source", f"udp://127.0.0.1:{port}", "--sink",
                              str(tmp_path / "out.mkv"), "--timeout", "2", "--reconnects", "2"], capsys)  # fmt: skip
     finally:
         stop.set()
@@ -310,5 +304,5 @@ def test_a_url_scheme_pyav_lacks_is_one_line(capsys):
         pass
     except av.FFmpegError:
         pytest.skip("this PyAV's FFmpeg has SRT (nothing answers on port 9)")
-    code, _, err = _run(["live", *MODEL, "--source", "srt://127.0.0.1:9", "--sink", "-"], capsys)
+    code, _, err = run_cli(["live", *MODEL, "--source", "srt://127.0.0.1:9", "--sink", "-"], capsys)
     assert code == 2 and "has no srt:// protocol" in err and err.count("\n") == 1, err
