@@ -167,11 +167,17 @@ def _first_frame(container, stream):
         return None  # read_frames reports the corrupt stream
 
 
+def _side_data(frame) -> list:
+    """A frame's side data: PyAV 18.0 iterates the entries, 18.1 (a mapping) their types."""
+    sides = frame.side_data
+    return [side if hasattr(side, "type") else sides[side] for side in sides]
+
+
 def _orientation(frame, path: Path) -> Orientation:
     """The first frame's display matrix (FFmpeg hands the stream's to each decoded frame) as an
     Orientation; a matrix that is not axis-aligned is ignored with a warning."""
     matrix = None
-    for side in frame.side_data if frame is not None else ():
+    for side in _side_data(frame) if frame is not None else ():
         if side.type.name == "DISPLAYMATRIX" and len(bytes(side)) >= 36:
             matrix = struct.unpack("<9i", bytes(side)[:36])
     if matrix is None:
