@@ -5,6 +5,7 @@ inference in overlapping windows blended without seams, and one line for each ba
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -192,7 +193,7 @@ def test_windows_overlap_and_blend_without_seams(motion_lora):
     overlap, the blend of both windows' with weights summing to one); frames leave in order."""
     from stdtrt.io.samples import sample_frames
     from stdtrt.runtime.student import to_tensor, to_uint8
-    from stdtrt.runtime.stylize import load_runner
+    from stdtrt.runtime.stylize import load_runner, load_student
     from stdtrt.runtime.windows import blend_weights
 
     cfg = StylizeConfig(model="tiny-sd", motion_adapter="tiny-motion", lora=str(motion_lora / "lora.safetensors"),
@@ -201,8 +202,9 @@ def test_windows_overlap_and_blend_without_seams(motion_lora):
     frames = list(sample_frames(9, 48, 40))
     out = list(runner.stylize((f, i) for i, f in enumerate(frames)))
     assert [t for _, t in out] == list(range(9))
-    # by hand: windows start at 0, 2, 4, 6 (the last one padded with its last frame)
-    student = runner.engine
+    # by hand: windows start at 0, 2, 4, 6 (the last one padded with its last frame), each window one
+    # trajectory of the sequential student on the same model
+    student = load_student(cfg, 48, 40)
 
     def window_latents(start):  # one trajectory of 4 frames from `start`, by the Student's own calls
         window = (frames + [frames[-1]] * 4)[start : start + 4]
@@ -221,6 +223,30 @@ def test_windows_overlap_and_blend_without_seams(motion_lora):
         ref = to_uint8(student.decode(want[i][None]))[0]
         assert np.abs(frame.astype(int) - ref.astype(int)).max() <= 1, i
     assert not np.array_equal(out[2][0], to_uint8(student.decode(lat[0][2][None]))[0])  # it did blend
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_the_model_path_runs_the_stream_form_as_the_sequential_student_at_half(precision, motion_lora):
+    """--model --motion-adapter in half precision (the GPU's run): the stream form (NFE windows in flight,
+    the blend on the device) gives the sequential student's frames at the same precision, within a few
+    levels (the two order the same half-precision operations differently: one UNet call per window over
+    the NFE slots against NFE calls); --gamma > 0 runs the sequential student."""
+    from stdtrt.io.samples import sample_frames
+    from stdtrt.runtime.stylize import load_runner, load_student
+    from stdtrt.runtime.windows import WindowRunner
+
+    cfg = StylizeConfig(model="tiny-sd", motion_adapter="tiny-motion", lora=str(motion_lora / "lora.safetensors"),
+                        width=48, height=40, window=4, overlap=2, precision=precision)  # fmt: skip
+    items = [(f, i) for i, f in enumerate(sample_frames(7, 48, 40))]
+    runner = load_runner(cfg, 48, 40)
+    assert "stream form: 4 windows in flight" in runner.describe()
+    got = list(runner.stylize(iter(items)))
+    sequential = WindowRunner(load_student(cfg, 48, 40), 4, 2, cfg.seed, runner.noise.rule)
+    want = list(sequential.stylize(iter(items)))
+    assert [t for _, t in got] == [t for _, t in want] == list(range(7))
+    diff = max(np.abs(a.astype(int) - b.astype(int)).max() for (a, _), (b, _) in zip(got, want, strict=True))
+    assert diff <= (4 if precision == "fp16" else 12), diff
+    assert "sequential steps per window" in load_runner(replace(cfg, gamma=0.3), 48, 40).describe()
 
 
 def test_stylize_video_with_the_motion_student_keeps_the_video(motion_lora, tmp_path):
@@ -331,13 +357,15 @@ def test_a_video_bundle_stylizes_as_the_sequential_motion_student(backend, motio
     """Nine frames in windows of 4 overlapping by 2 (four windows, the last padded): the bundle's stream
     form (four windows in flight) gives the frames of the sequential torch student on the same model."""
     from stdtrt.io.samples import sample_frames
-    from stdtrt.runtime.stylize import load_runner
+    from stdtrt.runtime.stylize import load_runner, load_student
+    from stdtrt.runtime.windows import WindowRunner
 
     frames = list(sample_frames(9, 48, 40))
     items = [(f, i) for i, f in enumerate(frames)]
     reference = StylizeConfig(model="tiny-sd", motion_adapter="tiny-motion", window=4, overlap=2,
                               lora=str(motion_lora / "lora.safetensors"), width=48, height=40)  # fmt: skip
-    want = list(load_runner(reference, 48, 40).stylize(iter(items)))
+    sequential = WindowRunner(load_student(reference, 48, 40), 4, 2)
+    want = list(sequential.stylize(iter(items)))
     runner = load_runner(StylizeConfig(bundle=str(motion_bundle.path), backend=backend, overlap=2), 48, 40)
     assert "stream form: 4 windows in flight" in runner.describe()
     got = list(runner.stylize(iter(items)))

@@ -105,24 +105,25 @@ def load_stream_model(cfg: StylizeConfig, fuse: bool = True):
     )  # fmt: skip
 
 
-def load_student(cfg: StylizeConfig, image_w: int, image_h: int):
-    """The sequential torch student (the reference: NFE steps per frame) for --model at the working size."""
+def load_student(cfg: StylizeConfig, image_w: int, image_h: int, model=None):
+    """The sequential torch student (the reference: NFE steps per frame) for --model at the working size
+    (`model`: one load_stream_model(cfg, fuse=False) loaded)."""
 
-    model, plan, width, height, style, control = _load(cfg, image_w, image_h, fuse=False)
+    model, plan, width, height, style, control = _load(cfg, image_w, image_h, fuse=False, model=model)
     cache = CacheSettings.of(cfg)
     return Student(
         model, plan, cfg.prompt, width, height, cfg.negative_prompt, cfg.guidance, style, cache, control
     )
 
 
-def load_model_backend(cfg: StylizeConfig, image_w: int, image_h: int, model=None):
+def load_model_backend(cfg: StylizeConfig, image_w: int, image_h: int, model=None, batch: int | None = None):
     """--model without a bundle: the torch backend in stream form on the model itself (its LoRA fused at
     load; `model`: one load_stream_model loaded), the same modules a bundle's torch backend runs, with its
-    CUDA speed-ups."""
+    CUDA speed-ups. `batch`: frames per slot (default --frames-per-step; a video student's: its window)."""
 
     model, plan, width, height, style, control = _load(cfg, image_w, image_h, fuse=True, model=model)
     return TorchBackend.from_model(
-        model, plan, cfg.prompt, cfg.negative_prompt, cfg.guidance, width, height, cfg.frames_per_step, style,
+        model, plan, cfg.prompt, cfg.negative_prompt, cfg.guidance, width, height, batch or cfg.frames_per_step, style,
         CacheSettings.of(cfg), control, **cfg.torch_speedups(),
     )  # fmt: skip
 
@@ -176,8 +177,9 @@ class StudentRunner:
 
 
 def load_window_runner(cfg: StylizeConfig, image_w: int, image_h: int, image: bool, bundle=None):
-    """The video student in overlapping windows: a video bundle's backend (stream form), or with --model
-    and --motion-adapter the sequential torch student."""
+    """The video student in overlapping windows, in stream form (NFE windows in flight, one UNet call per
+    window): a video bundle's backend, or with --model and --motion-adapter the torch backend on the model
+    (the modules a bundle's torch backend runs); the sequential student only for --gamma > 0."""
     from stdtrt.runtime.windows import WindowRunner
 
     if image:
@@ -193,11 +195,16 @@ def load_window_runner(cfg: StylizeConfig, image_w: int, image_h: int, image: bo
         rule = "per-frame" if cfg.fresh_noise else rule
         return WindowRunner(backend, window, resolve_overlap(window, cfg.overlap), cfg.seed, rule)
     card = StudentCard.read(cfg.lora)
-    student = load_student(cfg, image_w, image_h)
     window = resolve_window(cfg.window, card.clip_frames)
-    check_motion_window(student.model, window, cfg.motion_adapter, trained=card.clip_frames)
     rule = "per-frame" if cfg.fresh_noise else card.noise_rule
-    return WindowRunner(student, window, resolve_overlap(window, cfg.overlap), cfg.seed, rule)
+    stream = cfg.gamma == 0  # re-noising between steps (gamma > 0) is what the stream form cannot do
+    model = load_stream_model(cfg, fuse=stream)
+    check_motion_window(model, window, cfg.motion_adapter, trained=card.clip_frames)
+    if stream:
+        engine = load_model_backend(cfg, image_w, image_h, model, batch=window)
+    else:
+        engine = load_student(cfg, image_w, image_h, model)
+    return WindowRunner(engine, window, resolve_overlap(window, cfg.overlap), cfg.seed, rule)
 
 
 def image_noise_rule(cfg: StylizeConfig) -> str:

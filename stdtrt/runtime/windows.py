@@ -4,14 +4,14 @@ A window of W frames (`--window`) is one trajectory: the frames' content latents
 noise by the rule the student was distilled with (schedule.frame_noise: each frame its own noise, the same
 in every window the frame is part of, or one noise for all), then the NFE student steps, the motion
 modules attending across the window.
-Two engines run it, frame for frame the same (tests/test_motion.py):
-- a `Student` on a model with a UNetMotionModel (`--model ... --motion-adapter`): NFE sequential steps per
-  window (and --gamma > 0);
-- a video student's bundle backend (bundle/networks.py): the stream form with a window per slot, NFE
-  windows in flight, one UNet call per window.
+One engine runs it, the stream form (runtime/stream.py StreamState, a window per slot, NFE windows in
+flight, one UNet call per window): a video bundle's backend (bundle/networks.py), or with `--model ...
+--motion-adapter` the torch backend on the model itself. The sequential student (`SequentialWindows`: NFE
+steps per window) runs only what the stream form cannot (--gamma > 0) and is the reference the stream
+form is checked against, frame for frame (tests/test_motion.py).
 Consecutive windows overlap by O frames (`--overlap`); in the overlap the clean latents of the two windows
 are blended with weights that sum to one, ramping from the earlier window to the later one, so there is no
-seam. Only the windows in flight (one on the sequential path) and an overlap are in memory; frames leave
+seam. Only the windows in flight and an overlap are in memory; frames leave
 in order.
 """
 
@@ -22,9 +22,10 @@ import torch
 
 from stdtrt import schedule
 from stdtrt.config import check_window, resolve_overlap
-from stdtrt.runtime.pipeline import StageTimes
-from stdtrt.runtime.stream import StreamState, timed
-from stdtrt.runtime.student import Student, VideoNoise, to_tensor, to_uint8
+from stdtrt.models.vae import pixels_to_unit, unit_to_pixels
+from stdtrt.runtime.pipeline import StageTimes, compose
+from stdtrt.runtime.stream import Lane, Staging, StreamState, timed
+from stdtrt.runtime.student import Student, VideoNoise
 
 
 def blend_weights(overlap: int) -> torch.Tensor:
@@ -85,72 +86,80 @@ def sample_blended_per_step(student: Student, z0: torch.Tensor, noise: torch.Ten
     return x[:n]
 
 
+class SequentialWindows:
+    """The sequential motion student as an engine of windows: each window its NFE steps at once, for what
+    the stream form cannot do (gamma > 0 re-noises between steps) and as the reference the stream form is
+    checked against. Frames in and out as uint8 tensors, as a backend's are."""
+
+    concurrent_stages = False  # one thread: the sequential student is the reference, not the fast path
+
+    def __init__(self, student: Student, window: int, seed: int = 0):
+        self.student, self.batch = student, window
+        self.plan, self.device = student.plan, student.device
+        self.width, self.height, self.latent_shape = student.width, student.height, student.latent_shape
+        self.generator = torch.Generator().manual_seed(seed)  # gamma > 0: the re-noising, seeded
+
+    def describe(self) -> str:
+        return f"torch on {self.device} (no bundle; {self.plan.nfe} sequential steps per window)"
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.student.encode(pixels_to_unit(frames.to(self.device)))
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return unit_to_pixels(self.student.decode(latents))
+
+    def pipe(self, times: StageTimes):
+        return _SequentialPipe(self, times)
+
+
+class _SequentialPipe:
+    """StreamState's push/flush for the sequential student: a window leaves in the call it entered."""
+
+    def __init__(self, engine: SequentialWindows, times: StageTimes):
+        self.engine, self.times = engine, times
+
+    def push(self, z0: torch.Tensor, tags, noise: torch.Tensor) -> list:
+        e = self.engine
+        clip = z0.transpose(0, 1)[None]  # (1, 4, W, h, w)
+        out = timed(self.times, "unet", e.student.sample, clip, noise.transpose(0, 1)[None], e.generator)
+        return [(out[0].transpose(0, 1), tags)]
+
+    def flush(self) -> list:
+        return []
+
+
 class WindowRunner:
-    """A motion student (a Student, or a video bundle's backend) as one stage of a video."""
+    """A motion student as the stages of a video: windows of W frames -> VAE encode -> UNet (the stream
+    form of a backend: NFE windows in flight; or the sequential student) -> the overlap blended -> VAE
+    decode. The blend runs on the engine's device, in the UNet's stage; on CUDA each stage has its lane."""
 
     skipped = 0  # the similarity filter belongs to the per-frame stream form
 
     def __init__(self, engine, window: int, overlap: int, seed: int = 0, noise_rule: str = "per-frame"):
-        self.engine, self.window, self.overlap = engine, window, overlap
+        """`engine`: a backend whose slot is one window (a video bundle's, or the torch backend on a model
+        with its motion adapter), or a Student on a motion model (run as SequentialWindows)."""
         check_window(window)
         resolve_overlap(window, overlap)  # the one rule for a window's overlap
-        self.sequential = isinstance(engine, Student)
-        if not self.sequential and engine.batch != window:
-            raise ValueError(f"the backend runs windows of {engine.batch} frames, not {window}")
+        if isinstance(engine, Student):
+            engine = SequentialWindows(engine, window, seed)
+        if engine.batch != window:
+            raise ValueError(f"the engine runs windows of {engine.batch} frames, not {window}")
+        self.engine, self.window, self.overlap = engine, window, overlap
         self.width, self.height = engine.width, engine.height
+        self._pipe = engine.pipe if isinstance(engine, SequentialWindows) else self._stream_pipe
         # the noise rule the student was distilled with (its LoRA's card): every frame its own noise, the
         # same in every window it is part of, or the same noise for all frames
         self.noise = VideoNoise(engine.latent_shape, seed, noise_rule, engine.device)
-        self.generator = torch.Generator().manual_seed(seed)  # gamma > 0: the re-noising, seeded
         self.times = StageTimes()
+
+    def _stream_pipe(self, times: StageTimes) -> StreamState:
+        return StreamState(self.engine, self.noise.take, times)
 
     def describe(self) -> str:
         e, how = self.engine, f"windows of {self.window} frames overlapping by {self.overlap}"
-        if self.sequential:
-            return f"torch on {e.device}, motion student in {how} ({e.plan.nfe} sequential steps per window)"
+        if isinstance(e, SequentialWindows):
+            return f"{e.describe()}, motion student in {how}"
         return f"{e.describe()}, motion student in {how} (stream form: {e.plan.nfe} windows in flight)"
-
-    @torch.no_grad()
-    def _encode(self, frames: np.ndarray) -> torch.Tensor:
-        """A window of uint8 frames (W, H, W_px, 3) -> content latents (W, 4, h, w) on the engine's device."""
-        e = self.engine
-        if self.sequential:
-            return timed(self.times, "vae_encode", e.encode, to_tensor(frames, e.device))
-        return timed(self.times, "vae_encode", e.encode, torch.from_numpy(frames).to(e.device))
-
-    @torch.no_grad()
-    def _decode(self, latents: torch.Tensor) -> np.ndarray:
-        """Clean latents (n, 4, h, w), n <= W -> uint8 frames; a backend decodes W at a time (static shapes)."""
-        e, n = self.engine, latents.shape[0]
-        latents = latents.to(e.device)
-        if self.sequential:
-            return to_uint8(timed(self.times, "vae_decode", e.decode, latents))
-        padded = torch.cat([latents, latents[-1:].expand(self.window - n, *latents.shape[1:])])
-        return timed(self.times, "vae_decode", e.decode, padded)[:n].cpu().numpy()
-
-    @torch.no_grad()
-    def _latents(self, windows):
-        """(frames, final) per window -> (clean latents (W, 4, h, w) float32 on the CPU, frames, final), in
-        order."""
-        e = self.engine
-        if self.sequential:
-            for frames, final, start in windows:
-                clip = self._encode(self._pad(frames)).transpose(0, 1)[None]  # (1, 4, W, h, w)
-                noise = self.noise.at(start, self.window).transpose(0, 1)[None]
-                out = timed(self.times, "unet", e.sample, clip, noise, self.generator)
-                yield out[0].transpose(0, 1).float().cpu(), frames, final
-            return
-        state = StreamState(e, self.noise.take, self.times)
-        for frames, final, start in windows:
-            z0, noise = self._encode(self._pad(frames)), self.noise.at(start, self.window)
-            for latents, (done, done_final) in state.push(z0, (frames, final), noise):
-                yield latents.float().cpu(), done, done_final
-        for latents, (done, done_final) in state.flush():
-            yield latents.float().cpu(), done, done_final
-
-    def _pad(self, frames: list) -> np.ndarray:
-        """A window's frames as one array; the last window is padded with its last frame (static shapes)."""
-        return np.stack([rgb for rgb, _ in frames + [frames[-1]] * (self.window - len(frames))])
 
     def _windows(self, items):
         """(frames, final, start): windows of W (frame, tag), each starting O frames before the last one
@@ -168,24 +177,65 @@ class WindowRunner:
         if buffer and (not ran or len(buffer) > o):
             yield buffer, True, start
 
-    def stylize(self, items):
-        """(frame, tag) in order -> (stylized frame, tag) in order."""
-        o = self.overlap
-        ramp = blend_weights(o).view(-1, 1, 1, 1)
-        tail, tail_frames = None, []  # the last window's overlap: clean latents not yet blended or emitted
-        for lat, frames, final in self._latents(self._windows(items)):
+    def encode(self, items):
+        """(frame, tag) in order -> a window's (content latents (W, 4, h, w), its frames, final, start, event);
+        the last window is padded with its last frame (static shapes)."""
+        lane, w = Lane(self.engine.device), self.window
+        staging = Staging((w, self.height, self.width, 3), self.engine.device)
+        for frames, final, start in self._windows(items):
+            pixels = np.stack([rgb for rgb, _ in frames + [frames[-1]] * (w - len(frames))])
+            with lane.run():
+                z0 = timed(self.times, "vae_encode", self.engine.encode, staging.up(pixels))
+            yield z0, frames, final, start, lane.mark()
+
+    def unet(self, items):
+        """Windows' content latents -> blended clean latents of the frames that are done, in order: each
+        window's overlap with the next is held back until that one has run (`tail`)."""
+        lane, o = Lane(self.engine.device), self.overlap
+        with lane.run():
+            pipe = self._pipe(self.times)
+            ramp = blend_weights(o).view(-1, 1, 1, 1).to(self.engine.device)
+        tail, tail_frames = None, []  # the last window's overlap: clean latents not yet blended or let out
+
+        def finished(latents, frames, final):
+            nonlocal tail, tail_frames
             real = len(frames)
-            lat = lat[:real]
+            lat = latents[:real].float()
             if tail is not None:
                 n = min(o, real)
                 lat = torch.cat([(1 - ramp[:n]) * tail[:n] + ramp[:n] * lat[:n], lat[n:]])
             done = real if final else real - o
-            for frame, (_, tag) in zip(self._decode(lat[:done]), frames[:done], strict=True):
-                yield frame, tag
             tail, tail_frames = (None, []) if final or not o else (lat[done:], frames[done:])
+            return lat[:done], frames[:done], lane.mark()
+
+        for z0, frames, final, start, event in items:
+            with lane.run(event, z0):
+                out = pipe.push(z0, (frames, final), self.noise.at(start, self.window))
+                done = [finished(lat, *key) for lat, key in out]
+            yield from done
+        with lane.run():
+            done = [finished(lat, *key) for lat, key in pipe.flush()]
+        yield from done
         if tail is not None:  # the video ended exactly where the next window would start
-            for frame, (_, tag) in zip(self._decode(tail), tail_frames, strict=True):
+            yield tail, tail_frames, lane.mark()
+
+    def decode(self, items):
+        """Clean latents (n, 4, h, w), n <= W -> (uint8 frame, tag); decoded W at a time (static shapes)."""
+        lane, w = Lane(self.engine.device), self.window
+        staging = Staging((w, self.height, self.width, 3), self.engine.device)
+        for latents, frames, event in items:
+            n = latents.shape[0]
+            with lane.run(event, latents):
+                padded = torch.cat([latents, latents[-1:].expand(w - n, *latents.shape[1:])])
+                pixels = staging.down(timed(self.times, "vae_decode", self.engine.decode, padded))
+            for frame, (_, tag) in zip(pixels[:n], frames, strict=True):
                 yield frame, tag
 
     def stages(self) -> list:
-        return [self.stylize]
+        """Three threads where the engine's stages can overlap (CUDA), else one."""
+        stages = [self.encode, self.unet, self.decode]
+        return stages if self.engine.concurrent_stages else [compose(stages)]
+
+    def stylize(self, items):
+        """(frame, tag) in order -> (stylized frame, tag) in order, in this thread."""
+        return compose([self.encode, self.unet, self.decode])(items)
