@@ -36,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -178,11 +177,10 @@ def to_rgb(images: np.ndarray) -> np.ndarray:
 
 def make_control(teacher, steps: int, lr: float, z_all, labels, maps, batch: int = 32):
     """A ControlNet from the teacher's UNet trained on the digits' own edges (cached by its settings)."""
+    import fidelity as fid
     from diffusers import ControlNetModel
-    from safetensors.torch import load_file, save_file
-    from tqdm import tqdm
+    from safetensors.torch import load_file
 
-    from stdtrt.models.conditioning import Conditioning, encode_prompt
     from stdtrt.models.control_maps import MapSpec, to_unit
     from stdtrt.models.controlnet import Control
 
@@ -197,36 +195,9 @@ def make_control(teacher, steps: int, lr: float, z_all, labels, maps, batch: int
         net.load_state_dict(load_file(str(path)))
         net.eval().requires_grad_(False)
         return control, 0.0
-    from stdtrt import schedule
-
     start = time.perf_counter()
-    unet, abar = teacher.unet, teacher.alphas_cumprod()
-    table = encode_prompt(teacher.pipe, [f"digit {k}" for k in range(10)] + [""], 32, 32).embeds
-    y_all, m_all = torch.from_numpy(labels).long(), to_unit(torch.from_numpy(maps))
-    g = torch.Generator().manual_seed(0)
-    net.train().requires_grad_(True)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
-    bar = tqdm(range(steps), desc="controlnet", unit="step", mininterval=10)
-    for _ in bar:
-        idx = torch.randint(0, len(z_all), (batch,), generator=g)
-        z0, y = z_all[idx], y_all[idx]
-        y = torch.where(torch.rand(batch, generator=g) < 0.1, torch.full_like(y, 10), y)
-        t = torch.randint(0, len(abar), (batch,), generator=g)
-        eps = torch.randn(z0.shape, generator=g)
-        a, b = schedule.coefficients_tensor(abar, t, z0.ndim)
-        x = schedule.x_start(z0, eps, a, b)
-        kwargs = Conditioning(table[y]).for_latents(x).unet_kwargs()
-        kwargs.update(control.residuals(x, t, kwargs, m_all[idx]))
-        loss = F.mse_loss(unet(x, t, **kwargs).sample, eps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-    net.eval().requires_grad_(False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    fid.fit_epsilon(teacher, list(net.parameters()), z_all, labels, steps, batch, lr, path, "controlnet",
+                    control=control, maps=to_unit(torch.from_numpy(maps)), mininterval=10)  # fmt: skip
     return control, time.perf_counter() - start
 
 

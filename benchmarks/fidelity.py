@@ -168,10 +168,15 @@ def train_teacher(images, labels, steps: int, batch: int = 32, lr: float = 1e-3)
     return model
 
 
-def fit_epsilon(model, params, z_all, labels, steps: int, batch: int, lr: float, path: Path, desc: str):
+def fit_epsilon(
+    model, params, z_all, labels, steps: int, batch: int, lr: float, path: Path, desc: str,
+    control=None, maps=None, mininterval: float = 0.1,
+):  # fmt: skip
     """Train `params` of model.unet to predict the noise of z_all's latents (images, or clips (n, 4, F, h,
     w) for a motion UNet) under "digit k" prompts, 10 % of them dropped to the empty prompt (so that
-    classifier-free guidance works); the UNet's weights are then saved to `path`."""
+    classifier-free guidance works); the UNet's weights are then saved to `path`. With `control` (a
+    models/controlnet.Control), `params` are its ControlNet's, trained beside the frozen UNet on `maps`
+    (n, 3, H, W) in [0, 1], one per latent; its weights are what is saved. `mininterval`: tqdm's."""
     from safetensors.torch import save_file
     from tqdm import tqdm
 
@@ -179,16 +184,18 @@ def fit_epsilon(model, params, z_all, labels, steps: int, batch: int, lr: float,
     from stdtrt.models.conditioning import Conditioning, encode_prompt
 
     unet, abar = model.unet, model.alphas_cumprod()
+    trained = unet if control is None else control.net
     prompts = [f"digit {k}" for k in range(10)] + [""]
     table = encode_prompt(model.pipe, prompts, 32, 32).embeds  # (11, 77, 32)
     y_all = torch.from_numpy(labels).long()
     g = torch.Generator().manual_seed(0)
     unet.train().requires_grad_(False)
+    trained.train()
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
-    bar = tqdm(range(steps), desc=desc, unit="step")
+    bar = tqdm(range(steps), desc=desc, unit="step", mininterval=mininterval)
     for _ in bar:
         idx = torch.randint(0, len(z_all), (batch,), generator=g)
         z0, y = z_all[idx], y_all[idx]
@@ -197,16 +204,19 @@ def fit_epsilon(model, params, z_all, labels, steps: int, batch: int, lr: float,
         eps = torch.randn(z0.shape, generator=g)
         a, b = schedule.coefficients_tensor(abar, t, z0.ndim)
         x = schedule.x_start(z0, eps, a, b)
-        cond = Conditioning(table[y]).for_latents(x)  # clips: the prompt once per frame
-        loss = F.mse_loss(unet(x, t, **cond.unet_kwargs()).sample, eps)
+        kwargs = Conditioning(table[y]).for_latents(x).unet_kwargs()  # clips: the prompt once per frame
+        if control is not None:
+            kwargs.update(control.residuals(x, t, kwargs, maps[idx]))
+        loss = F.mse_loss(unet(x, t, **kwargs).sample, eps)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.4f}")
-    unet.eval().requires_grad_(False)
+    for net in (unet, trained):
+        net.eval().requires_grad_(False)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, str(path))
+    save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, str(path))
 
 
 # -- sampling -----------------------------------------------------------------------------------------------

@@ -153,6 +153,28 @@ def start_run(cfg):
     return Run(cfg, Accelerator(cpu=True, mixed_precision=mixed_precision(cfg.mixed_precision)))
 
 
+def assert_two_steps_match_fp32(cfg_for, precision: str, rtol: float, check_half=None) -> None:
+    """Two optimiser steps of a Run on cfg_for("no") and two on cfg_for(precision) (accelerate's state
+    reset around each; `check_half(run)` asserts on the half one before it steps): their losses and gradient
+    norms agree within rtol, and the first losses differ (it did run in half precision)."""
+    from accelerate.state import AcceleratorState
+
+    steps = {}
+    try:
+        for mp in ("no", precision):
+            AcceleratorState._reset_state(True)
+            run = start_run(cfg_for(mp))
+            if mp != "no" and check_half is not None:
+                check_half(run)
+            steps[mp] = [run.optimise() for _ in range(2)]
+    finally:
+        AcceleratorState._reset_state(True)
+    for ours, ref in zip(steps[precision], steps["no"], strict=True):
+        for key in ("loss_std", "grad_norm"):
+            assert ours[key] == pytest.approx(ref[key], rel=rtol), key
+    assert steps[precision][0]["loss_std"] != steps["no"][0]["loss_std"]  # it did run in half precision
+
+
 # -- exported bundles (tests of `stdtrt export` and of the runtime that reads them) --------------------------
 def make_lora(preset: str, folder: Path) -> Path:
     """A random non-zero LoRA for a preset's UNet (a zero adapter would hide a broken merge)."""

@@ -434,20 +434,14 @@ def test_distilling_with_style_images_under_mixed_precision_matches_fp32(
 ):
     """What a GPU runs: the UNet, its IP-Adapter layers and the style embeddings in the half dtype, the
     LoRA in float32; two optimiser steps within the tolerances of the text-only mixed-precision test."""
-    from accelerate.state import AcceleratorState
-    from conftest import start_run
+    from conftest import assert_two_steps_match_fp32
 
-    steps = {}
-    try:
-        for mp in ("no", precision):
-            AcceleratorState._reset_state(True)
-            run = start_run(_style_cfg(data_dir, tmp_path / mp, styles_dir, mixed_precision=mp))
-            if mp != "no":
-                assert run.styles.dtype == run.model.unet.conv_in.weight.dtype != torch.float32
-            steps[mp] = [run.optimise() for _ in range(2)]
-    finally:
-        AcceleratorState._reset_state(True)
-    for ours, ref in zip(steps[precision], steps["no"], strict=True):
-        for key in ("loss_std", "grad_norm"):
-            assert ours[key] == pytest.approx(ref[key], rel=rtol), key
-    assert steps[precision][0]["loss_std"] != steps["no"][0]["loss_std"]  # it did run in half precision
+    def check_half(run):
+        assert run.styles.dtype == run.model.unet.conv_in.weight.dtype != torch.float32
+
+    assert_two_steps_match_fp32(
+        lambda mp: _style_cfg(data_dir, tmp_path / mp, styles_dir, mixed_precision=mp),
+        precision,
+        rtol,
+        check_half,
+    )

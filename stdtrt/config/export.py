@@ -4,27 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from stdtrt.config import parts
 from stdtrt.config.base import DEFAULT_BUNDLE, PRECISIONS, check_student, opt, parse_device
-from stdtrt.config.parts import (
-    cache_frames_opt,
-    cache_interval_opt,
-    canny_opts,
-    check_cache_use,
-    check_control,
-    check_style_scale,
-    check_window,
-    control_scale_opt,
-    controlnet_model_opt,
-    controlnet_opt,
-    depth_model_opt,
-    feature_fusion_opt,
-    ip_adapter_opt,
-    motion_adapter_opt,
-    style_blocks_opt,
-    style_image_opt,
-    style_scale_opt,
-    window_opt,
-)
 from stdtrt.errors import StdtrtError
 
 
@@ -43,12 +24,12 @@ class ExportConfig:
         "full, tiny (TAESD for the model's family), a folder or cached hub id, tiny-taesd or random-taesd",
     )
     prompt: str = opt("", "the style prompt: its embeddings become constants of the UNet graph", short="-p")
-    style_image: str | None = style_image_opt()
-    style_scale: float = style_scale_opt()
-    ip_adapter: str = ip_adapter_opt()
-    style_blocks: str = style_blocks_opt()
-    motion_adapter: str | None = motion_adapter_opt()
-    window: int = window_opt()
+    style_image: str | None = parts.style_image_opt()
+    style_scale: float = parts.style_scale_opt()
+    ip_adapter: str = parts.ip_adapter_opt()
+    style_blocks: str = parts.style_blocks_opt()
+    motion_adapter: str | None = parts.motion_adapter_opt()
+    window: int = parts.window_opt()
     negative_prompt: str = opt("", "the unconditional branch's prompt (baked in only with --guidance > 1)")
     strength: float = opt(0.75, "eta; the start timestep and x_start's coefficients are baked into the graph")
     nfe: int = opt(4, "student steps = slots of the stream-form UNet graph")
@@ -56,15 +37,15 @@ class ExportConfig:
     frames_per_step: int = opt(
         1, "B frames in each stream slot (the UNet graph runs NFE x B latents per call): throughput for files"
     )
-    cache_frames: int = cache_frames_opt()
-    cache_interval: int = cache_interval_opt()
-    feature_fusion: float = feature_fusion_opt()
-    controlnet: str | None = controlnet_opt()
-    controlnet_model: str | None = controlnet_model_opt()
-    control_scale: float = control_scale_opt()
-    canny_low: int = canny_opts()[0]
-    canny_high: int = canny_opts()[1]
-    depth_model: str = depth_model_opt()
+    cache_frames: int = parts.cache_frames_opt()
+    cache_interval: int = parts.cache_interval_opt()
+    feature_fusion: float = parts.feature_fusion_opt()
+    controlnet: str | None = parts.controlnet_opt()
+    controlnet_model: str | None = parts.controlnet_model_opt()
+    control_scale: float = parts.control_scale_opt()
+    canny_low: int = parts.canny_opts()[0]
+    canny_high: int = parts.canny_opts()[1]
+    depth_model: str = parts.depth_model_opt()
     width: int | None = opt(None, "working width, a multiple of 8 [the model's native size]")
     height: int | None = opt(None, "working height, a multiple of 8 [the model's native size]")
     precision: str = opt(
@@ -90,7 +71,7 @@ class ExportConfig:
     seed: int = opt(0, "seeds the validation inputs")
 
     def __post_init__(self) -> None:
-        check_style_scale(self.style_scale)
+        parts.check_style_scale(self.style_scale)
         if not self.model:
             raise StdtrtError(
                 "no model given: pass --model PATH_OR_ID (or --model tiny-sd to try it offline)"
@@ -99,15 +80,15 @@ class ExportConfig:
         check_student(self)
         if self.frames_per_step < 1:
             raise StdtrtError(f"--frames-per-step must be at least 1, got {self.frames_per_step}")
-        check_window(self.window)
+        parts.check_window(self.window)
         if self.window is not None and not self.motion_adapter:
             raise StdtrtError("--window is the video student's: it needs --motion-adapter")
         if self.motion_adapter and self.frames_per_step != 1:
             raise StdtrtError(
                 "a video student's slot is one window (--window frames): drop --frames-per-step"
             )
-        check_cache_use(self)
-        check_control(self)
+        parts.check_cache_use(self)
+        parts.check_control(self)
         if self.opset < 17:
             raise StdtrtError(f"opset must be 17 or newer (LayerNormalization), got {self.opset}")
         if self.workspace_gb <= 0:

@@ -4,27 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from stdtrt.config import parts
 from stdtrt.config.base import BACKENDS, DEFAULT_BUNDLE, PRECISIONS, check_student, opt, parse_device
-from stdtrt.config.parts import (
-    cache_frames_opt,
-    cache_interval_opt,
-    canny_opts,
-    check_cache_use,
-    check_control,
-    check_style_scale,
-    check_window,
-    control_scale_opt,
-    controlnet_model_opt,
-    controlnet_opt,
-    depth_model_opt,
-    feature_fusion_opt,
-    ip_adapter_opt,
-    motion_adapter_opt,
-    style_blocks_opt,
-    style_image_opt,
-    style_scale_opt,
-    window_opt,
-)
 from stdtrt.errors import StdtrtError
 
 
@@ -44,12 +25,12 @@ class StylizeConfig:
         "full (the model's own), tiny (TAESD for the model's family: a fraction of the full VAE's cost), a "
         "folder or cached hub id, or tiny-taesd (built in, random: offline runs)",
     )
-    style_image: str | None = style_image_opt()
-    style_scale: float = style_scale_opt()
-    ip_adapter: str = ip_adapter_opt()
-    style_blocks: str = style_blocks_opt()
-    motion_adapter: str | None = motion_adapter_opt(group="video")
-    window: int = window_opt(group="video")
+    style_image: str | None = parts.style_image_opt()
+    style_scale: float = parts.style_scale_opt()
+    ip_adapter: str = parts.ip_adapter_opt()
+    style_blocks: str = parts.style_blocks_opt()
+    motion_adapter: str | None = parts.motion_adapter_opt(group="video")
+    window: int = parts.window_opt(group="video")
     overlap: int | None = opt(
         None, "frames consecutive windows share, blended so there is no seam [a quarter of the window]",
         group="video",
@@ -83,17 +64,17 @@ class StylizeConfig:
         "1 keeps the latency of one frame (a bundle bakes its own B in)",
         group="video",
     )
-    cache_frames: int = cache_frames_opt(group="video")
-    cache_interval: int = cache_interval_opt(group="video")
-    feature_fusion: float = feature_fusion_opt(group="video")
-    controlnet: str | None = controlnet_opt()
-    controlnet_model: str | None = controlnet_model_opt()
-    control_scale: float = control_scale_opt()
+    cache_frames: int = parts.cache_frames_opt(group="video")
+    cache_interval: int = parts.cache_interval_opt(group="video")
+    feature_fusion: float = parts.feature_fusion_opt(group="video")
+    controlnet: str | None = parts.controlnet_opt()
+    controlnet_model: str | None = parts.controlnet_model_opt()
+    control_scale: float = parts.control_scale_opt()
     control_video: str | None = opt(None, "the control maps, frame by frame (a video of the input's frame count), for "
                                     "--controlnet PATH_OR_ID", group="video")  # fmt: skip
-    canny_low: int = canny_opts()[0]
-    canny_high: int = canny_opts()[1]
-    depth_model: str = depth_model_opt()
+    canny_low: int = parts.canny_opts()[0]
+    canny_high: int = parts.canny_opts()[1]
+    depth_model: str = parts.depth_model_opt()
     queue_size: int = opt(8, "frames buffered between decode, the networks and encode", group="video")
     skip_threshold: float | None = opt(
         None,
@@ -138,10 +119,10 @@ class StylizeConfig:
             )
         if not 0 <= self.crf <= 51:
             raise StdtrtError(f"crf must be in [0, 51], got {self.crf}")
-        check_style_scale(self.style_scale)
-        check_window(self.window)
-        check_cache_use(self)
-        check_control(self)
+        parts.check_style_scale(self.style_scale)
+        parts.check_window(self.window)
+        parts.check_cache_use(self)
+        parts.check_control(self)
         if self.overlap is not None and self.overlap < 0:  # against the window where it is known: at load
             raise StdtrtError(f"--overlap must be in [0, window / 2], got {self.overlap}")
         if self.skip_threshold is not None and not 0.0 <= self.skip_threshold <= 1.0:

@@ -51,31 +51,33 @@ def keep_in_fp32(model, op_types=KEEP_FP32) -> int:
         dims = [d.dim_value or d.dim_param for d in shape.dim] if shape is not None else None
         return helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)
 
-    nodes, infos, wrapped = [], [], 0
+    infos = []
+
+    def to_fp32(ports, suffix: str, inward: bool) -> list:
+        """Swap each half tensor of `ports` (a node's inputs or outputs, in place) for a float32 twin named
+        name + suffix; returns the Casts that join them: half -> twin before the node (`inward`), twin ->
+        half after it."""
+        casts = []
+        for k, name in enumerate(ports):
+            if name and is_half(name):
+                twin = name + suffix
+                src, dst = (name, twin) if inward else (twin, name)
+                to = TensorProto.FLOAT if inward else TensorProto.FLOAT16
+                casts.append(helper.make_node("Cast", [src], [dst], to=to, name=f"{twin}_cast"))
+                infos.append(value_info(twin, name))
+                ports[k] = twin
+        return casts
+
+    nodes, wrapped = [], 0
     for node in graph.node:
         if node.op_type not in op_types or not any(is_half(i) for i in node.input if i):
             nodes.append(node)
             continue
         wrapped += 1
         tag = node.name or f"{node.op_type}_{wrapped}"
-        for k, name in enumerate(node.input):
-            if name and is_half(name):
-                cast = f"{name}__fp32__{tag}"
-                nodes.append(
-                    helper.make_node("Cast", [name], [cast], to=TensorProto.FLOAT, name=f"{cast}_cast")
-                )
-                infos.append(value_info(cast, name))
-                node.input[k] = cast
-        after = []
-        for k, name in enumerate(node.output):
-            if name and is_half(name):
-                inner = f"{name}__fp32"
-                after.append(
-                    helper.make_node("Cast", [inner], [name], to=TensorProto.FLOAT16, name=f"{inner}_cast")
-                )
-                infos.append(value_info(inner, name))
-                node.output[k] = inner
-        nodes += [node, *after]
+        before = to_fp32(node.input, f"__fp32__{tag}", inward=True)
+        after = to_fp32(node.output, "__fp32", inward=False)
+        nodes += [*before, node, *after]
     del graph.node[:]
     graph.node.extend(nodes)
     graph.value_info.extend(infos)
