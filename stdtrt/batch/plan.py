@@ -145,12 +145,13 @@ def warm_up(cfg: StylizeConfig) -> tuple[int, int]:
     call are the NFE - 1 groups before it; running those first makes every call of the segment the call of
     the whole video's run. Refused where the state reaches further back (one line each)."""
     from stdtrt.bundle.manifest import read_bundle
+    from stdtrt.bundle.variant import asks_for_video
     from stdtrt.config import DEFAULT_BUNDLE
 
     bundle = read_bundle(cfg.bundle or DEFAULT_BUNDLE) if cfg.bundle or not cfg.model else None
     nfe, batch = (bundle.nfe, bundle.batch) if bundle is not None else (cfg.nfe, cfg.frames_per_step)
     why = None
-    if cfg.motion_adapter or (bundle is not None and bundle.motion):
+    if asks_for_video(cfg, bundle):
         why = "the video student's windows (not yet: run such videos whole)"
     elif cfg.cache_frames or (bundle is not None and bundle.cache):
         why = (

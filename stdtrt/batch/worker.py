@@ -92,7 +92,7 @@ class Worker:
     def _runner(self, info, first: int = 0):
         """A fresh runner for one video around the networks loaded once (per working size)."""
         from stdtrt.runtime.stream import StreamRunner
-        from stdtrt.runtime.stylize import StudentRunner, image_noise_rule, load_runner
+        from stdtrt.runtime.stylize import StudentRunner, load_runner
         from stdtrt.runtime.windows import WindowRunner
 
         cfg, key = self.cfg, (info.width, info.height)
@@ -104,7 +104,7 @@ class Worker:
         r = self._runners[key]
         if isinstance(r, StreamRunner):
             return StreamRunner(
-                r.backend, cfg.seed, image_noise_rule(cfg), None, cfg.skip_threshold, cfg.max_skips, r.maps,
+                r.backend, cfg.seed, r.noise_rule, None, cfg.skip_threshold, cfg.max_skips, r.maps,
                 first=first,
             )  # fmt: skip
         if isinstance(r, WindowRunner):

@@ -27,11 +27,11 @@ from dataclasses import dataclass
 import torch
 
 from stdtrt import schedule
+from stdtrt.bundle.variant import layout_of
 from stdtrt.errors import StdtrtError
 from stdtrt.models.attention_cache import AttentionCache
 from stdtrt.models.conditioning import Conditioning, compute_dtype, conditionings, predict_eps
 from stdtrt.models.control_maps import to_unit
-from stdtrt.models.motion import is_motion_unet
 from stdtrt.models.vae import pixels_to_unit, unit_to_pixels, vae_decode, vae_encode
 
 GRAPHS = ("vae_encoder", "unet", "vae_decoder")  # bundle file stems, in pipeline order
@@ -98,9 +98,9 @@ class StreamUNet(torch.nn.Module):
                 f"gamma > 0 runs on the sequential torch path (--model without a bundle)"
             )
         self.unet, self.nfe, self.batch, self.guidance = unet, plan.nfe, batch, float(guidance)
-        self.clips = is_motion_unet(unet)  # a slot is one window: the UNet sees NFE clips of B frames
+        self.layout = layout_of(unet, batch)  # frames, or (a motion UNet) NFE clips of a window of B frames
         self.a_start, self.b_start = plan.a_start, plan.b_start
-        calls = plan.nfe if self.clips else plan.nfe * batch  # the UNet's batch
+        calls = self.layout.unet_batch(plan.nfe)  # the UNet's batch
         steps = torch.tensor(plan.timesteps, dtype=torch.long).repeat_interleave(calls // plan.nfe)
         self.register_buffer("timesteps", steps)  # (NFE * B,), or (NFE,) for clips
         for name in ("a_t", "b_t", "a_s", "b_s"):
@@ -110,7 +110,7 @@ class StreamUNet(torch.nn.Module):
         self._register_cond("uncond", uncond.repeat(calls) if self.has_uncond else None)
         self.cache = cache  # models.attention_cache.AttentionCache, installed on `unet`, or None
         self.control = control  # models.controlnet.Control, or None
-        if (cache is not None or control is not None) and self.clips:
+        if (cache is not None or control is not None) and self.layout.clips:
             raise StdtrtError(
                 "cached attention and ControlNet run with the per-frame student, not in windows"
             )
@@ -170,7 +170,7 @@ class StreamUNet(torch.nn.Module):
         b = self.batch
         named = dict(zip(self.io()[0][3:], extra, strict=True))
         x = torch.cat([schedule.x_start(z0, noise, self.a_start, self.b_start), slots[b:]])
-        unet_x = x.unflatten(0, (self.nfe, b)).transpose(1, 2) if self.clips else x  # (NFE, 4, B, h, w)
+        unet_x = self.layout.to_unet(x, self.nfe)
         control, maps = None, None
         if self.control is not None:  # each slot's own frame's map: the new frames' enter slot 0 as x does
             maps = torch.cat([named["control"], named["control_slots"][b:]])
@@ -183,8 +183,7 @@ class StreamUNet(torch.nn.Module):
                 self.unet, unet_x, self.timesteps, self._cond("cond"), self._cond("uncond"), self.guidance,
                 control,
             )  # fmt: skip
-        if self.clips:
-            eps = eps.transpose(1, 2).flatten(0, 1)
+        eps = self.layout.from_unet(eps)
         out = schedule.ddim_jump(x, eps, self.a_t, self.b_t, self.a_s, self.b_s)  # slot i now at targets[i]
         result = [torch.cat([torch.zeros_like(out[:b]), out[:-b]]), out[-b:]]
         if self.cache is not None:

@@ -22,7 +22,8 @@ from stdtrt import schedule
 from stdtrt.bundle import manifest as mf
 from stdtrt.bundle.model import conditioning_hash, fingerprint, model_hash, source_of
 from stdtrt.bundle.networks import build_networks, example_inputs
-from stdtrt.config import ExportConfig, resolve_window, to_dict
+from stdtrt.bundle.variant import variant_for
+from stdtrt.config import ExportConfig, to_dict
 from stdtrt.errors import StdtrtError
 from stdtrt.export import tensorrt
 from stdtrt.export.folder import check_out, engines_fit, existing_bundle, file_records, link_or_copy
@@ -45,7 +46,6 @@ from stdtrt.models.card import StudentCard
 from stdtrt.models.controlnet import setup_control
 from stdtrt.models.load import DTYPES, exact_float32, load_model, placement_for, resolve_device
 from stdtrt.models.lora import fuse_lora, load_lora
-from stdtrt.models.motion import check_motion_window
 from stdtrt.models.style import attach_style, encode_style, warn_if_trained_with_styles
 
 log = logging.getLogger(__name__)
@@ -92,14 +92,9 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
     # float32 on the CPU (hashed, fused and traced there); the validation reference runs on `device`
     with timed_stage(f"loading {cfg.model}"):
         model = load_model(cfg.model, motion_adapter=cfg.motion_adapter)
-    motion = None
-    if cfg.motion_adapter:  # a slot is one window of the video student
-        window = resolve_window(cfg.window, card.clip_frames)
-        check_motion_window(model, window, cfg.motion_adapter, trained=card.clip_frames)
-        motion = {"adapter": cfg.motion_adapter, "source": source_of(cfg.motion_adapter),
-                  "fingerprint": fingerprint(source_of(cfg.motion_adapter)), "window": window,
-                  "noise_rule": card.noise_rule}  # fmt: skip
-    batch = motion["window"] if motion else cfg.frames_per_step
+    variant = variant_for(cfg, card)  # a video student's slot is one window
+    variant.check_model(model)
+    motion, batch = variant.record(), variant.slot_frames
     width = cfg.width or cfg.height or model.native_size
     height = cfg.height or cfg.width or model.native_size
     plan = schedule.student_plan(model.alphas_cumprod(), cfg.strength, cfg.nfe, 0.0, grid)

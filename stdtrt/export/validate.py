@@ -131,7 +131,7 @@ def reference(
     step_out = dict(zip(unet.io()[1], unet(*(step_in[n] for n, _, _ in specs)), strict=True))
     video_noise = make_noise(tuple(z0.shape[1:]), cfg.seed).expand(b, -1, -1, -1)  # what a stream enters with
     sequence, spec = frames, validation_maps(control)
-    if unet.clips:  # a video student's slot is one window: its frames as one clip
+    if unet.layout.clips:  # a video student's slot is one window: its frames as one clip
         window = student.sample(z0.transpose(0, 1)[None], video_noise.transpose(0, 1)[None])
         latents = window[0].transpose(0, 1)
     elif unet.cache is not None or control is not None:  # frame by frame, in order

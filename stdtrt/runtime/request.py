@@ -8,6 +8,7 @@ from pathlib import Path
 
 from stdtrt.bundle.manifest import read_bundle
 from stdtrt.bundle.model import source_of
+from stdtrt.bundle.variant import variant_of
 from stdtrt.config import DEFAULT_BUNDLE, StylizeConfig, defaults
 from stdtrt.errors import StdtrtError
 from stdtrt.io.hashing import file_hash
@@ -95,8 +96,9 @@ def check_request(cfg: StylizeConfig, bundle) -> None:
         "height": bundle.height,
         "precision": m.precision,
         "vae": m.vae["spec"],
-        "frames_per_step": 1 if bundle.motion else bundle.batch,
-        "window": bundle.motion["window"] if bundle.motion else d["window"],
+        "frames_per_step": d["frames_per_step"],
+        "window": d["window"],
+        **variant_of(bundle).options(),
         "cache_frames": bundle.cache["frames"] if bundle.cache else 0,
         "cache_interval": bundle.cache["interval"] if bundle.cache else d["cache_interval"],
         "feature_fusion": bundle.cache["fusion"] if bundle.cache else d["feature_fusion"],

@@ -22,17 +22,17 @@ from pathlib import Path
 import numpy as np
 
 from stdtrt import schedule
-from stdtrt.config import StylizeConfig, defaults, resolve_overlap, resolve_window
+from stdtrt.bundle.variant import ImageStudent, variant_for, variant_of
+from stdtrt.config import StylizeConfig, defaults, resolve_overlap
 from stdtrt.errors import StdtrtError
 from stdtrt.io import video
 from stdtrt.io.atomic import atomic_path, check_writable
 from stdtrt.io.images import IMAGE_SUFFIXES, fit_box, letterbox, read_image, unletterbox, write_image
 from stdtrt.models.attention_cache import CacheSettings
-from stdtrt.models.card import UNRECORDED_NOISE_RULE, StudentCard
+from stdtrt.models.card import StudentCard
 from stdtrt.models.control_maps import ControlMaps
 from stdtrt.models.controlnet import setup_control
 from stdtrt.models.load import load_model
-from stdtrt.models.motion import check_motion_window
 from stdtrt.models.style import load_style, warn_if_trained_with_styles
 from stdtrt.runtime.backends import load_backend
 from stdtrt.runtime.backends.torch import TorchBackend
@@ -138,7 +138,8 @@ class StudentRunner:
 
         self.student, self.cfg = student, cfg
         self.width, self.height = student.width, student.height
-        self.noise = VideoNoise(student.latent_shape, cfg.seed, image_noise_rule(cfg), student.device)
+        rule = ImageStudent(cfg.frames_per_step).noise_rule(cfg.fresh_noise)
+        self.noise = VideoNoise(student.latent_shape, cfg.seed, rule, student.device)
         control = student.control
         self.maps = (
             None if control is None else ControlMaps(control.spec, self.width, self.height, student.device)
@@ -176,41 +177,24 @@ class StudentRunner:
         return out
 
 
-def load_window_runner(cfg: StylizeConfig, image_w: int, image_h: int, image: bool, bundle=None):
+def load_window_runner(cfg: StylizeConfig, image_w: int, image_h: int, bundle=None, variant=None, model=None):
     """The video student in overlapping windows, in stream form (NFE windows in flight, one UNet call per
     window): a video bundle's backend, or with --model and --motion-adapter the torch backend on the model
-    (the modules a bundle's torch backend runs); the sequential student only for --gamma > 0."""
+    (the modules a bundle's torch backend runs); the sequential student only for --gamma > 0. `variant`
+    and `model`: the bundle's VideoStudent, or --model's and its model (loaded with fuse = gamma == 0)."""
     from stdtrt.runtime.windows import WindowRunner
 
-    if image:
-        raise StdtrtError(
-            "a video student stylizes videos in windows of frames; for an image use an image student"
-        )
-    if cfg.skip_threshold is not None:
-        raise StdtrtError("--skip-threshold belongs to the per-frame student; a window runs all its frames")
     if bundle is not None:
-        backend = load_backend(bundle, cfg.backend, cfg.device, torch_speedups=cfg.torch_speedups(),
-                               verify=cfg.verify, style_image=cfg.style_image)  # fmt: skip
-        window, rule = bundle.motion["window"], bundle.motion.get("noise_rule", UNRECORDED_NOISE_RULE)
-        rule = "per-frame" if cfg.fresh_noise else rule
-        return WindowRunner(backend, window, resolve_overlap(window, cfg.overlap), cfg.seed, rule)
-    card = StudentCard.read(cfg.lora)
-    window = resolve_window(cfg.window, card.clip_frames)
-    rule = "per-frame" if cfg.fresh_noise else card.noise_rule
-    stream = cfg.gamma == 0  # re-noising between steps (gamma > 0) is what the stream form cannot do
-    model = load_stream_model(cfg, fuse=stream)
-    check_motion_window(model, window, cfg.motion_adapter, trained=card.clip_frames)
-    if stream:
-        engine = load_model_backend(cfg, image_w, image_h, model, batch=window)
-    else:
+        engine = load_backend(bundle, cfg.backend, cfg.device, torch_speedups=cfg.torch_speedups(),
+                              verify=cfg.verify, style_image=cfg.style_image)  # fmt: skip
+    elif cfg.gamma == 0:
+        engine = load_model_backend(cfg, image_w, image_h, model, batch=variant.window)
+    else:  # re-noising between steps (gamma > 0) is what the stream form cannot do
         engine = load_student(cfg, image_w, image_h, model)
-    return WindowRunner(engine, window, resolve_overlap(window, cfg.overlap), cfg.seed, rule)
-
-
-def image_noise_rule(cfg: StylizeConfig) -> str:
-    """The per-frame student's: one noise for the whole video (a still scene stays still), or with
-    --fresh-noise each frame its own (the comparison that shows what the fixed noise does)."""
-    return "per-frame" if cfg.fresh_noise else "shared"
+    w = variant.window
+    return WindowRunner(
+        engine, w, resolve_overlap(w, cfg.overlap), cfg.seed, variant.noise_rule(cfg.fresh_noise)
+    )
 
 
 def load_runner(cfg: StylizeConfig, image_w: int, image_h: int, image: bool = False, model=None):
@@ -221,8 +205,13 @@ def load_runner(cfg: StylizeConfig, image_w: int, image_h: int, image: bool = Fa
     bundle = resolve_bundle(cfg)
     if bundle is not None:
         check_request(cfg, bundle)
-    if cfg.motion_adapter or (bundle is not None and bundle.motion):  # the video student
-        return load_window_runner(cfg, image_w, image_h, image, bundle)
+    variant = variant_for(cfg) if bundle is None else variant_of(bundle)  # chosen once
+    variant.check_run(cfg.skip_threshold, image)
+    if variant.windows:
+        if bundle is None:  # its LoRA fused for the stream form (gamma > 0 runs the sequential student)
+            model = model or load_stream_model(cfg, fuse=cfg.gamma == 0)
+            variant.check_model(model)
+        return load_window_runner(cfg, image_w, image_h, bundle, variant, model)
     if bundle is None:
         # an image takes NFE sequential calls of batch 1, not NFE calls of the stream's batch NFE; and
         # gamma > 0 is what the stream form cannot do: both run the sequential student
@@ -238,8 +227,8 @@ def load_runner(cfg: StylizeConfig, image_w: int, image_h: int, image: bool = Fa
             else ControlMaps(control.spec, backend.width, backend.height, backend.device)
         )
         return StreamRunner(
-            backend, cfg.seed, image_noise_rule(cfg), None, cfg.skip_threshold, cfg.max_skips, maps
-        )
+            backend, cfg.seed, variant.noise_rule(cfg.fresh_noise), None, cfg.skip_threshold, cfg.max_skips, maps
+        )  # fmt: skip
 
     backend = load_backend(
         bundle, cfg.backend, cfg.device, torch_speedups=cfg.torch_speedups(), verify=cfg.verify,
@@ -248,7 +237,7 @@ def load_runner(cfg: StylizeConfig, image_w: int, image_h: int, image: bool = Fa
     spec = bundle_map_spec(bundle, cfg)
     maps = None if spec is None else ControlMaps(spec, backend.width, backend.height, backend.device)
     return StreamRunner(
-        backend, cfg.seed, image_noise_rule(cfg), None, cfg.skip_threshold, cfg.max_skips, maps
+        backend, cfg.seed, variant.noise_rule(cfg.fresh_noise), None, cfg.skip_threshold, cfg.max_skips, maps
     )
 
 
