@@ -168,7 +168,7 @@ def test_similar_frames_reuse_the_last_output_in_order(tiny_sd, nfe, batch):
 
 
 def test_the_filter_is_deterministic_and_capped():
-    from stdtrt.runtime.stream import SimilarityFilter
+    from stdtrt.runtime.similarity import SimilarityFilter
 
     frame = _frames(1)[0]
     f = SimilarityFilter(0.0, max_skips=3)  # threshold 0: every frame may reuse, the cap decides
@@ -197,7 +197,7 @@ def test_a_brightness_ramp_and_a_contrast_change_do_not_count_as_change():
     levels a frame (nothing clips), then with its contrast raised: the filter reuses one output for all of
     them, while the plain cosine of the grey copies (without the mean removed) falls to 0.91 over the ramp;
     another picture still counts."""
-    from stdtrt.runtime.stream import SimilarityFilter
+    from stdtrt.runtime.similarity import SimilarityFilter
 
     a, b = _frames(2)
     dark = (a.astype(float) * 0.25).astype(np.uint8)  # levels 0..64

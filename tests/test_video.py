@@ -65,7 +65,8 @@ def test_frames_per_step_match_frame_by_frame(tmp_path):
     alone (up to float rounding, at most one level), in order, the last short group included; on the
     sequential student (--gamma > 0) and through the whole video pipeline on the stream form."""
     from stdtrt.io.images import resize
-    from stdtrt.runtime.stylize import StudentRunner, load_student
+    from stdtrt.runtime.student import StudentRunner
+    from stdtrt.runtime.stylize import load_student
 
     src = make_video(tmp_path / "in.mp4", frames=4, audio=False)
     frames = [resize(f, CFG.width, CFG.height) for f in frames_of(src)]

@@ -92,7 +92,8 @@ class Worker:
     def _runner(self, info, first: int = 0):
         """A fresh runner for one video around the networks loaded once (per working size)."""
         from stdtrt.runtime.stream import StreamRunner
-        from stdtrt.runtime.stylize import StudentRunner, load_runner
+        from stdtrt.runtime.student import StudentRunner
+        from stdtrt.runtime.stylize import load_runner
         from stdtrt.runtime.windows import WindowRunner
 
         cfg, key = self.cfg, (info.width, info.height)

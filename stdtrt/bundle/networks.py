@@ -30,8 +30,7 @@ from stdtrt import schedule
 from stdtrt.bundle.variant import layout_of
 from stdtrt.errors import StdtrtError
 from stdtrt.models.attention_cache import AttentionCache
-from stdtrt.models.conditioning import Conditioning, compute_dtype, conditionings, predict_eps
-from stdtrt.models.control_maps import to_unit
+from stdtrt.models.conditioning import Conditioning, GraphCall, compute_dtype, conditionings, predict_eps
 from stdtrt.models.vae import pixels_to_unit, unit_to_pixels, vae_decode, vae_encode
 
 GRAPHS = ("vae_encoder", "unet", "vae_decoder")  # bundle file stems, in pipeline order
@@ -78,7 +77,9 @@ class StreamUNet(torch.nn.Module):
     Its inputs and outputs are named (`io`, `specs`): slots, z0 and noise always; with cached attention the
     cache and the frame each slot holds (models/attention_cache.py); with a ControlNet each new frame's
     control map and the maps of the frames in the slots (models/controlnet.py). A name `X` among the inputs
-    with `X_next` among the outputs is state the runtime hands back at the next call (runtime/stream.py)."""
+    with `X_next` among the outputs is state the runtime hands back at the next call (runtime/stream.py).
+    Each such addition is one object with the protocol models.conditioning.GraphCall describes (its inputs,
+    their specs, its part of the call, its outputs): a new conditioning is a new object, not a branch here."""
 
     def __init__(
         self,
@@ -116,7 +117,8 @@ class StreamUNet(torch.nn.Module):
             )
         if cache is not None and batch != 1:
             raise StdtrtError("cached attention runs one frame per slot (no --frames-per-step)")
-        self.cache_rows = calls * (2 if self.has_uncond else 1)  # the UNet call's batch: a cache row each
+        self.rows = calls * (2 if self.has_uncond else 1)  # the UNet call's batch
+        self.additions = [a for a in (cache, control) if a is not None]  # what conditioning adds to the graph
 
     def specs(self, latent_shape, width: int, height: int) -> list[tuple[str, tuple, torch.dtype]]:
         """(name, shape, dtype) of each input, in forward's order."""
@@ -126,24 +128,16 @@ class StreamUNet(torch.nn.Module):
             ("z0", (b, *z), torch.float32),
             ("noise", (b, *z), torch.float32),
         ]
-        if self.cache is not None:
-            out += [("cache", (self.cache_rows, self.cache.size), compute_dtype(self.unet)),
-                    ("frame_index", (self.nfe,), torch.int64)]  # fmt: skip
-        if self.control is not None:
-            out += [
-                ("control", (b, height, width, 3), torch.uint8),
-                ("control_slots", (n, height, width, 3), torch.uint8),
-            ]
-        return out
+        call = self.graph_call()
+        return out + [spec for a in self.additions for spec in a.graph_specs(call, width, height)]
+
+    def graph_call(self) -> GraphCall:
+        return GraphCall(self.nfe, self.batch, self.rows, compute_dtype(self.unet))
 
     def io(self) -> tuple[list[str], list[str]]:
         """The graph's input and output names, in forward's order."""
-        inputs, outputs = ["slots", "z0", "noise"], ["slots_next", "done"]
-        if self.cache is not None:
-            inputs, outputs = inputs + ["cache", "frame_index"], outputs + ["cache_next"]
-        if self.control is not None:
-            inputs, outputs = inputs + ["control", "control_slots"], outputs + ["control_slots_next"]
-        return inputs, outputs
+        inputs = ["slots", "z0", "noise"] + [name for a in self.additions for name in a.inputs]
+        return inputs, ["slots_next", "done"] + [name for a in self.additions for name in a.outputs]
 
     def _register_cond(self, prefix: str, c: Conditioning | None) -> None:
         for field in ("embeds", "pooled", "time_ids", "image"):
@@ -171,25 +165,20 @@ class StreamUNet(torch.nn.Module):
         named = dict(zip(self.io()[0][3:], extra, strict=True))
         x = torch.cat([schedule.x_start(z0, noise, self.a_start, self.b_start), slots[b:]])
         unet_x = self.layout.to_unet(x, self.nfe)
-        control, maps = None, None
-        if self.control is not None:  # each slot's own frame's map: the new frames' enter slot 0 as x does
-            maps = torch.cat([named["control"], named["control_slots"][b:]])
-            control = (self.control, to_unit(maps))
+        call, kwargs, outputs = self.graph_call(), {}, []
         with contextlib.ExitStack() as stack:
-            if self.cache is not None:  # a cache row per UNet row: the guidance branches repeat the slots
-                index = named["frame_index"].repeat(self.cache_rows // named["frame_index"].shape[0])
-                cache_next = stack.enter_context(self.cache.attending(named["cache"], index))
+            for addition in self.additions:
+                extra_kwargs, output = addition.enter(named, call, stack)
+                kwargs.update(extra_kwargs)
+                outputs.append(output)
             eps = predict_eps(
                 self.unet, unet_x, self.timesteps, self._cond("cond"), self._cond("uncond"), self.guidance,
-                control,
+                **kwargs,
             )  # fmt: skip
         eps = self.layout.from_unet(eps)
         out = schedule.ddim_jump(x, eps, self.a_t, self.b_t, self.a_s, self.b_s)  # slot i now at targets[i]
         result = [torch.cat([torch.zeros_like(out[:b]), out[:-b]]), out[-b:]]
-        if self.cache is not None:
-            result.append(cache_next[0])
-        if maps is not None:
-            result.append(torch.cat([torch.zeros_like(maps[:b]), maps[:-b]]))
+        result += [tensor for output in outputs for tensor in output()]  # after the UNet call
         return tuple(result)
 
 

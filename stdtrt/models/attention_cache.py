@@ -267,3 +267,15 @@ class AttentionCache:
             result.append(torch.cat([self.call.written[i] for i in range(len(self.layers))], dim=1))
         finally:
             self.call = None
+
+    # -- in a stream UNet graph (models.conditioning.GraphCall): the cache and each slot's frame in, the next
+    # cache out; a cache row per UNet row
+    inputs, outputs = ("cache", "frame_index"), ("cache_next",)
+
+    def graph_specs(self, call, width: int, height: int) -> list[tuple[str, tuple, torch.dtype]]:
+        return [("cache", (call.rows, self.size), call.dtype), ("frame_index", (call.nfe,), torch.int64)]
+
+    def enter(self, named: dict, call, stack: contextlib.ExitStack):
+        index = named["frame_index"].repeat(call.rows // named["frame_index"].shape[0])
+        cache_next = stack.enter_context(self.attending(named["cache"], index))
+        return {}, lambda: [cache_next[0]]

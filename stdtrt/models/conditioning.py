@@ -169,6 +169,21 @@ def compute_dtype(unet) -> torch.dtype:
     return unet.conv_in.weight.dtype
 
 
+@dataclass(frozen=True)
+class GraphCall:
+    """The shapes of one stream UNet call (bundle/networks.StreamUNet), for what a conditioning adds to its
+    graph: NFE slots of `batch` frames, `rows` rows in the UNet call (the guidance branches repeat the
+    slots), the UNet's dtype. An addition (models.attention_cache.AttentionCache, models.controlnet.Control)
+    names its `inputs` and `outputs` (an input X with an output X_next is state the runtime hands back),
+    gives the inputs' (name, shape, dtype) by `graph_specs(call, width, height)` (frames of that size), and `enter(named, call, stack)` returns the
+    UNet call's extra arguments and a function that gives its outputs after the call."""
+
+    nfe: int
+    batch: int
+    rows: int
+    dtype: torch.dtype
+
+
 def predict_eps(
     unet, x, t, cond: Conditioning, uncond: Conditioning | None = None, guidance=1.0, control=None
 ):

@@ -22,7 +22,7 @@ import torch
 from stdtrt.config import PREPROCESSORS, cache_root
 from stdtrt.errors import StdtrtError
 from stdtrt.io.hashing import module_hash
-from stdtrt.models.control_maps import MapSpec
+from stdtrt.models.control_maps import MapSpec, to_unit
 from stdtrt.models.hub import local_folder
 
 log = logging.getLogger(__name__)
@@ -130,6 +130,22 @@ class Control:
 
     def place(self, device, dtype) -> None:
         self.net.to(device=device, dtype=dtype)
+
+    # -- in a stream UNet graph (models.conditioning.GraphCall): each new frame's map and the maps of the
+    # frames in the slots in (uint8), the maps shifted down a slot out; each slot's own frame's map
+    inputs, outputs = ("control", "control_slots"), ("control_slots_next",)
+
+    def graph_specs(self, call, width: int, height: int) -> list[tuple[str, tuple, torch.dtype]]:
+        b, n = call.batch, call.nfe * call.batch
+        return [("control", (b, height, width, 3), torch.uint8),
+                ("control_slots", (n, height, width, 3), torch.uint8)]  # fmt: skip
+
+    def enter(self, named: dict, call, stack):
+        b = call.batch
+        maps = torch.cat([named["control"], named["control_slots"][b:]])  # the new frames' enter slot 0
+        return {"control": (self, to_unit(maps))}, lambda: [
+            torch.cat([torch.zeros_like(maps[:b]), maps[:-b]])
+        ]
 
     def residuals(self, x: torch.Tensor, t, kwargs: dict, images: torch.Tensor) -> dict:
         """The UNet call's extra arguments for latents x (B, 4, h, w) at timesteps t with the call's own

@@ -122,7 +122,7 @@ def run_pipeline(
 class StageTimes:
     """Time spent in each named stage (thread-safe), for progress logs and `stdtrt bench`: the host's
     clock, or a device's own events (pairs with `elapsed_time(end)` in ms, read only when the totals are:
-    runtime/stream.timed puts CUDA work's here). `clock[name]` says which measured a stage."""
+    runtime/lanes.timed puts CUDA work's here). `clock[name]` says which measured a stage."""
 
     def __init__(self):
         self._lock = threading.Lock()

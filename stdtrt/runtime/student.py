@@ -9,11 +9,13 @@ import numpy as np
 import torch
 
 from stdtrt import schedule
+from stdtrt.bundle.variant import ImageStudent
 from stdtrt.errors import StdtrtError
 from stdtrt.models.attention_cache import AttentionCache, CacheSettings
 from stdtrt.models.conditioning import Conditioning, compute_dtype, conditionings, predict_eps
-from stdtrt.models.control_maps import to_unit
+from stdtrt.models.control_maps import ControlMaps, to_unit
 from stdtrt.models.vae import vae_decode, vae_encode
+from stdtrt.runtime.pipeline import StageTimes
 
 
 def to_tensor(frames: np.ndarray, device) -> torch.Tensor:
@@ -169,4 +171,52 @@ class VideoNoise:
     def take(self, n: int = 1) -> torch.Tensor:
         """Noise for the next n frames."""
         out, self.next = self.at(self.next, n), self.next + n
+        return out
+
+
+class StudentRunner:
+    """The torch reference (no bundle) as one stage: batches of frames, NFE sequential steps each."""
+
+    skipped = 0  # the similarity filter belongs to the stream form
+
+    def __init__(self, student, cfg):
+        """`cfg`: the run's config.StylizeConfig (seed, --frames-per-step, --fresh-noise)."""
+        self.student, self.cfg = student, cfg
+        self.width, self.height = student.width, student.height
+        rule = ImageStudent(cfg.frames_per_step).noise_rule(cfg.fresh_noise)
+        self.noise = VideoNoise(student.latent_shape, cfg.seed, rule, student.device)
+        control = student.control
+        self.maps = (
+            None if control is None else ControlMaps(control.spec, self.width, self.height, student.device)
+        )
+        self.step_gen = torch.Generator().manual_seed(cfg.seed + 1)  # gamma > 0 re-noising
+        self.times = StageTimes()
+
+    def describe(self) -> str:
+        s = self.student
+        return f"torch reference on {s.device} ({s.plan.nfe} sequential steps per frame, no bundle)"
+
+    def _run(self, batch: list):
+        frames = np.stack([rgb for rgb, _ in batch])
+        maps = None if self.maps is None else np.stack([self.maps(rgb) for rgb in frames])
+        out = self.times.timed(
+            "student", self.student, frames, self.noise.take(len(batch)), self.step_gen, maps
+        )
+        yield from zip(out, (tag for _, tag in batch), strict=True)
+
+    def stylize(self, items):
+        batch = []
+        for item in items:
+            batch.append(item)
+            if len(batch) == self.cfg.frames_per_step:
+                yield from self._run(batch)
+                batch = []
+        if batch:
+            yield from self._run(batch)
+
+    def stages(self) -> list:
+        return [self.stylize]
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        ((out, _),) = list(self._run([(rgb, 0)]))
         return out

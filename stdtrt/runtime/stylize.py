@@ -1,10 +1,12 @@
 """stylize_image and stylize_video: the library functions behind the CLI commands of the same names.
 
-Two ways to stylize, chosen once per run (`load_runner`):
+What stylizes frames is chosen once per run (`load_runner`): the student variant (bundle/variant.py: the
+image student, or the video student in windows, runtime/windows.py) and what runs its networks:
 - a bundle (`--bundle`, or the default bundle folder): the backend `--backend` names (auto: the fastest
   that loads) runs the fixed-timestep graphs in stream form, one UNet call per frame (runtime/stream.py);
-- `--model` without a bundle: the torch reference (runtime/student.py), NFE sequential steps per frame
-  (also for gamma > 0, which the stream form cannot do).
+- `--model` without a bundle: the torch backend in stream form on the model itself, the same modules;
+  the sequential torch student (runtime/student.py, NFE steps per frame) only for an image (batch 1) and
+  for gamma > 0, which the stream form cannot do.
 
 A video streams through stages joined by bounded queues (runtime/pipeline.py): decode (+ resize to the
 working size) in one thread, the networks in one thread (or one each where they can overlap, on CUDA),
@@ -19,10 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from stdtrt import schedule
-from stdtrt.bundle.variant import ImageStudent, variant_for, variant_of
+from stdtrt.bundle.variant import variant_for, variant_of
 from stdtrt.config import StylizeConfig, defaults, resolve_overlap
 from stdtrt.errors import StdtrtError
 from stdtrt.io import video
@@ -39,7 +39,7 @@ from stdtrt.runtime.backends.torch import TorchBackend
 from stdtrt.runtime.pipeline import StageTimes, run_pipeline
 from stdtrt.runtime.request import bundle_map_spec, check_request, resolve_bundle
 from stdtrt.runtime.stream import StreamRunner
-from stdtrt.runtime.student import Student, VideoNoise
+from stdtrt.runtime.student import Student, StudentRunner
 
 log = logging.getLogger(__name__)
 
@@ -126,55 +126,6 @@ def load_model_backend(cfg: StylizeConfig, image_w: int, image_h: int, model=Non
         model, plan, cfg.prompt, cfg.negative_prompt, cfg.guidance, width, height, batch or cfg.frames_per_step, style,
         CacheSettings.of(cfg), control, **cfg.torch_speedups(),
     )  # fmt: skip
-
-
-class StudentRunner:
-    """The torch reference (no bundle) as one stage: batches of frames, NFE sequential steps each."""
-
-    skipped = 0  # the similarity filter belongs to the stream form
-
-    def __init__(self, student, cfg: StylizeConfig):
-        import torch
-
-        self.student, self.cfg = student, cfg
-        self.width, self.height = student.width, student.height
-        rule = ImageStudent(cfg.frames_per_step).noise_rule(cfg.fresh_noise)
-        self.noise = VideoNoise(student.latent_shape, cfg.seed, rule, student.device)
-        control = student.control
-        self.maps = (
-            None if control is None else ControlMaps(control.spec, self.width, self.height, student.device)
-        )
-        self.step_gen = torch.Generator().manual_seed(cfg.seed + 1)  # gamma > 0 re-noising
-        self.times = StageTimes()
-
-    def describe(self) -> str:
-        s = self.student
-        return f"torch reference on {s.device} ({s.plan.nfe} sequential steps per frame, no bundle)"
-
-    def _run(self, batch: list):
-        frames = np.stack([rgb for rgb, _ in batch])
-        maps = None if self.maps is None else np.stack([self.maps(rgb) for rgb in frames])
-        out = self.times.timed(
-            "student", self.student, frames, self.noise.take(len(batch)), self.step_gen, maps
-        )
-        yield from zip(out, (tag for _, tag in batch), strict=True)
-
-    def stylize(self, items):
-        batch = []
-        for item in items:
-            batch.append(item)
-            if len(batch) == self.cfg.frames_per_step:
-                yield from self._run(batch)
-                batch = []
-        if batch:
-            yield from self._run(batch)
-
-    def stages(self) -> list:
-        return [self.stylize]
-
-    def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        ((out, _),) = list(self._run([(rgb, 0)]))
-        return out
 
 
 def load_window_runner(cfg: StylizeConfig, image_w: int, image_h: int, bundle=None, variant=None, model=None):

@@ -23,8 +23,9 @@ import torch
 from stdtrt import schedule
 from stdtrt.config import check_window, resolve_overlap
 from stdtrt.models.vae import pixels_to_unit, unit_to_pixels
+from stdtrt.runtime.lanes import Lane, Staging, timed
 from stdtrt.runtime.pipeline import StageTimes, compose
-from stdtrt.runtime.stream import Lane, Staging, StreamState, timed
+from stdtrt.runtime.stream import StreamState
 from stdtrt.runtime.student import Student, VideoNoise
 
 
