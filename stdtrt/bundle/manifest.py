@@ -135,8 +135,9 @@ def onnx_key_fields(
     """What the ONNX graphs depend on (the negative prompt only when guidance bakes it in). The baked plan
     covers the scheduler config (timesteps and coefficients); the conditioning hash covers the prompts
     by their token ids (the text encoders' weights are in the model hash; their float output may differ in
-    the last bits between CPUs, so it is no key); a style (models.style.Style's record) covers the image,
-    the IP-Adapter, the scale and the blocks."""
+    the last bits between CPUs, so it is no key). `style`, `motion`, `cache` and `control`: the `key()` of
+    what the graphs were made with (models.style.Style, bundle.variant.VideoStudent,
+    models.attention_cache.CacheSettings, models.controlnet.Control), each saying what of it counts."""
     fields = {
         "plan": plan,
         "conditioning_hash": conditioning_hash,
@@ -156,15 +157,8 @@ def onnx_key_fields(
         "vae": vae,
         "opset": int(opset),
     }
-    if style is not None:  # by content, not by where the image lies; the embedding follows from the image
-        # and the adapter (its float output may differ in the last bits between CPUs: not a key)
-        fields["style"] = {k: v for k, v in style.items() if k not in ("image", "embeds_sha256")}
-    if motion is not None:  # the motion modules' weights are in model_hash (the UNet is a UNetMotionModel)
-        fields["motion"] = {k: motion[k] for k in ("adapter", "window", "noise_rule") if k in motion}
-    if cache is not None:  # cached attention: the UNet graph takes and gives back the cache
-        fields["cache"] = cache
-    if control is not None:  # the ControlNet by its weights' hash (not where it lies), scale, maps
-        fields["control"] = {k: v for k, v in control.items() if k != "source"}
+    additions = {"style": style, "motion": motion, "cache": cache, "control": control}
+    fields.update({name: key for name, key in additions.items() if key is not None})
     return fields
 
 

@@ -87,6 +87,10 @@ class ImageStudent:
         """Its entry in the manifest's `motion` (none)."""
         return None
 
+    def key(self) -> None:
+        """What the graphs' cache key holds of it beyond the batch (nothing)."""
+        return None
+
 
 @dataclass(frozen=True)
 class VideoStudent:
@@ -123,6 +127,11 @@ class VideoStudent:
 
     def options(self) -> dict:
         return {"window": self.window}
+
+    def key(self) -> dict:
+        """What the graphs' cache key holds of it (the motion modules' weights are in the model hash: the
+        UNet is a UNetMotionModel)."""
+        return {"adapter": self.adapter, "window": self.window, "noise_rule": self.trained_rule}
 
     def record(self) -> dict:
         return {"adapter": self.adapter, "source": self.source, "fingerprint": fingerprint(self.source),

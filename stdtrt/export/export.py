@@ -118,9 +118,9 @@ def export_bundle(cfg: ExportConfig, progress: bool = True) -> ExportResult:
         batch=batch,
         precision=precision, placement=graphs_at.dtypes(), vae=vae, opset=cfg.opset, plan=plan.as_dict(),
         conditioning_hash=conditioning_hash(model, cfg, width, height),
-        style=None if style is None else style.record(), motion=motion,
-        cache=None if cache is None else cache.record(),
-        control=None if control is None else control.record(),
+        style=None if style is None else style.key(), motion=variant.key(),
+        cache=None if cache is None else cache.key(),
+        control=None if control is None else control.key(),
     )  # fmt: skip
     key = mf.cache_key(fields)
     existing = existing_bundle(out, key, cfg.overwrite)

@@ -56,6 +56,10 @@ class CacheSettings:
         return {"frames": self.frames, "interval": self.interval, "fusion": self.fusion,
                 "threshold": FUSION_THRESHOLD}  # fmt: skip
 
+    def key(self) -> dict:
+        """What the graphs' cache key holds of it (all of it: the UNet graph takes and gives the cache)."""
+        return self.record()
+
 
 @dataclass(frozen=True)
 class _Layer:

@@ -128,6 +128,10 @@ class Control:
         return {"controlnet": self.name, "source": source, "hash": module_hash(self.net), "scale": self.scale,
                 "maps": self.spec.record()}  # fmt: skip
 
+    def key(self) -> dict:
+        """What the graphs' cache key holds of it: the weights by their hash, not where they lie."""
+        return {k: v for k, v in self.record().items() if k != "source"}
+
     def place(self, device, dtype) -> None:
         self.net.to(device=device, dtype=dtype)
 

@@ -70,6 +70,12 @@ class Style:
             "blocks": self.blocks,
         }
 
+    def key(self) -> dict:
+        """What the graphs' cache key holds of it: the image by content, not by where it lies; not its
+        embedding, which follows from the image and the adapter (its float output may differ in the last
+        bits between CPUs)."""
+        return {k: v for k, v in self.record().items() if k not in ("image", "embeds_sha256")}
+
 
 def check_style_options(scale: float, blocks: str) -> None:
     check_style_scale(scale)
