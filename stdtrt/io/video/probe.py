@@ -171,7 +171,9 @@ def _orientation(frame, path: Path) -> Orientation:
     """The first frame's display matrix (FFmpeg hands the stream's to each decoded frame) as an
     Orientation; a matrix that is not axis-aligned is ignored with a warning."""
     matrix = None
-    for side in frame.side_data if frame is not None else ():
+    sides = frame.side_data if frame is not None else ()
+    # PyAV 18.1 made side_data a mapping of the types to the SideData (iterating it gives the types)
+    for side in sides.values() if hasattr(sides, "values") else sides:
         if side.type.name == "DISPLAYMATRIX" and len(bytes(side)) >= 36:
             matrix = struct.unpack("<9i", bytes(side)[:36])
     if matrix is None:
