@@ -3,16 +3,28 @@ sequential student frame by frame, every backend and precision, and the bad inpu
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
-from conftest import frames_of, make_video
+from conftest import frames_of, make_video, run_cli
 
 from stdtrt import schedule
 from stdtrt.config import ExportConfig, StylizeConfig
 from stdtrt.errors import StdtrtError
 from stdtrt.io.samples import sample_frames
-from stdtrt.models.attention_cache import AttentionCache, CacheSettings, _Call, _fuse, _Layer
+from stdtrt.models.attention_cache import (
+    AttentionCache,
+    CachedSelfAttention,
+    CacheSettings,
+    _Call,
+    _fuse,
+    _Layer,
+)
 from stdtrt.models.load import load_model
 from stdtrt.runtime.backends.torch import TorchBackend
 from stdtrt.runtime.stream import StreamState
@@ -212,3 +224,59 @@ def test_a_bundle_without_a_cache_refuses_one(tmp_path, capsys):
         )
     err = capsys.readouterr().err.strip().splitlines()
     assert code.value.code == 2 and len(err) == 1 and "cache frames 0, not 2" in err[0]
+
+
+def _stylized_frames(src, out) -> None:
+    """`stylize-video --model tiny-sd --fresh-noise` of `src` at 64x64 as the frames the writer is handed
+    (saved to `out`, .npy): the networks' output, before H.264 (whose encoder may round differently)."""
+    from stdtrt.io import video
+    from stdtrt.runtime.pipeline import compose
+    from stdtrt.runtime.stylize import load_runner
+
+    cfg = StylizeConfig(model="tiny-sd", prompt="an oil painting", width=64, height=64, fresh_noise=True)
+    info = video.probe(src)
+    runner = load_runner(cfg, info.width, info.height)
+    frames = video.read_frames(info, runner.width, runner.height)
+    np.save(out, np.stack([rgb for rgb, _ in compose(runner.stages())(frames)]))
+
+
+def _process_state() -> dict:
+    """What a run could leave behind in the process besides models: the random generators' states and
+    torch's global settings."""
+    import random
+
+    return {
+        "torch_rng": torch.random.get_rng_state().tolist(),
+        "numpy_rng": np.random.get_state()[1].tolist(),
+        "python_rng": random.getstate(),
+        "default_dtype": torch.get_default_dtype(),
+        "grad": torch.is_grad_enabled(),
+        "threads": (torch.get_num_threads(), torch.get_num_interop_threads()),
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "matmul_precision": torch.get_float32_matmul_precision(),
+    }
+
+
+def test_a_cached_run_leaves_the_next_run_as_a_fresh_process_has_it(tmp_path, capsys):
+    """A run with the attention cache, then a --fresh-noise run in the same process: the second gives the
+    frames it gives alone in a fresh one-thread process (nothing of the first, its processors on a UNet, a
+    model, the RNG or torch's settings, reaches it)."""
+    src = make_video(tmp_path / "long.mp4", frames=20, size=(64, 64))
+    cached = ["stylize-video", str(src), "-o", str(tmp_path / "cached.mp4"), "--model", "tiny-sd", "--width",
+              "64", "--height", "64", "--cache-frames", "2", "--cache-interval", "2", "--no-progress"]  # fmt: skip
+    before = _process_state()
+    assert run_cli(cached, capsys)[0] == 0
+    assert _process_state() == before
+    # a model loaded after it is a new one: the cache's processors stayed on the run's own UNet (leftover
+    # ones attend as diffusers' do while no cache is passed, so the frames alone would not show them)
+    unet = load_model("tiny-sd").unet
+    assert not hasattr(unet, "_stdtrt_attention_cache")
+    assert not any(isinstance(p, CachedSelfAttention) for p in unet.attn_processors.values())
+    _stylized_frames(src, tmp_path / "after.npy")
+    code = f"import sys; sys.path[:0] = [{str(Path(__file__).parent)!r}]; import test_attention_cache as t; "
+    code += f"t._stylized_frames({str(src)!r}, {str(tmp_path / 'alone.npy')!r})"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    after, alone = np.load(tmp_path / "after.npy"), np.load(tmp_path / "alone.npy")
+    assert after.shape == (20, 64, 64, 3) and np.array_equal(after, alone)
