@@ -15,7 +15,8 @@ import sys
 import click
 
 from stdtrt import __version__
-from stdtrt.cli_options import ablations, build_config, config_options
+from stdtrt.cli_exit import Terminated, on_sigterm, os_error_line
+from stdtrt.cli_options import ablations, build_config, build_distill_config, config_options
 from stdtrt.config import BatchConfig, BenchConfig, DistillConfig, ExportConfig, LiveConfig, StylizeConfig
 from stdtrt.errors import StdtrtError
 
@@ -183,48 +184,6 @@ def demo(out: str, frames: int, no_progress: bool, report: bool, **given) -> Non
         _echo_report(source, result.output)
 
 
-def _load_toml(path: str) -> dict:
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        import tomli as tomllib
-    try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
-    except OSError as exc:
-        raise StdtrtError(f"cannot read config file {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise StdtrtError(f"config file {path} is not valid TOML: {exc}") from None
-    return {k.replace("-", "_"): v for k, v in raw.items()}
-
-
-def build_distill_config(config_file: str | None, given: dict, resume: bool = False) -> DistillConfig:
-    """Defaults < (with `resume`) the run's own saved config < the TOML file < options given on the command
-    line: a resumed run keeps what it was started with (--model, --rho, ...) unless told otherwise."""
-    names = {f.name for f in dataclasses.fields(DistillConfig)}
-    base = _load_toml(config_file) if config_file else {}
-    unknown = sorted(set(base) - names)
-    if unknown:
-        raise StdtrtError(f"unknown setting(s) in {config_file}: {', '.join(unknown)}")
-    if resume:
-        out = given.get("out") or base.get("out") or DistillConfig.__dataclass_fields__["out"].default
-        saved = _saved_run(out)
-        base = {**{k: v for k, v in saved.items() if k in names and v is not None}, **base}
-    return build_config(DistillConfig, given, base)
-
-
-def _saved_run(out: str) -> dict:
-    """The resolved config a run folder holds (empty when there is none: the resume check says so)."""
-    import json
-    from pathlib import Path
-
-    path = Path(out) / "config.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 @cli.command(epilog=ablations(DistillConfig))
 @click.option(
     "--config",
@@ -302,44 +261,13 @@ def bench(**given) -> None:
     click.echo(run_bench(build_config(BenchConfig, given)).table())
 
 
-class Terminated(BaseException):
-    """SIGTERM (systemd, `docker stop`, job schedulers), raised in the main thread where Ctrl-C would be,
-    so the same clean-up runs (temporary outputs removed, worker threads stopped); not a KeyboardInterrupt,
-    which click would turn into its own Abort."""
-
-
-def _terminate(signum, frame) -> None:
-    import signal
-
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
-    raise Terminated()
-
-
-def os_error_line(exc: OSError) -> str:
-    """An OSError as one line: the cause, the path, and for a full disk or a read-only place what to do
-    (outputs are written to temporary names: none is left half-written under its own)."""
-    import errno
-
-    cause = exc.strerror or (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-    where = f" ({exc.filename})" if exc.filename else ""
-    hint = {
-        errno.ENOSPC: "; free some space and run again",
-        errno.EDQUOT: "; free some space and run again",
-        errno.EFBIG: "; the file system or a limit refuses a file this large",
-        errno.EACCES: "; choose a folder you can write",
-        errno.EPERM: "; choose a folder you can write",
-        errno.EROFS: "; choose a folder you can write",
-    }.get(exc.errno, "")
-    return f"{cause}{where}{hint}"
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user mistakes become one line on stderr and exit code 2, never a traceback; SIGINT and
     SIGTERM clean up and exit 130 and 143."""
     import signal
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no import-time chatter about torchvision
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         cli.main(args=argv, prog_name="stdtrt", standalone_mode=False)
     except Terminated:

@@ -8,6 +8,7 @@ import dataclasses
 
 import click
 
+from stdtrt.config import DistillConfig
 from stdtrt.errors import StdtrtError
 
 
@@ -126,3 +127,45 @@ def build_config(cls, given: dict, base: dict | None = None):
     if "explicit" in names:
         values["explicit"] = tuple(sorted(given))
     return cls(**values)
+
+
+def _load_toml(path: str) -> dict:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except OSError as exc:
+        raise StdtrtError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise StdtrtError(f"config file {path} is not valid TOML: {exc}") from None
+    return {k.replace("-", "_"): v for k, v in raw.items()}
+
+
+def build_distill_config(config_file: str | None, given: dict, resume: bool = False) -> DistillConfig:
+    """Defaults < (with `resume`) the run's own saved config < the TOML file < options given on the command
+    line: a resumed run keeps what it was started with (--model, --rho, ...) unless told otherwise."""
+    names = {f.name for f in dataclasses.fields(DistillConfig)}
+    base = _load_toml(config_file) if config_file else {}
+    unknown = sorted(set(base) - names)
+    if unknown:
+        raise StdtrtError(f"unknown setting(s) in {config_file}: {', '.join(unknown)}")
+    if resume:
+        out = given.get("out") or base.get("out") or DistillConfig.__dataclass_fields__["out"].default
+        saved = _saved_run(out)
+        base = {**{k: v for k, v in saved.items() if k in names and v is not None}, **base}
+    return build_config(DistillConfig, given, base)
+
+
+def _saved_run(out: str) -> dict:
+    """The resolved config a run folder holds (empty when there is none: the resume check says so)."""
+    import json
+    from pathlib import Path
+
+    path = Path(out) / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}

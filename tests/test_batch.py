@@ -5,6 +5,7 @@ refusals (one line, exit 2, nothing written). One Ray cluster is shared by the w
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -97,6 +98,11 @@ def partial_files(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if ".partial" in p.name]
 
 
+def writer_pid(partial: Path) -> int:
+    """The process writing a partial output (io/atomic.py names it `.NAME.stdtrt-HOST-PID.`...)."""
+    return int(partial.name.split(".stdtrt-")[1].split(".")[0].rsplit("-", 1)[1])
+
+
 def test_videos_over_two_workers_equal_stylize_video(cluster, clips, references, tmp_path):
     from stdtrt.batch.job import run_job
 
@@ -142,7 +148,7 @@ def test_worker_killed_mid_video_runs_it_again(cluster, clips, references, tmp_p
     def killer():
         while not killed and not stop.is_set():
             for p in partial_files(out):
-                pid = int(p.name.split(".stdtrt-")[1].split(".")[0].rsplit("-", 1)[1])
+                pid = writer_pid(p)
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
                 return
@@ -171,7 +177,11 @@ def test_worker_killed_mid_video_runs_it_again(cluster, clips, references, tmp_p
 def test_stopped_job_resumes(cluster, tmp_path):
     """A job stopped (KeyboardInterrupt, as Ctrl-C raises it) when its first video is done and the other
     is being written: no partial left; --resume skips the first and makes the other; a changed setting
-    redoes both, an input touched but not changed is still done."""
+    redoes both, an input touched but not changed is still done.
+
+    No race with the machine's speed: the long video's writer is held (SIGSTOP) as soon as its partial
+    output appears, so it is still being written whenever the short one is done; the job is stopped on
+    that condition, and the driver's stop must kill the held worker and remove its partial."""
     from stdtrt.batch.job import plan, run_job
 
     src, out = tmp_path / "in", tmp_path / "out"
@@ -179,15 +189,38 @@ def test_stopped_job_resumes(cluster, tmp_path):
     make_video(src / "short.mp4", frames=3, size=(64, 64))
     make_video(src / "long.mp4", frames=24, size=(64, 64))
     inputs = [str(src)]
+    held: list[int] = []  # the long video's writer, stopped mid-write
     in_flight = []
 
+    def hold_the_long_one():
+        while not held and not watching.is_set():
+            for p in partial_files(out):
+                if p.name.startswith(".long.stdtrt-"):
+                    pid = writer_pid(p)
+                    os.kill(pid, signal.SIGSTOP)
+                    held.append(pid)
+                    return
+            watching.wait(0.002)
+
     def stop_after_one(result):
-        if result.done and partial_files(out):  # the other worker is writing the long one
+        if result.done and held:  # the short one done; the long one cannot finish: its writer is held
             in_flight.extend(partial_files(out))
             raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
-        run_job(job(out), inputs, progress=False, on_progress=stop_after_one)
+    watching = threading.Event()
+    thread = threading.Thread(target=hold_the_long_one)
+    thread.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_job(job(out), inputs, progress=False, on_progress=stop_after_one)
+    finally:
+        watching.set()
+        thread.join()
+        for pid in held:  # never left stopped (a failed test): the driver's stop has killed it already
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T":
+                    os.kill(pid, signal.SIGKILL)
+    assert held, "the long video's partial output was never seen"
     assert in_flight, "the long video was not being written when the job stopped"
     assert not partial_files(out)
     assert [p.name for p in out.rglob("*.mp4")] == ["short.mp4"]

@@ -88,7 +88,7 @@ def test_working_size_keeps_aspect_near_native(tiny_sd):
 def test_single_file_kind_comes_from_its_keys_not_its_size(tmp_path):
     from safetensors.torch import save_file
 
-    from stdtrt.models.load import _single_file_kind
+    from stdtrt.models.files import single_file_kind
 
     xl, sd, refiner = (
         tmp_path / "xl.safetensors",
@@ -104,7 +104,7 @@ def test_single_file_kind_comes_from_its_keys_not_its_size(tmp_path):
     )
     save_file({"cond_stage_model.transformer.w": torch.zeros(2)}, str(sd))
     save_file({"conditioner.embedders.0.model.w": torch.zeros(2)}, str(refiner))  # OpenCLIP bigG alone
-    assert _single_file_kind(xl) == "sdxl" and _single_file_kind(sd) == "sd"
+    assert single_file_kind(xl) == "sdxl" and single_file_kind(sd) == "sd"
     with pytest.raises(StdtrtError, match="it is the SDXL refiner"):
         load_model(str(refiner))
 

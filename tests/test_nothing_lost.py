@@ -357,7 +357,7 @@ def test_a_read_only_folder_is_one_line(command, data_dir, tmp_path):
 def test_os_errors_read_as_one_line():
     import errno
 
-    from stdtrt.cli import os_error_line
+    from stdtrt.cli_exit import os_error_line
 
     line = os_error_line(OSError(errno.ENOSPC, "No space left on device", "/data/out.mp4"))
     assert line == "No space left on device (/data/out.mp4); free some space and run again"

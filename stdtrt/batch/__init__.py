@@ -4,7 +4,8 @@
                 is written, the settings' key and a segment's warm-up
     record.py   the job record (JSON lines in the output folder): what is done, for --resume
     worker.py   what one worker does: the model loaded once, a video, a segment, the join of segments
-    job.py      the driver: Ray started or joined, the actors, bounded retries, progress, the summary
+    actors.py   Ray started or joined; the workers sized, started, checked against the bundle, stopped
+    job.py      the driver: units handed out, bounded retries, the record, progress, the summary
 
 Ray is imported where it is used (the `ray` extra); this package imports the runtime, never the CLI.
 """

@@ -1,5 +1,5 @@
 """The driver of a batch job: plan it (plan.py: every refusal before anything is written), start a local
-Ray or join a cluster, start the workers, hand out units, retry a unit whose worker died (at most
+Ray or join a cluster and start the workers (actors.py), hand out units, retry a unit whose worker died (at most
 --max-retries times, by this loop: Ray's own restarts and retries are off, since they are unbounded and
 can run a unit twice), record what is done, show one bar over all frames, and print the summary.
 
@@ -11,26 +11,30 @@ the next write of that output, or by this driver when it stops the job (Ctrl-C).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import socket
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stdtrt.batch.actors import (
+    Slot,
+    check_engines,
+    connect,
+    import_ray,
+    start_worker,
+    stop_workers,
+    wait_gone,
+    worker_options,
+)
 from stdtrt.batch.plan import RECORD, STATE_DIR, Unit, gather, segments, settings_key
 from stdtrt.batch.record import JobRecord
 from stdtrt.config import BatchConfig
 from stdtrt.errors import StdtrtError
 from stdtrt.io import video
-from stdtrt.io.atomic import remove_stale_partials
 from stdtrt.io.hashing import file_hash
 
 log = logging.getLogger(__name__)
-
-START_TIMEOUT = 300  # seconds a worker may take to be scheduled and start (not to load its model: lazily)
 
 
 @dataclass
@@ -72,52 +76,6 @@ class JobResult:
         return "\n".join(rows)
 
 
-def import_ray():
-    try:
-        import ray
-    except ImportError:
-        raise StdtrtError("stylize-batch runs on Ray: pip install 'stdtrt[ray]'") from None
-    return ray
-
-
-def _check_address(address: str, timeout: float) -> None:
-    """A HOST:PORT (or ray://HOST:PORT) that does not accept a connection within `timeout`: one line."""
-    if address == "auto":
-        return
-    hostport = address.split("://", 1)[-1]
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        raise StdtrtError(f"--ray-address {address!r} is not auto, HOST:PORT or ray://HOST:PORT")
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
-    except OSError as exc:
-        raise StdtrtError(
-            f"Ray cluster at {address} does not answer ({exc.strerror or exc} within {timeout:g} s): start it "
-            f"with `ray start --head` there, or leave out --ray-address for a local Ray"
-        ) from None
-
-
-def connect(ray, cfg: BatchConfig) -> bool:
-    """Join --ray-address, or start a local Ray (or use the one this process already runs: tests). True
-    when this job started Ray and must stop it."""
-    if ray.is_initialized():
-        return False
-    env = {"env_vars": {k: os.environ[k] for k in ("PYTHONPATH", "HF_HUB_OFFLINE", "HF_HUB_CACHE",
-                                                    "STDTRT_CACHE") if k in os.environ}}  # fmt: skip
-    if cfg.ray_address:
-        _check_address(cfg.ray_address, cfg.connect_timeout)
-        try:
-            ray.init(address=cfg.ray_address, runtime_env=env, log_to_driver=False,
-                     logging_level=logging.WARNING)  # fmt: skip
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise StdtrtError(
-                f"cannot join the Ray cluster at {cfg.ray_address}: {str(exc).splitlines()[0]}"
-            ) from None
-        return True
-    ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, runtime_env=env)
-    return True
-
-
 def _reason(exc: BaseException) -> str:
     """A unit's failure as one line: a StdtrtError's own message, else the error's type and first line."""
     cause = getattr(exc, "cause", None) or exc
@@ -127,34 +85,6 @@ def _reason(exc: BaseException) -> str:
         return f"{cause.strerror}" + (f" ({cause.filename})" if cause.filename else "")
     text = str(cause).strip().splitlines()
     return f"{type(cause).__name__}: {text[0] if text else ''}"
-
-
-@dataclass
-class _Slot:
-    """A started worker: its actor handle and what it said about itself."""
-
-    actor: object
-    name: str
-    pid: int
-    host: str
-    engines: str | None = None  # why the bundle's TensorRT engines cannot run on its GPU (None: they can)
-    unit: Unit | None = None
-    ref: object = None
-
-
-def _check_engines(ray, cfg: BatchConfig, slots: list[_Slot]) -> None:
-    """Engines built for one GPU architecture are not sent to another: with --backend tensorrt a worker
-    whose GPU cannot run them is stopped (all of them: one line, the reason); with auto it runs the
-    bundle's ONNX graphs instead, said once per worker."""
-    for s in [s for s in slots if s.engines]:
-        if cfg.stylize.backend == "tensorrt":
-            ray.kill(s.actor, no_restart=True)
-            slots.remove(s)
-            log.warning("worker %s left out: %s", s.name, s.engines)
-            if not slots:
-                raise StdtrtError(f"no worker can run the bundle's TensorRT engines: {s.engines}")
-        else:
-            log.warning("worker %s runs the bundle without TensorRT: %s", s.name, s.engines)
 
 
 def plan(cfg: BatchConfig, sources: list[str]):
@@ -193,7 +123,7 @@ def run_job(cfg: BatchConfig, sources: list[str], progress: bool = True, on_prog
     result = JobResult(skipped=skipped, failed={rel: why for rel, (_, why) in failed.items()})
     started = connect(ray, cfg) if units else False  # an address that does not answer: before any write
     try:
-        options = _worker_options(ray, cfg) if units else None
+        options = worker_options(ray, cfg) if units else None
     except BaseException:
         if started:
             ray.shutdown()
@@ -207,44 +137,15 @@ def run_job(cfg: BatchConfig, sources: list[str], progress: bool = True, on_prog
         return result
     for u in units:
         Path(u.output).parent.mkdir(parents=True, exist_ok=True)
-    slots: list[_Slot] = []
+    slots: list[Slot] = []
     try:
         return _drive(ray, cfg, options, units, record, key, hashes, result, slots, progress, on_progress)
     except BaseException:
-        _stop(ray, slots)
+        stop_workers(ray, slots)
         raise
     finally:
         if started:
             ray.shutdown()
-
-
-def _worker_options(ray, cfg: BatchConfig) -> tuple[int, dict, int | None]:
-    """(how many workers, their actor options, torch threads each): one per GPU, else a share of the CPUs.
-    More workers than the cluster has GPUs (or CPUs) would wait for them forever: refused."""
-    res = ray.cluster_resources()
-    gpus, cpus = int(res.get("GPU", 0)), max(1, int(res.get("CPU", 1)))
-    common = {"max_restarts": 0, "max_task_retries": 0, "max_concurrency": 2}
-    if gpus:
-        if cfg.workers and cfg.workers > gpus:
-            raise StdtrtError(f"--workers {cfg.workers}: the Ray cluster has {gpus} GPU(s), one worker each")
-        return cfg.workers or gpus, {**common, "num_gpus": 1, "num_cpus": 1}, None
-    n = cfg.workers or 1
-    if n > cpus:
-        raise StdtrtError(f"--workers {n}: the Ray cluster has {cpus} CPU(s) and no GPU; use at most {cpus}")
-    share = cpus // n
-    return n, {**common, "num_cpus": share}, share
-
-
-def _start(ray, actor_cls, cfg, options, threads) -> _Slot:
-    actor = actor_cls.options(**options).remote(cfg.stylize, threads)
-    try:
-        hello = ray.get(actor.hello.remote(), timeout=START_TIMEOUT)
-    except ray.exceptions.GetTimeoutError:
-        ray.kill(actor)
-        raise StdtrtError(
-            f"a worker did not start within {START_TIMEOUT} s (resources {options}): is the cluster busy?"
-        ) from None
-    return _Slot(actor, hello["name"], hello["pid"], hello["host"], engines=hello["engines"])
 
 
 def _drive(ray, cfg, options, units, record, key, hashes, result, slots, progress, on_progress) -> JobResult:
@@ -255,8 +156,8 @@ def _drive(ray, cfg, options, units, record, key, hashes, result, slots, progres
     actor_cls = ray.remote(Worker)
     n, options, threads = options
     for _ in range(n):
-        slots.append(_start(ray, actor_cls, cfg, options, threads))
-    _check_engines(ray, cfg, slots)
+        slots.append(start_worker(ray, actor_cls, cfg, options, threads))
+    check_engines(ray, cfg, slots)
     for s in slots:
         result.workers.setdefault(s.name, WorkerStats(s.name))
     pending = deque(u for u in units if u.kind != "join")
@@ -327,7 +228,7 @@ def _drive(ray, cfg, options, units, record, key, hashes, result, slots, progres
             result.workers[s.name].seconds = busy
         except Exception:  # noqa: BLE001  (a worker that died at the end: its stats stay as counted)
             pass
-    _stop(ray, slots)
+    stop_workers(ray, slots)
     return result
 
 
@@ -352,25 +253,11 @@ def _poll(ray, slots, seen, result, bar, total) -> None:
 def _replace(ray, slots, s, actor_cls, cfg, options, threads, result) -> None:
     """A worker died (its process killed, its node gone): wait until it is gone for good, remove what it
     left half-written, and start another in its place."""
-    _wait_gone(s)
+    wait_gone(s)
     i = slots.index(s)
-    new = _start(ray, actor_cls, cfg, options, threads)
+    new = start_worker(ray, actor_cls, cfg, options, threads)
     result.workers.setdefault(new.name, WorkerStats(new.name))
     slots[i] = new
-
-
-def _wait_gone(s: _Slot, timeout: float = 10.0) -> None:
-    if s.host != socket.gethostname():
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(s.pid, 0)
-        except ProcessLookupError:
-            return
-        except PermissionError:
-            return
-        time.sleep(0.05)
 
 
 def _fail(result, record, unit, hashes, key, dead_inputs, why: str) -> None:
@@ -383,18 +270,3 @@ def _fail(result, record, unit, hashes, key, dead_inputs, why: str) -> None:
     record.add(
         status="failed", input=unit.input, size=size, sha256=sha, key=key, output=unit.output, reason=why
     )
-
-
-def _stop(ray, slots) -> None:
-    """Stop every worker and remove the partial outputs of the units they were running (Ctrl-C, an error
-    of the driver): a killed worker cannot remove its own."""
-    for s in slots:
-        with contextlib.suppress(Exception):  # already gone
-            ray.kill(s.actor, no_restart=True)
-    for s in slots:
-        if s.unit is None:
-            continue
-        _wait_gone(s)
-        for path in (Path(s.unit.output), *([Path(s.unit.part)] if s.unit.part else [])):
-            remove_stale_partials(path.parent, path.stem)  # any suffix: a segment's .rgb and .json too
-        s.unit = None

@@ -61,7 +61,7 @@ def fingerprint(source: str) -> dict | None:
         return None
     path = Path(source)
     if not path.exists():  # a hub id: its snapshot in the local cache
-        from stdtrt.models.load import resolve
+        from stdtrt.models.files import resolve
 
         path = resolve(source)
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())

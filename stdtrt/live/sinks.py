@@ -1,6 +1,6 @@
 """Where stylized live frames go: a pipe on stdout (y4m or raw rgb24), a file (io/video's writer, written
 atomically), a URL PyAV muxes (MPEG-TS over UDP or SRT, RTSP, RTMP), a virtual camera (pyvirtualcam), or
-the page (live/page.py).
+the page (live/feeds.py).
 
 A sink is opened with the source (its size and clock) and takes (working-size frame, Captured): it writes
 the picture at the source's displayed size (out of the bars it was fitted between) and keeps the source's

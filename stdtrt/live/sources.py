@@ -1,6 +1,6 @@
 """Where live frames come from: a pipe on stdin (y4m, or raw rgb24 of a given size), a video file (as fast
 as the networks go, or with --realtime at its own timestamps), a V4L2 camera, a URL PyAV opens (RTSP, RTMP,
-SRT, UDP, HTTP/HLS; reopened with back-off when it drops), and the page's webcam (live/page.py).
+SRT, UDP, HTTP/HLS; reopened with back-off when it drops), and the page's webcam (live/feeds.py).
 
 Each yields `Captured` frames already at the working size (fitted by io/images.fit_box, so a stream that
 changes size midway keeps going), and says whether it has a clock of its own (`clocked`: then the newest
