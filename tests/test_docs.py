@@ -56,3 +56,20 @@ def test_every_docs_page_says_what_it_covers():
     for page in PAGES[1:]:
         title, blank, intro = page.read_text().splitlines()[:3]
         assert title.startswith("# ") and blank == "" and intro and not intro.startswith("#"), page
+
+
+def test_the_readmes_python_example_runs_as_written(sd_bundle, tmp_path, monkeypatch):
+    """The README's Python block, verbatim, in a folder holding an `oil-engine` bundle (a tiny one) and an
+    `input.mp4`: it writes the stylized video, every frame."""
+    import shutil
+
+    from conftest import frames_of, make_video
+
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) == 1, "the README has one Python example"
+    shutil.copytree(sd_bundle[1].path, tmp_path / "oil-engine")
+    make_video(tmp_path / "input.mp4", frames=5, size=(64, 64))
+    monkeypatch.chdir(tmp_path)
+    exec(compile(blocks[0], "README.md", "exec"), {})
+    assert len(frames_of(tmp_path / "stylized.mp4")) == 5
