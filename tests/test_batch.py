@@ -194,12 +194,15 @@ def test_stopped_job_resumes(cluster, tmp_path):
 
     def hold_the_long_one():
         while not held and not watching.is_set():
-            for p in partial_files(out):
-                if p.name.startswith(".long.stdtrt-"):
-                    pid = writer_pid(p)
-                    os.kill(pid, signal.SIGSTOP)
-                    held.append(pid)
-                    return
+            try:
+                found = [p for p in partial_files(out) if p.name.startswith(".long.stdtrt-")]
+            except OSError:  # a temporary file or folder gone while the folder was listed: look again
+                continue
+            for p in found:
+                pid = writer_pid(p)
+                os.kill(pid, signal.SIGSTOP)
+                held.append(pid)
+                return
             watching.wait(0.002)
 
     def stop_after_one(result):
