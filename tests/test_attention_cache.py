@@ -131,6 +131,22 @@ def test_the_cache_runs_in_half_precision(dtype, tol, clip_latents):
     assert torch.isfinite(outs[dtype]).all() and 0 < err < tol, err
 
 
+def test_each_video_on_a_loaded_student_starts_with_an_empty_cache():
+    """--cache-frames with --gamma > 0 runs the sequential student; a second video on the same loaded
+    student (stylize-batch's worker keeps it) gives the first video's frames: the caches and the frame
+    count start afresh with each runner."""
+    from stdtrt.runtime.student import StudentRunner
+    from stdtrt.runtime.stylize import load_runner
+
+    cfg = StylizeConfig(model="tiny-sd", width=W, height=H, cache_frames=2, gamma=0.3)
+    items = [(f, i) for i, f in enumerate(sample_frames(4, W, H))]
+    first = load_runner(cfg, W, H)
+    assert isinstance(first, StudentRunner)
+    want = list(first.stylize(iter(items)))
+    got = list(StudentRunner(first.student, cfg, first.noise.rule).stylize(iter(items)))
+    assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(got, want, strict=True))
+
+
 def test_skipped_frames_do_not_write_the_cache(tmp_path):
     """A frame the similarity filter skips never enters the pipe, so the cache's frame count (the ring's
     clock) counts only the frames that went through the networks."""

@@ -249,6 +249,24 @@ def test_the_model_path_runs_the_stream_form_as_the_sequential_student_at_half(p
     assert "sequential steps per window" in load_runner(replace(cfg, gamma=0.3), 48, 40).describe()
 
 
+def test_each_run_on_a_sequential_window_engine_re_noises_from_its_seed(motion_lora):
+    """--gamma > 0 (the sequential motion student): a second run on the same loaded engine, as
+    stylize-batch's worker makes one per video, gives the first run's frames (the re-noising generator is
+    seeded per run, not carried over from the video before)."""
+    from stdtrt.io.samples import sample_frames
+    from stdtrt.runtime.stylize import load_runner
+    from stdtrt.runtime.windows import WindowRunner
+
+    cfg = StylizeConfig(model="tiny-sd", motion_adapter="tiny-motion", lora=str(motion_lora / "lora.safetensors"),
+                        width=48, height=40, window=4, overlap=2, gamma=0.3)  # fmt: skip
+    items = [(f, i) for i, f in enumerate(sample_frames(6, 48, 40))]
+    first = load_runner(cfg, 48, 40)
+    want = list(first.stylize(iter(items)))
+    again = WindowRunner(first.engine, first.window, first.overlap, cfg.seed, first.noise.rule)
+    got = list(again.stylize(iter(items)))
+    assert all(np.array_equal(a, b) for (a, _), (b, _) in zip(got, want, strict=True))
+
+
 def test_stylize_video_with_the_motion_student_keeps_the_video(motion_lora, tmp_path):
     from stdtrt.runtime.stylize import stylize_video
 
@@ -267,6 +285,7 @@ def test_stylize_video_with_the_motion_student_keeps_the_video(motion_lora, tmp_
         ({"window": 4, "overlap": 4}, "--overlap must be in"),
         ({"window": 40}, "longer than the 32 frames"),
         ({"skip_threshold": 0.9}, "belongs to the per-frame student"),
+        ({"frames_per_step": 2}, "slot is one window .*drop --frames-per-step"),
     ],
 )
 def test_bad_window_input_is_one_line(changes, match, motion_lora, video, tmp_path):

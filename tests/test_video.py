@@ -73,7 +73,7 @@ def test_frames_per_step_match_frame_by_frame(tmp_path):
     student = load_student(CFG, CFG.width, CFG.height)  # the sequential student (what --gamma > 0 runs)
     outs = {}
     for batch in (1, 3):
-        runner = StudentRunner(student, StylizeConfig(**{**CFG.__dict__, "frames_per_step": batch}))
+        runner = StudentRunner(student, StylizeConfig(**{**CFG.__dict__, "frames_per_step": batch}), "shared")
         outs[batch] = list(runner.stylize((f, i) for i, f in enumerate(frames)))
     assert [tag for _, tag in outs[3]] == [0, 1, 2, 3]
     for (a, _), (b, _) in zip(outs[1], outs[3], strict=True):

@@ -110,7 +110,7 @@ class Worker:
             )  # fmt: skip
         if isinstance(r, WindowRunner):
             return WindowRunner(r.engine, r.window, r.overlap, cfg.seed, r.noise.rule)
-        return StudentRunner(r.student, cfg)
+        return StudentRunner(r.student, cfg, r.noise.rule)
 
     def _video(self, unit: Unit) -> dict:
         from stdtrt.runtime.stylize import run_video

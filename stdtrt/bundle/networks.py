@@ -30,7 +30,14 @@ from stdtrt import schedule
 from stdtrt.bundle.variant import layout_of
 from stdtrt.errors import StdtrtError
 from stdtrt.models.attention_cache import AttentionCache
-from stdtrt.models.conditioning import Conditioning, GraphCall, compute_dtype, conditionings, predict_eps
+from stdtrt.models.conditioning import (
+    Conditioning,
+    GraphAddition,
+    GraphCall,
+    compute_dtype,
+    conditionings,
+    predict_eps,
+)
 from stdtrt.models.vae import pixels_to_unit, unit_to_pixels, vae_decode, vae_encode
 
 GRAPHS = ("vae_encoder", "unet", "vae_decoder")  # bundle file stems, in pipeline order
@@ -78,8 +85,8 @@ class StreamUNet(torch.nn.Module):
     cache and the frame each slot holds (models/attention_cache.py); with a ControlNet each new frame's
     control map and the maps of the frames in the slots (models/controlnet.py). A name `X` among the inputs
     with `X_next` among the outputs is state the runtime hands back at the next call (runtime/stream.py).
-    Each such addition is one object with the protocol models.conditioning.GraphCall describes (its inputs,
-    their specs, its part of the call, its outputs): a new conditioning is a new object, not a branch here."""
+    Each such addition is one object of the protocol models.conditioning.GraphAddition (its inputs, their
+    specs, its part of the call, its outputs): a new conditioning is a new object, not a branch here."""
 
     def __init__(
         self,
@@ -118,7 +125,7 @@ class StreamUNet(torch.nn.Module):
         if cache is not None and batch != 1:
             raise StdtrtError("cached attention runs one frame per slot (no --frames-per-step)")
         self.rows = calls * (2 if self.has_uncond else 1)  # the UNet call's batch
-        self.additions = [a for a in (cache, control) if a is not None]  # what conditioning adds to the graph
+        self.additions: list[GraphAddition] = [a for a in (cache, control) if a is not None]  # in io's order
 
     def specs(self, latent_shape, width: int, height: int) -> list[tuple[str, tuple, torch.dtype]]:
         """(name, shape, dtype) of each input, in forward's order."""
@@ -169,6 +176,10 @@ class StreamUNet(torch.nn.Module):
         with contextlib.ExitStack() as stack:
             for addition in self.additions:
                 extra_kwargs, output = addition.enter(named, call, stack)
+                if kwargs.keys() & extra_kwargs.keys():
+                    raise StdtrtError(
+                        f"two graph additions pass {sorted(kwargs.keys() & extra_kwargs.keys())}"
+                    )
                 kwargs.update(extra_kwargs)
                 outputs.append(output)
             eps = predict_eps(

@@ -83,10 +83,7 @@ class ExportConfig:
         parts.check_window(self.window)
         if self.window is not None and not self.motion_adapter:
             raise StdtrtError("--window is the video student's: it needs --motion-adapter")
-        if self.motion_adapter and self.frames_per_step != 1:
-            raise StdtrtError(
-                "a video student's slot is one window (--window frames): drop --frames-per-step"
-            )
+        parts.check_video_slot(self)
         parts.check_cache_use(self)
         parts.check_control(self)
         if self.opset < 17:

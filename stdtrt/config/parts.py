@@ -47,6 +47,12 @@ def check_window(window: int | None) -> None:
         raise StdtrtError(f"--window must be at least 2, got {window}")
 
 
+def check_video_slot(cfg) -> None:
+    """A video student's stream slot is one window: --frames-per-step is the image student's."""
+    if cfg.motion_adapter and cfg.frames_per_step != 1:
+        raise StdtrtError("a video student's slot is one window (--window frames): drop --frames-per-step")
+
+
 def resolve_window(window: int | None, trained: int | None) -> int:
     """--window as given, else the clip length the student was distilled on (its card), else 16."""
     return window or trained or DEFAULT_WINDOW

@@ -121,6 +121,7 @@ class StylizeConfig:
             raise StdtrtError(f"crf must be in [0, 51], got {self.crf}")
         parts.check_style_scale(self.style_scale)
         parts.check_window(self.window)
+        parts.check_video_slot(self)
         parts.check_cache_use(self)
         parts.check_control(self)
         if self.overlap is not None and self.overlap < 0:  # against the window where it is known: at load

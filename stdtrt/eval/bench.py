@@ -22,6 +22,7 @@ import torch
 
 from stdtrt.bundle.manifest import read_bundle
 from stdtrt.bundle.model import load_fused_model
+from stdtrt.bundle.variant import variant_of
 from stdtrt.config import DEFAULT_BUNDLE, BenchConfig, StylizeConfig, resolve_overlap
 from stdtrt.errors import StdtrtError
 from stdtrt.eval.baseline import diffusers_baseline
@@ -173,8 +174,10 @@ def time_backend(bundle, name: str, device: str, info, folder: Path, model=None)
     load_s = time.perf_counter() - start
     _warm_up(backend)
     cfg = StylizeConfig()
-    # a video student's bundle runs as stylize-video runs it: windows overlapping by the default --overlap
-    window = bundle.motion and bundle.motion["window"]
+    # a video student's bundle runs as stylize-video runs it: windows overlapping by the default --overlap,
+    # its noise by the rule it was distilled with
+    variant = variant_of(bundle)
+    window = variant.slot_frames if variant.windows else None
     control = bundle.manifest.control
     maps = None
     if control:  # its maps as stylize-video computes them (edges stand in for a control video's)
@@ -183,7 +186,7 @@ def time_backend(bundle, name: str, device: str, info, folder: Path, model=None)
                                                                           spec.get("high", 200), spec.get("model", DEFAULT_DEPTH_MODEL))  # fmt: skip
         maps = ControlMaps(spec, bundle.width, bundle.height, backend.device)
     runner = (
-        WindowRunner(backend, window, resolve_overlap(window, None))
+        WindowRunner(backend, window, resolve_overlap(window, None), cfg.seed, variant.noise_rule(False))
         if window
         else StreamRunner(backend, maps=maps)
     )
@@ -247,7 +250,7 @@ def bench_bundle(cfg: BenchConfig, path: Path) -> BundleBench:
         "a style image baked in"
         if m.style
         else "a video student's motion UNet"
-        if bundle.motion
+        if variant_of(bundle).windows
         else "a ControlNet baked in"
         if m.control
         else None

@@ -8,7 +8,9 @@ states, for SDXL the pooled text embedding and the six micro-conditioning time i
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -171,17 +173,30 @@ def compute_dtype(unet) -> torch.dtype:
 
 @dataclass(frozen=True)
 class GraphCall:
-    """The shapes of one stream UNet call (bundle/networks.StreamUNet), for what a conditioning adds to its
-    graph: NFE slots of `batch` frames, `rows` rows in the UNet call (the guidance branches repeat the
-    slots), the UNet's dtype. An addition (models.attention_cache.AttentionCache, models.controlnet.Control)
-    names its `inputs` and `outputs` (an input X with an output X_next is state the runtime hands back),
-    gives the inputs' (name, shape, dtype) by `graph_specs(call, width, height)` (frames of that size), and `enter(named, call, stack)` returns the
-    UNet call's extra arguments and a function that gives its outputs after the call."""
+    """The shapes of one stream UNet call (bundle/networks.StreamUNet): NFE slots of `batch` frames, `rows`
+    rows in the UNet call (the guidance branches repeat the slots), the UNet's dtype."""
 
     nfe: int
     batch: int
     rows: int
     dtype: torch.dtype
+
+
+class GraphAddition(Protocol):
+    """What a conditioning adds to the stream UNet graph (models.attention_cache.AttentionCache,
+    models.controlnet.Control): named inputs and outputs (an input X with an output X_next is state the
+    runtime hands back at the next call), the inputs' (name, shape, dtype) for frames of width x height, and
+    its part of one call: `enter` returns the UNet call's extra keyword arguments and a function that gives
+    its outputs once the call is done (`stack` holds what must stay open around the call)."""
+
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+    def graph_specs(
+        self, call: GraphCall, width: int, height: int
+    ) -> list[tuple[str, tuple, torch.dtype]]: ...
+
+    def enter(self, named: dict, call: GraphCall, stack) -> tuple[dict, Callable[[], list]]: ...
 
 
 def predict_eps(

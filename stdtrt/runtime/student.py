@@ -9,7 +9,6 @@ import numpy as np
 import torch
 
 from stdtrt import schedule
-from stdtrt.bundle.variant import ImageStudent
 from stdtrt.errors import StdtrtError
 from stdtrt.models.attention_cache import AttentionCache, CacheSettings
 from stdtrt.models.conditioning import Conditioning, compute_dtype, conditionings, predict_eps
@@ -65,6 +64,10 @@ class Student:
         self.cache = (
             None if cache is None else AttentionCache.on(model.unet, cache, self.cond, self.latent_shape)
         )
+        self.start_video()
+
+    def start_video(self) -> None:
+        """Forget the last video: the attention caches, the frame count, the control maps."""
         self.caches: list[torch.Tensor] | None = None
         self.frame = 0  # frames sampled so far (the cache's frame index)
         self.maps: torch.Tensor | None = None  # the frames' control maps in [0, 1] while they are sampled
@@ -179,12 +182,13 @@ class StudentRunner:
 
     skipped = 0  # the similarity filter belongs to the stream form
 
-    def __init__(self, student, cfg):
-        """`cfg`: the run's config.StylizeConfig (seed, --frames-per-step, --fresh-noise)."""
+    def __init__(self, student, cfg, noise_rule: str):
+        """`cfg`: the run's config.StylizeConfig (seed, --frames-per-step); `noise_rule`: the variant's
+        (bundle/variant.py). A video starts afresh: the student forgets the last one's caches."""
         self.student, self.cfg = student, cfg
+        student.start_video()
         self.width, self.height = student.width, student.height
-        rule = ImageStudent(cfg.frames_per_step).noise_rule(cfg.fresh_noise)
-        self.noise = VideoNoise(student.latent_shape, cfg.seed, rule, student.device)
+        self.noise = VideoNoise(student.latent_shape, cfg.seed, noise_rule, student.device)
         control = student.control
         self.maps = (
             None if control is None else ControlMaps(control.spec, self.width, self.height, student.device)

@@ -128,7 +128,7 @@ def load_model_backend(cfg: StylizeConfig, image_w: int, image_h: int, model=Non
     )  # fmt: skip
 
 
-def load_window_runner(cfg: StylizeConfig, image_w: int, image_h: int, bundle=None, variant=None, model=None):
+def load_window_runner(cfg: StylizeConfig, image_w: int, image_h: int, variant, bundle=None, model=None):
     """The video student in overlapping windows, in stream form (NFE windows in flight, one UNet call per
     window): a video bundle's backend, or with --model and --motion-adapter the torch backend on the model
     (the modules a bundle's torch backend runs); the sequential student only for --gamma > 0. `variant`
@@ -162,14 +162,16 @@ def load_runner(cfg: StylizeConfig, image_w: int, image_h: int, image: bool = Fa
         if bundle is None:  # its LoRA fused for the stream form (gamma > 0 runs the sequential student)
             model = model or load_stream_model(cfg, fuse=cfg.gamma == 0)
             variant.check_model(model)
-        return load_window_runner(cfg, image_w, image_h, bundle, variant, model)
+        return load_window_runner(cfg, image_w, image_h, variant, bundle, model)
     if bundle is None:
         # an image takes NFE sequential calls of batch 1, not NFE calls of the stream's batch NFE; and
         # gamma > 0 is what the stream form cannot do: both run the sequential student
         if image or cfg.gamma > 0:
             if cfg.skip_threshold is not None and not image:
                 log.warning("--skip-threshold works on the stream form: --gamma > 0 runs every frame")
-            return StudentRunner(load_student(cfg, image_w, image_h), cfg)
+            return StudentRunner(
+                load_student(cfg, image_w, image_h), cfg, variant.noise_rule(cfg.fresh_noise)
+            )
         backend = load_model_backend(cfg, image_w, image_h, model)
         control = backend.networks.unet.control
         maps = (

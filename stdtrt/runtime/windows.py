@@ -95,10 +95,9 @@ class SequentialWindows:
     concurrent_stages = False  # one thread: the sequential student is the reference, not the fast path
 
     def __init__(self, student: Student, window: int, seed: int = 0):
-        self.student, self.batch = student, window
+        self.student, self.batch, self.seed = student, window, seed
         self.plan, self.device = student.plan, student.device
         self.width, self.height, self.latent_shape = student.width, student.height, student.latent_shape
-        self.generator = torch.Generator().manual_seed(seed)  # gamma > 0: the re-noising, seeded
 
     def describe(self) -> str:
         return f"torch on {self.device} (no bundle; {self.plan.nfe} sequential steps per window)"
@@ -118,11 +117,12 @@ class _SequentialPipe:
 
     def __init__(self, engine: SequentialWindows, times: StageTimes):
         self.engine, self.times = engine, times
+        self.generator = torch.Generator().manual_seed(engine.seed)  # gamma > 0: the re-noising, per run
 
     def push(self, z0: torch.Tensor, tags, noise: torch.Tensor) -> list:
         e = self.engine
         clip = z0.transpose(0, 1)[None]  # (1, 4, W, h, w)
-        out = timed(self.times, "unet", e.student.sample, clip, noise.transpose(0, 1)[None], e.generator)
+        out = timed(self.times, "unet", e.student.sample, clip, noise.transpose(0, 1)[None], self.generator)
         return [(out[0].transpose(0, 1), tags)]
 
     def flush(self) -> list:
