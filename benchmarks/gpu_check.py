@@ -10,8 +10,9 @@ each precision in --precisions (fp16 and bf16):
   - diffusers img2img (StableDiffusionImg2ImgPipeline + TCDScheduler over the same timesteps)
 then the video student (the model with its motion adapter, `random-motion-sd15`; --motion-precisions) in
 windows of --window frames: the sequential motion student, and the torch backend's stream form (NFE
-windows in flight) eager and with CUDA graphs, each checked against the sequential one ("vs eager" in the
-printed line is against that reference here);
+windows in flight) eager, with CUDA graphs, and with CUDA graphs on three lanes as stylize-video runs it
+(run_pipeline: the overlap blended on the device), each checked against the sequential one ("vs eager" in
+the printed line is against that reference here);
 then, where installed, onnxruntime's CUDA provider and the TensorRT engines on an exported fp16 bundle
 (the export validates on the GPU: its float32 reference there with TF32 off, its rows the GPU backends').
 Also per precision: the real three-lane `run_pipeline` against the same stages in one thread (frames must be
@@ -316,6 +317,7 @@ def motion_rows(report: Report, args, precision: str, device: torch.device) -> N
     import numpy as np
 
     from stdtrt.config import resolve_overlap
+    from stdtrt.runtime.pipeline import run_pipeline
     from stdtrt.runtime.windows import WindowRunner
 
     if args.model not in MOTION_FOR:
@@ -333,12 +335,21 @@ def motion_rows(report: Report, args, precision: str, device: torch.device) -> N
     frames = [g.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8) for _ in range(count)]
     reference = {}
 
-    def run(engine) -> dict:
+    def run(engine, lanes: bool = False) -> dict:
         runner = WindowRunner(engine, w, o)
-        list(runner.stylize((f, i) for i, f in enumerate(frames[: w + 1])))  # warm-up (and graph capture)
+
+        def frames_out(n: int) -> list:  # in this thread, or as stylize-video runs it (a thread and a
+            items = ((f, i) for i, f in enumerate(frames[:n]))  # CUDA lane per stage on a GPU)
+            if not lanes:
+                return [frame for frame, _ in runner.stylize(items)]
+            out: list = []
+            run_pipeline(items, runner.stages(), lambda item: out.append(item[0]))
+            return out
+
+        frames_out(w + 1)  # warm-up (and graph capture)
         sync(device)
         t = time.perf_counter()
-        out = [frame for frame, _ in runner.stylize((f, i) for i, f in enumerate(frames))]
+        out = frames_out(count)
         sync(device)
         ms = 1000 * (time.perf_counter() - t) / count
         return {"ms_per_frame": ms, "describe": runner.describe(), "frames": count, "_out": out}
@@ -349,15 +360,17 @@ def motion_rows(report: Report, args, precision: str, device: torch.device) -> N
         return row
 
     report.row(f"motion: sequential student, windows of {w}", precision, sequential)
-    for name, speed in (
-        ("eager", {}),
-        ("channels_last + CUDA graphs", {"cuda_graphs": True, "channels_last": True}),
+    graphs = {"cuda_graphs": True, "channels_last": True}
+    for name, speed, lanes in (
+        ("eager", {}, False),
+        ("channels_last + CUDA graphs", graphs, False),
+        ("channels_last + CUDA graphs, three lanes (run_pipeline)", graphs, True),
     ):
 
-        def stream(speed=speed):
+        def stream(speed=speed, lanes=lanes):
             backend = TorchBackend.from_model(model, plan, PROMPT, "", 1.0, args.size, args.size, batch=w,
                                               **{"cuda_graphs": False, "channels_last": False, **speed})  # fmt: skip
-            row = run(backend)
+            row = run(backend, lanes)
             out = torch.from_numpy(np.stack(row.pop("_out")))
             if "frames" in reference:
                 row.update(check(out, reference["frames"], precision))
