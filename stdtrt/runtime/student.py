@@ -13,20 +13,18 @@ from stdtrt.errors import StdtrtError
 from stdtrt.models.attention_cache import AttentionCache, CacheSettings
 from stdtrt.models.conditioning import Conditioning, compute_dtype, conditionings, predict_eps
 from stdtrt.models.control_maps import ControlMaps, to_unit
-from stdtrt.models.vae import vae_decode, vae_encode
+from stdtrt.models.vae import pixels_to_unit, unit_to_pixels, vae_decode, vae_encode
 from stdtrt.runtime.pipeline import StageTimes
 
 
 def to_tensor(frames: np.ndarray, device) -> torch.Tensor:
-    """uint8 (B, H, W, 3) -> float32 (B, 3, H, W) in [-1, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).to(device)
-    return (x.permute(0, 3, 1, 2).float() / 127.5 - 1.0).contiguous()
+    """uint8 (B, H, W, 3) numpy -> float32 (B, 3, H, W) in [-1, 1] on `device` (models.vae.pixels_to_unit)."""
+    return pixels_to_unit(torch.from_numpy(np.ascontiguousarray(frames)).to(device))
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """float (B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3)."""
-    x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
+    """float (B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3) numpy (models.vae.unit_to_pixels)."""
+    return unit_to_pixels(images).cpu().numpy()
 
 
 class Student:

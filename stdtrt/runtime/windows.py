@@ -239,4 +239,4 @@ class WindowRunner:
 
     def stylize(self, items):
         """(frame, tag) in order -> (stylized frame, tag) in order, in this thread."""
-        return compose([self.encode, self.unet, self.decode])(items)
+        return compose(self.stages())(items)
